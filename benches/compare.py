@@ -1,0 +1,501 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: percore against its peers, on loopback, with wrk.
+
+Usage (from the repository root):
+
+    python3 benches/compare.py [--rounds 3] [--duration 10] [--connections 64]
+        [--targets percore,hyper-min,epoll-floor,glommio-naive]
+        [--tests json,plaintext-pipelined] [--pipeline-depth 16]
+        [--server-cpu 0] [--client-cpu 1]
+        [--out benches/results/latest.json] [--no-build]
+
+What it does:
+  * builds percore (`cargo build --release` at the repo root) and the peers
+    (`cargo build --release` in benches/peers), unless --no-build;
+  * for each round, for each test, runs every target once in turn (interleaved,
+    so slow drift of a shared, noisy machine hits all targets alike; the
+    starting target rotates every round). Each run: start the server under
+    `taskset -c SERVER_CPU` on a free port, wait until it answers, warm up with
+    wrk for 2 s, then run
+        taskset -c CLIENT_CPU wrk -t1 -cCONNS -dDURs --latency URL
+    (plaintext-pipelined: /plaintext with benches/pipeline.lua, 16 requests per
+    write, like TechEmpower's plaintext test), sampling the server's
+    utime+stime (/proc/PID/stat) and the machine's steal time (/proc/stat)
+    right before and after, then SIGTERM (SIGKILL after 5 s);
+  * prints one Markdown table per test (medians over the rounds) with
+    percore's requests-per-server-CPU-second ratio against each peer, and
+    writes every raw run plus the summary to --out as JSON.
+
+Runs whose wrk output shows socket errors or non-2xx/3xx responses are flagged
+and left out of the medians. A target whose binary is missing is reported and
+skipped. CPU time comes in clock ticks (usually 10 ms), so use 10 s runs for
+numbers you mean to quote; --rounds 1 --duration 3 is a smoke test.
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHES = os.path.join(ROOT, "benches")
+PEERS_DIR = os.path.join(BENCHES, "peers")
+PIPELINE_LUA = os.path.join(BENCHES, "pipeline.lua")
+ALL_TARGETS = ["percore", "hyper-min", "epoll-floor", "glommio-naive"]
+TESTS = {
+    # name: (path, pipelined?)
+    "json": ("/json", False),
+    "plaintext": ("/plaintext", False),
+    "plaintext-pipelined": ("/plaintext", True),
+}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+WARMUP_S = 2
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- targets
+
+def binary(target):
+    if target == "percore":
+        return os.path.join(ROOT, "target", "release", "percore")
+    return os.path.join(PEERS_DIR, "target", "release", target)
+
+
+def server_argv(target, port, server_cpu):
+    listen = f"127.0.0.1:{port}"
+    if target == "percore":
+        return [binary(target), "serve", "--listen", listen, "--cores", "1", "--cpus", str(server_cpu)]
+    return [binary(target), "--listen", listen]
+
+
+def build(targets):
+    jobs = []
+    if "percore" in targets:
+        jobs.append(("percore", ROOT))
+    if any(t != "percore" for t in targets):
+        jobs.append(("peers", PEERS_DIR))
+    for name, cwd in jobs:
+        log(f"== building {name}: cargo build --release (in {os.path.relpath(cwd, ROOT) or '.'})")
+        r = subprocess.run(["cargo", "build", "--release"], cwd=cwd)
+        if r.returncode != 0:
+            log(f"!! build of {name} failed (exit {r.returncode}); targets without a binary will be skipped")
+
+
+# ---------------------------------------------------------------- sampling
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_ticks(pid):
+    """utime+stime of the whole process (all threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        data = f.read()
+    fields = data[data.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
+    return int(fields[14 - 3]) + int(fields[15 - 3])
+
+
+def proc_sched_ns(pid):
+    """On-CPU time summed over the process's threads from schedstat (ns), or None."""
+    total, seen = 0, False
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+                    seen = True
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        return None
+    return total if seen else None
+
+
+def stat_cpu_lines():
+    """{'cpu': [user, nice, system, idle, iowait, irq, softirq, steal], 'cpu0': ...}"""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu"):
+                break
+            parts = line.split()
+            vals = [int(x) for x in parts[1:9]]
+            vals += [0] * (8 - len(vals))
+            out[parts[0]] = vals
+    return out
+
+
+def steal_pct(before, after, key):
+    if key not in before or key not in after:
+        return None
+    d = [a - b for a, b in zip(after[key], before[key])]
+    total = sum(d)  # guest time is already inside user
+    return 100.0 * d[7] / total if total > 0 else 0.0
+
+
+# ---------------------------------------------------------------- server lifecycle
+
+def wait_ready(proc, port, path, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"server exited with code {proc.returncode} before answering"
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.status == 200:
+                return None
+            last = f"HTTP {r.status} on {path}"
+        except (OSError, http.client.HTTPException) as e:
+            last = str(e)
+        time.sleep(0.05)
+    return f"server did not answer 200 on {path} within {timeout:.0f}s ({last})"
+
+
+def stop(proc):
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        log(f"   server pid {proc.pid} ignored SIGTERM for 5 s: SIGKILL")
+        proc.kill()
+        proc.wait()
+
+
+def tail(path, n=15):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------- wrk
+
+_UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+
+
+def to_us(text):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    return float(m.group(1)) * _UNITS_US[m.group(2)] if m else None
+
+
+def parse_wrk(out):
+    r = {"requests_per_s": None, "total_requests": None, "p99_us": None, "p50_us": None,
+         "socket_errors": {}, "non_2xx_3xx": 0}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        r["requests_per_s"] = float(m.group(1))
+    m = re.search(r"(\d+) requests in ([\d.]+\w+),", out)
+    if m:
+        r["total_requests"] = int(m.group(1))
+        r["wrk_elapsed_us"] = to_us(m.group(2))
+    for pct, key in (("50", "p50_us"), ("99", "p99_us")):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        if m:
+            r[key] = to_us(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        r["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        r["non_2xx_3xx"] = int(m.group(1))
+    return r
+
+
+def wrk_argv(args, port, test, duration, latency=True):
+    path, pipelined = TESTS[test]
+    argv = ["taskset", "-c", str(args.client_cpu), "wrk", f"-t{args.wrk_threads}",
+            f"-c{args.connections}", f"-d{duration}s"]
+    if latency:
+        argv.append("--latency")
+    url = f"http://127.0.0.1:{port}{path}"
+    if pipelined:
+        argv += ["-s", PIPELINE_LUA, url, "--", str(args.pipeline_depth)]
+    else:
+        argv.append(url)
+    return argv
+
+
+# ---------------------------------------------------------------- one run
+
+def run_one(args, target, test, rnd, logdir):
+    port = free_port()
+    path = TESTS[test][0]
+    argv = ["taskset", "-c", str(args.server_cpu)] + server_argv(target, port, args.server_cpu)
+    logpath = os.path.join(logdir, f"{target}-{test}-r{rnd}.log")
+    run = {"round": rnd, "test": test, "target": target, "port": port,
+           "server_cmd": shlex.join(argv), "ok": False, "flags": []}
+    with open(logpath, "wb") as logf:
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        err = wait_ready(proc, port, path)
+        if err:
+            run["error"] = err
+            run["server_log_tail"] = tail(logpath)
+            return run
+        subprocess.run(wrk_argv(args, port, test, WARMUP_S, latency=False), capture_output=True,
+                       timeout=WARMUP_S + 30)
+        if proc.poll() is not None:
+            run["error"] = f"server exited with code {proc.returncode} during warm-up"
+            run["server_log_tail"] = tail(logpath)
+            return run
+        wargv = wrk_argv(args, port, test, args.duration)
+        run["wrk_cmd"] = shlex.join(wargv)
+        stat0, ticks0, sched0 = stat_cpu_lines(), proc_cpu_ticks(proc.pid), proc_sched_ns(proc.pid)
+        t0 = time.monotonic()
+        w = subprocess.run(wargv, capture_output=True, text=True, timeout=args.duration + 60)
+        t1 = time.monotonic()
+        alive = proc.poll() is None
+        ticks1 = proc_cpu_ticks(proc.pid) if alive else None
+        sched1 = proc_sched_ns(proc.pid) if alive else None
+        stat1 = stat_cpu_lines()
+    except subprocess.TimeoutExpired as e:
+        run["error"] = f"timed out: {e}"
+        return run
+    finally:
+        stop(proc)
+    run["wall_s"] = t1 - t0
+    run["wrk_output"] = w.stdout + (("\n[stderr]\n" + w.stderr) if w.stderr.strip() else "")
+    if w.returncode != 0:
+        run["error"] = f"wrk exited with code {w.returncode}: {w.stderr.strip()[:300]}"
+        return run
+    if not alive:
+        run["error"] = f"server exited with code {proc.returncode} during the measured run"
+        run["server_log_tail"] = tail(logpath)
+        return run
+    run.update(parse_wrk(w.stdout))
+    if TESTS[test][1] and not run["p99_us"]:
+        # wrk records one latency per pipelined batch and its coordinated-omission
+        # correction then breaks the percentiles (they read 0.00us; wg/wrk#236).
+        run["p99_note"] = "wrk printed 0: no usable percentiles when pipelining (wg/wrk#236)"
+        run["p99_us"] = None
+    run["steal_pct"] = steal_pct(stat0, stat1, "cpu")
+    run["steal_pct_server_cpu"] = steal_pct(stat0, stat1, f"cpu{args.server_cpu}")
+    run["server_cpu_s"] = (ticks1 - ticks0) / CLK_TCK
+    if sched0 is not None and sched1 is not None:
+        run["server_cpu_s_schedstat"] = (sched1 - sched0) / 1e9
+    n = run["total_requests"]
+    if not n or run["requests_per_s"] is None:
+        run["error"] = "could not parse wrk output"
+        return run
+    run["cpu_us_per_req"] = run["server_cpu_s"] / n * 1e6
+    run["req_per_cpu_s"] = 1e6 / run["cpu_us_per_req"] if run["cpu_us_per_req"] > 0 else None
+    if "server_cpu_s_schedstat" in run:
+        run["cpu_us_per_req_schedstat"] = run["server_cpu_s_schedstat"] / n * 1e6
+    errs = sum(run["socket_errors"].values())
+    if errs:
+        run["flags"].append("socket errors " + ", ".join(f"{k} {v}" for k, v in run["socket_errors"].items() if v))
+    if run["non_2xx_3xx"]:
+        run["flags"].append(f"non-2xx/3xx {run['non_2xx_3xx']}")
+    if run["req_per_cpu_s"] is None:
+        run["flags"].append("server CPU time below one clock tick")
+    run["ok"] = not run["flags"]
+    return run
+
+
+# ---------------------------------------------------------------- summary
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, spec):
+    return "—" if x is None else format(x, spec)
+
+
+def fmt_lat(us):
+    if us is None:
+        return "—"
+    return f"{us:.0f} µs" if us < 1000 else f"{us / 1000:.2f} ms"
+
+
+def summarize(runs, tests, targets):
+    summary = {}
+    for test in tests:
+        st = summary[test] = {}
+        for target in targets:
+            rs = [r for r in runs if r["test"] == test and r["target"] == target]
+            good = [r for r in rs if r["ok"]]
+            steals = [r["steal_pct"] for r in rs if r.get("steal_pct") is not None]
+            st[target] = {
+                "runs": len(rs), "good_runs": len(good),
+                "failed": [f"r{r['round']}: {r.get('error') or '; '.join(r['flags'])}" for r in rs if not r["ok"]],
+                "median_requests_per_s": med(r["requests_per_s"] for r in good),
+                "median_p99_us": med(r["p99_us"] for r in good),
+                "median_cpu_us_per_req": med(r["cpu_us_per_req"] for r in good),
+                "median_req_per_cpu_s": med(r["req_per_cpu_s"] for r in good),
+                "median_cpu_us_per_req_schedstat": med(r.get("cpu_us_per_req_schedstat") for r in good),
+                "steal_pct_min": min(steals) if steals else None,
+                "steal_pct_max": max(steals) if steals else None,
+            }
+        pc = st.get("percore")
+        if pc:
+            for target in targets:
+                if target == "percore":
+                    continue
+                s = st[target]
+                a, b = pc["median_req_per_cpu_s"], s["median_req_per_cpu_s"]
+                s["percore_ratio_of_medians"] = a / b if a and b else None
+                per_round = []
+                for rnd in sorted({r["round"] for r in runs}):
+                    p = [r for r in runs if r["test"] == test and r["target"] == "percore" and r["round"] == rnd and r["ok"]]
+                    q = [r for r in runs if r["test"] == test and r["target"] == target and r["round"] == rnd and r["ok"]]
+                    if p and q and p[0]["req_per_cpu_s"] and q[0]["req_per_cpu_s"]:
+                        per_round.append(p[0]["req_per_cpu_s"] / q[0]["req_per_cpu_s"])
+                s["percore_ratio_per_round"] = per_round
+    return summary
+
+
+def table(test, st, targets, runs):
+    pipelined = TESTS[test][1]
+    lines = [f"### {test}", "",
+             "| target | req/s | p99 | server CPU µs/req | req per CPU-s | steal % | percore ÷ target (req per CPU-s) | runs |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
+    for target in targets:
+        s = st[target]
+        steal = "—" if s["steal_pct_min"] is None else f"{s['steal_pct_min']:.1f}–{s['steal_pct_max']:.1f}"
+        if target == "percore":
+            ratio = "1.00 (itself)" if s["median_req_per_cpu_s"] else "—"
+        elif "percore_ratio_of_medians" in s:
+            rr = s["percore_ratio_per_round"]
+            r0 = s["percore_ratio_of_medians"]
+            ratio = "— (no percore or peer median)" if r0 is None else f"{r0:.2f}×"
+            if rr:
+                ratio += f" (rounds {min(rr):.2f}–{max(rr):.2f})"
+        else:
+            ratio = "— (percore not run)"
+        nruns = f"{s['good_runs']}/{s['runs']} ok"
+        if s["failed"]:
+            nruns += " ⚠ " + "; ".join(s["failed"])
+        lines.append(f"| {target} | {fmt(s['median_requests_per_s'], ',.0f')} | {fmt_lat(s['median_p99_us'])} | "
+                     f"{fmt(s['median_cpu_us_per_req'], '.2f')} | {fmt(s['median_req_per_cpu_s'], ',.0f')} | "
+                     f"{steal} | {ratio} | {nruns} |")
+    if pipelined:
+        lines += ["", "p99 when pipelining is indicative only: wrk records one latency per batch and its "
+                  "percentiles often read 0 (wg/wrk#236); — means wrk printed 0."]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--wrk-threads", type=int, default=1)
+    ap.add_argument("--targets", default=",".join(ALL_TARGETS))
+    ap.add_argument("--tests", default="json,plaintext-pipelined", help=f"from {','.join(TESTS)}")
+    ap.add_argument("--pipeline-depth", type=int, default=16)
+    ap.add_argument("--server-cpu", type=int, default=0)
+    ap.add_argument("--client-cpu", type=int, default=1)
+    ap.add_argument("--out", default=os.path.join(BENCHES, "results", "latest.json"))
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    tests = [t.strip() for t in args.tests.split(",") if t.strip()]
+    bad = [t for t in tests if t not in TESTS]
+    if bad:
+        ap.error(f"unknown test(s) {bad}; known: {list(TESTS)}")
+    unknown = [t for t in targets if t not in ALL_TARGETS]
+    if unknown:
+        log(f"note: {unknown} are not known targets; they will be run as peers from benches/peers/target/release")
+    for tool in ("wrk", "taskset"):
+        if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode != 0:
+            sys.exit(f"{tool} not found (apt-get install -y {'wrk' if tool == 'wrk' else 'util-linux'})")
+
+    if not args.no_build:
+        build(targets)
+    present = []
+    for t in targets:
+        if os.access(binary(t), os.X_OK):
+            present.append(t)
+        else:
+            log(f"!! skipping {t}: binary {os.path.relpath(binary(t), ROOT)} is missing")
+    if not present:
+        sys.exit("no target binary found; nothing to run")
+
+    cmdline = shlex.join([sys.executable] + sys.argv)
+    meta = {
+        "command": cmdline,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "uname_r": platform.release(),
+        "nproc": os.cpu_count(),
+        "clk_tck": CLK_TCK,
+        "git_rev": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                  capture_output=True, text=True).stdout.strip() or None,
+        "wrk": (subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines() or [""])[0],
+        "settings": {k: v for k, v in vars(args).items()},
+        "targets_run": present,
+        "targets_skipped": [t for t in targets if t not in present],
+        "warmup_s": WARMUP_S,
+    }
+    est = args.rounds * len(tests) * len(present) * (args.duration + WARMUP_S + 1)
+    log(f"== {args.rounds} round(s) × {len(tests)} test(s) × {len(present)} target(s); ~{est // 60}m{est % 60:02d}s")
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="percore-compare-") as logdir:
+        for rnd in range(1, args.rounds + 1):
+            for test in tests:
+                k = (rnd - 1) % len(present)
+                for target in present[k:] + present[:k]:  # rotate the start each round
+                    log(f"-- round {rnd} {test:<20} {target:<14}")
+                    r = run_one(args, target, test, rnd, logdir)
+                    if r.get("error"):
+                        log(f"   FAILED: {r['error']}")
+                        if r.get("server_log_tail"):
+                            log("   server log:\n" + r["server_log_tail"])
+                    else:
+                        log(f"   {r['requests_per_s']:,.0f} req/s  p99 {fmt_lat(r['p99_us'])}  "
+                            f"{fmt(r['cpu_us_per_req'], '.2f')} CPU-µs/req  steal {r['steal_pct']:.1f}%"
+                            + (f"  ⚠ {'; '.join(r['flags'])}" if r["flags"] else ""))
+                    runs.append(r)
+
+    summary = summarize(runs, tests, present)
+    print(f"Command: `{cmdline}`")
+    print(f"Date: {meta['date']}  ·  uname -r: {meta['uname_r']}  ·  nproc: {meta['nproc']}  ·  "
+          f"git: {meta['git_rev']}  ·  {meta['wrk']}")
+    print(f"Server on CPU {args.server_cpu}, wrk -t{args.wrk_threads} -c{args.connections} on CPU "
+          f"{args.client_cpu}, {args.duration}s runs after {WARMUP_S}s warm-up, {args.rounds} round(s); "
+          f"medians over the runs without errors. Pipelined depth {args.pipeline_depth}.")
+    if meta["targets_skipped"]:
+        print(f"Skipped (binary missing): {', '.join(meta['targets_skipped'])}")
+    for test in tests:
+        print()
+        print(table(test, summary[test], present, runs))
+    print()
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "summary": summary, "runs": runs}, f, indent=2)
+    print(f"Raw runs and summary: {os.path.relpath(os.path.abspath(args.out), os.getcwd())}")
+
+
+if __name__ == "__main__":
+    main()

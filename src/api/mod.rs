@@ -1,0 +1,214 @@
+//! Route handlers and the per-core service that dispatches a parsed request to them.
+
+pub mod router;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use httparse::Header;
+use serde::Serialize;
+
+use crate::http::date::DateCache;
+use crate::http::{Head, HttpError, Persistence, Response, Version};
+use crate::metrics::CoreMetrics;
+use crate::node::Node;
+pub use router::{Match, Params, Router};
+
+/// A request as handlers see it: everything borrows the connection's buffer.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a [Header<'a>],
+    pub params: Params<'a>,
+    pub body: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+/// What a handler may use: its core's identity and the node's shared state.
+pub struct Ctx {
+    pub core: usize,
+    pub node: Arc<Node>,
+    /// A reusable buffer for serializing bodies before their length is known.
+    pub scratch: Vec<u8>,
+}
+
+/// A handler writes exactly one response.
+pub type Handler = fn(&Request<'_>, &mut Ctx, &mut Response<'_>);
+
+/// The route table every io core serves.
+pub fn routes() -> Router<Handler> {
+    let mut router: Router<Handler> = Router::default();
+    router
+        .add("GET", "/plaintext", plaintext)
+        .add("GET", "/json", json)
+        .add("GET", "/healthz", healthz)
+        .add("GET", "/readyz", readyz)
+        .add("GET", "/metrics", metrics)
+        .add("POST", "/echo", echo);
+    router
+}
+
+/// TechEmpower "plaintext": a fixed body, no serialization.
+fn plaintext(_: &Request<'_>, _: &mut Ctx, response: &mut Response<'_>) {
+    response.send(200, "text/plain", &[], b"Hello, World!");
+}
+
+/// TechEmpower "JSON serialization": a fresh object serialized per request.
+fn json(_: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+    #[derive(Serialize)]
+    struct Message {
+        message: &'static str,
+    }
+    response.json(
+        200,
+        &Message {
+            message: "Hello, World!",
+        },
+        &mut ctx.scratch,
+    );
+}
+
+fn healthz(_: &Request<'_>, _: &mut Ctx, response: &mut Response<'_>) {
+    response.send(200, "application/json", &[], br#"{"status":"ok"}"#);
+}
+
+fn readyz(_: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+    if ctx.node.is_draining() {
+        response.send(
+            503,
+            "application/json",
+            &[("Retry-After", "1")],
+            br#"{"status":"draining"}"#,
+        );
+    } else {
+        response.send(200, "application/json", &[], br#"{"status":"ready"}"#);
+    }
+}
+
+fn metrics(_: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+    let text = ctx.node.metrics.render();
+    response.send(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        &[],
+        text.as_bytes(),
+    );
+}
+
+/// Answers with the request body: a benchmark target for upload paths.
+fn echo(request: &Request<'_>, _: &mut Ctx, response: &mut Response<'_>) {
+    let content_type = request
+        .header("content-type")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .unwrap_or("application/octet-stream");
+    response.send(200, content_type, &[], request.body);
+}
+
+/// One io core's request dispatcher: its router, date, metrics and handler context.
+pub struct Service {
+    router: Router<Handler>,
+    pub ctx: Ctx,
+    pub date: DateCache,
+    pub metrics: CoreMetrics,
+}
+
+impl Service {
+    pub fn new(core: usize, node: Arc<Node>) -> Self {
+        let metrics = node.metrics.recorder(core);
+        Self {
+            router: routes(),
+            ctx: Ctx {
+                core,
+                node,
+                scratch: Vec::with_capacity(1024),
+            },
+            date: DateCache::new(),
+            metrics,
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.ctx.node.is_draining()
+    }
+
+    /// Answers one complete request into `out`. Returns whether the
+    /// connection stays open afterwards.
+    pub fn handle(
+        &mut self,
+        head: &Head<'_, '_>,
+        body: &[u8],
+        out: &mut Vec<u8>,
+        started: Instant,
+    ) -> bool {
+        let keep_alive = head.keep_alive && !self.is_draining();
+        let persistence = match (keep_alive, head.version) {
+            (false, _) => Persistence::Close,
+            (true, Version::Http11) => Persistence::KeepAlive,
+            (true, Version::Http10) => Persistence::KeepAliveHttp10,
+        };
+        let mut response = Response::new(out, self.date.get(), head.method == "HEAD", persistence);
+        let path = head.path();
+        let route = match self.router.route(head.method, path) {
+            Match::Found {
+                index,
+                handler,
+                params,
+            } => {
+                let request = Request {
+                    method: head.method,
+                    path,
+                    query: head.query(),
+                    headers: head.headers,
+                    params,
+                    body,
+                };
+                handler(&request, &mut self.ctx, &mut response);
+                if !response.is_written() {
+                    response.error(
+                        &HttpError::BadRequest("the handler wrote no response".into()),
+                        &mut self.ctx.scratch,
+                    );
+                }
+                Some(index)
+            }
+            Match::MethodNotAllowed { allow } => {
+                let error = HttpError::MethodNotAllowed {
+                    method: head.method.to_owned(),
+                    allow,
+                };
+                response.error(&error, &mut self.ctx.scratch);
+                None
+            }
+            Match::NotFound => {
+                response.error(
+                    &HttpError::NotFound {
+                        path: path.to_owned(),
+                    },
+                    &mut self.ctx.scratch,
+                );
+                None
+            }
+        };
+        let status = response.status();
+        self.metrics
+            .request(route, status, started.elapsed().as_nanos() as u64);
+        keep_alive
+    }
+
+    /// Answers a request that failed before it could be routed.
+    pub fn reject(&mut self, error: &HttpError, out: &mut Vec<u8>, started: Instant) {
+        let mut response = Response::new(out, self.date.get(), false, Persistence::Close);
+        response.error(error, &mut self.ctx.scratch);
+        self.metrics
+            .request(None, error.status(), started.elapsed().as_nanos() as u64);
+    }
+}

@@ -1,0 +1,406 @@
+//! One `Config` for the server: flags, `PERCORE_*` environment variables and an optional TOML file, validated once.
+//!
+//! Precedence: a flag beats its environment variable, which beats the file,
+//! which beats the default. Every field has all three spellings: `--max-body-bytes`,
+//! `PERCORE_MAX_BODY_BYTES`, `max_body_bytes`. A bad value is a [`ConfigError`]
+//! naming the field and what is allowed; the CLI exits 64 (EX_USAGE) with it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use thiserror::Error;
+
+use crate::http::parse::{Limits, HEADER_SLOTS};
+use crate::runtime::cpu;
+
+/// A value the user must change, with the field it came from.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid value for `{field}`: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The flags of `percore serve`. Each is also an environment variable and a key of the TOML file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the keys below (snake_case), e.g. `cores = 4`.
+    #[arg(long, env = "PERCORE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; every io core binds it with SO_REUSEPORT. [default: 127.0.0.1:8080]
+    #[arg(long, env = "PERCORE_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// Number of io cores. [default: one per CPU in --cpus, or per CPU this process may use]
+    #[arg(long, env = "PERCORE_CORES", value_name = "N")]
+    pub cores: Option<String>,
+    /// CPUs to pin io cores to, in order, e.g. `0-3,6`. [default: the CPUs this process may use]
+    #[arg(long, env = "PERCORE_CPUS", value_name = "LIST")]
+    pub cpus: Option<String>,
+    /// Open connections per io core; more are answered 503 and closed. [default: 16384]
+    #[arg(long, env = "PERCORE_MAX_CONNECTIONS_PER_CORE", value_name = "N")]
+    pub max_connections_per_core: Option<String>,
+    /// Close a keep-alive connection idle this long, e.g. `60s`. [default: 60s]
+    #[arg(long, env = "PERCORE_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Answer 408 and close if a request's headers take longer than this. [default: 10s]
+    #[arg(long, env = "PERCORE_HEADER_TIMEOUT", value_name = "DURATION")]
+    pub header_timeout: Option<String>,
+    /// On SIGTERM, how long in-flight requests may take before connections are cut. [default: 10s]
+    #[arg(long, env = "PERCORE_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
+    /// Largest request line plus headers, e.g. `8KiB`; larger is answered 431. [default: 8KiB]
+    #[arg(long, env = "PERCORE_MAX_HEADER_BYTES", value_name = "SIZE")]
+    pub max_header_bytes: Option<String>,
+    /// Most header fields in one request; more is answered 431. [default: 64, at most 100]
+    #[arg(long, env = "PERCORE_MAX_HEADERS", value_name = "N")]
+    pub max_headers: Option<String>,
+    /// Largest request body, e.g. `1MiB`; larger is answered 413. [default: 1MiB]
+    #[arg(long, env = "PERCORE_MAX_BODY_BYTES", value_name = "SIZE")]
+    pub max_body_bytes: Option<String>,
+}
+
+/// The validated configuration of one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// One CPU per io core, in core order.
+    pub cpus: Vec<usize>,
+    pub max_connections_per_core: usize,
+    pub idle_timeout: Duration,
+    pub header_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub limits: Limits,
+}
+
+impl Config {
+    pub fn cores(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// Resolves flags and environment (already merged by clap) over the
+    /// optional file over the defaults, and validates the result.
+    pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => toml::Table::new(),
+        };
+        let value =
+            |field: &'static str, flag: &Option<String>| -> Result<Option<String>, ConfigError> {
+                if let Some(v) = flag {
+                    return Ok(Some(v.clone()));
+                }
+                match file.get(field) {
+                    None => Ok(None),
+                    Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                    Some(toml::Value::Integer(i)) => Ok(Some(i.to_string())),
+                    Some(toml::Value::Array(items)) if field == "cpus" => Ok(Some(
+                        items
+                            .iter()
+                            .map(|v| v.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )),
+                    Some(other) => Err(invalid(
+                        field,
+                        format!("expected a string or a number, found `{other}`"),
+                    )),
+                }
+            };
+
+        let listen = match value("listen", &args.listen)? {
+            Some(text) => text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "listen",
+                    format!("`{text}` is not an address like 127.0.0.1:8080 or [::]:8080"),
+                )
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+
+        let allowed = cpu::allowed_cpus();
+        let cpus = match value("cpus", &args.cpus)? {
+            Some(text) => {
+                let cpus = cpu::parse_cpu_list(&text).map_err(|m| invalid("cpus", m))?;
+                if let Some(bad) = cpus.iter().find(|c| !allowed.contains(c)) {
+                    return Err(invalid(
+                        "cpus",
+                        format!(
+                            "CPU {bad} is not available to this process (available: {})",
+                            cpu::format_cpu_list(&allowed)
+                        ),
+                    ));
+                }
+                cpus
+            }
+            None => allowed.clone(),
+        };
+        let cpus = match value("cores", &args.cores)? {
+            Some(text) => {
+                let cores = parse_count("cores", &text, 1, 4096)?;
+                if cores > cpus.len() {
+                    return Err(invalid(
+                        "cores",
+                        format!(
+                            "{cores} io cores need {cores} CPUs, but only {} are given ({})",
+                            cpus.len(),
+                            cpu::format_cpu_list(&cpus)
+                        ),
+                    ));
+                }
+                cpus[..cores].to_vec()
+            }
+            None => cpus,
+        };
+
+        let max_connections_per_core =
+            match value("max_connections_per_core", &args.max_connections_per_core)? {
+                Some(text) => parse_count("max_connections_per_core", &text, 1, 1 << 20)?,
+                None => 16_384,
+            };
+        let idle_timeout = duration_field(
+            "idle_timeout",
+            value("idle_timeout", &args.idle_timeout)?,
+            Duration::from_secs(60),
+        )?;
+        let header_timeout = duration_field(
+            "header_timeout",
+            value("header_timeout", &args.header_timeout)?,
+            Duration::from_secs(10),
+        )?;
+        let shutdown_grace = duration_field(
+            "shutdown_grace",
+            value("shutdown_grace", &args.shutdown_grace)?,
+            Duration::from_secs(10),
+        )?;
+
+        let defaults = Limits::default();
+        let max_header_bytes = match value("max_header_bytes", &args.max_header_bytes)? {
+            Some(text) => parse_size("max_header_bytes", &text, 256, 1 << 20)?,
+            None => defaults.max_header_bytes,
+        };
+        let max_body_bytes = match value("max_body_bytes", &args.max_body_bytes)? {
+            Some(text) => parse_size("max_body_bytes", &text, 0, 1 << 30)?,
+            None => defaults.max_body_bytes,
+        };
+        let max_headers = match value("max_headers", &args.max_headers)? {
+            Some(text) => parse_count("max_headers", &text, 1, HEADER_SLOTS)?,
+            None => defaults.max_headers,
+        };
+
+        Ok(Self {
+            listen,
+            cpus,
+            max_connections_per_core,
+            idle_timeout,
+            header_timeout,
+            shutdown_grace,
+            limits: Limits {
+                max_header_bytes,
+                max_body_bytes,
+                max_headers,
+            },
+        })
+    }
+}
+
+const FILE_KEYS: &[&str] = &[
+    "listen",
+    "cores",
+    "cpus",
+    "max_connections_per_core",
+    "idle_timeout",
+    "header_timeout",
+    "shutdown_grace",
+    "max_header_bytes",
+    "max_headers",
+    "max_body_bytes",
+];
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let file_error = |message: String| ConfigError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| file_error(format!("cannot read it: {e}")))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_error(e.message().to_owned()))?;
+    if let Some(unknown) = table.keys().find(|k| !FILE_KEYS.contains(&k.as_str())) {
+        return Err(file_error(format!(
+            "unknown key `{unknown}`; known keys: {}",
+            FILE_KEYS.join(", ")
+        )));
+    }
+    Ok(table)
+}
+
+fn parse_count(
+    field: &'static str,
+    text: &str,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format!("`{text}` is not a whole number from {min} to {max}"),
+            )
+        })
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit.trim() {
+        "" | "s" => number.checked_mul(1000)?,
+        "ms" => number,
+        "m" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
+}
+
+fn duration_field(
+    field: &'static str,
+    text: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = text else { return Ok(default) };
+    parse_duration(&text)
+        .filter(|d| !d.is_zero() && *d <= Duration::from_secs(86_400))
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format!("`{text}` is not a duration from 1ms to 24h, like 500ms, 10s, 2m"),
+            )
+        })
+}
+
+/// Parses `8192`, `8KiB`, `1MiB`, `1GiB` (also `KB`, `MB`, `GB`, `K`, `M`, `G` as powers of 1024).
+pub fn parse_size(
+    field: &'static str,
+    text: &str,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => 0,
+    };
+    number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|n| scale > 0 && (min..=max).contains(n))
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format!("`{text}` is not a size from {min} to {max} bytes, like 8KiB or 1MiB"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs::default()
+    }
+
+    #[test]
+    fn defaults() {
+        let config = Config::resolve(&args()).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.cpus, cpu::allowed_cpus());
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn flags_validate_and_name_the_field() {
+        let bad = |f: fn(&mut ServeArgs)| {
+            let mut a = args();
+            f(&mut a);
+            Config::resolve(&a).unwrap_err().to_string()
+        };
+        assert!(bad(|a| a.cores = Some("0".into())).starts_with("invalid value for `cores`"));
+        assert!(bad(|a| a.cores = Some("9999".into())).contains("`cores`"));
+        assert!(bad(|a| a.listen = Some("nope".into())).starts_with("invalid value for `listen`"));
+        assert!(bad(|a| a.cpus = Some("5000".into())).starts_with("invalid value for `cpus`"));
+        assert!(bad(|a| a.idle_timeout = Some("soon".into())).contains("`idle_timeout`"));
+        assert!(bad(|a| a.max_body_bytes = Some("1TB".into())).contains("`max_body_bytes`"));
+        assert!(bad(|a| a.max_headers = Some("101".into())).contains("`max_headers`"));
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("7x"), None);
+        assert_eq!(parse_size("f", "8KiB", 0, usize::MAX), Ok(8192));
+        assert_eq!(parse_size("f", "1M", 0, usize::MAX), Ok(1 << 20));
+        assert!(parse_size("f", "1Q", 0, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn file_is_overridden_by_flags() {
+        let dir = std::env::temp_dir().join(format!("percore-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("percore.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\ncores = 1\nmax_body_bytes = \"4KiB\"\ncpus = [0]\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(path.clone());
+        let config = Config::resolve(&a).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.limits.max_body_bytes, 4096);
+        assert_eq!(config.cpus, vec![0]);
+        a.listen = Some("127.0.0.1:9001".into());
+        assert_eq!(Config::resolve(&a).unwrap().listen.port(), 9001);
+
+        std::fs::write(&path, "colour = 3\n").unwrap();
+        let error = Config::resolve(&a).unwrap_err().to_string();
+        assert!(error.contains("unknown key `colour`"), "{error}");
+        std::fs::write(&path, "cores = true\n").unwrap();
+        let error = Config::resolve(&a).unwrap_err().to_string();
+        assert!(error.contains("`cores`"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,95 @@
+//! Every way a request can fail, and the one place each maps to an HTTP status.
+
+use thiserror::Error;
+
+/// A request the server refuses to serve, with what the client needs to fix it.
+///
+/// `status()` is the only mapping from an error to an HTTP status; the response
+/// writer renders any `HttpError` as a small JSON body naming `code()` and the
+/// message.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    #[error("the request line and headers exceed the limit of {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("the request has more than {limit} header fields")]
+    TooManyHeaders { limit: usize },
+    #[error("the request body of {size} bytes exceeds the limit of {limit} bytes")]
+    BodyTooLarge { size: u64, limit: usize },
+    #[error("the request body exceeds the limit of {limit} bytes")]
+    ChunkedBodyTooLarge { limit: usize },
+    #[error("transfer coding `{0}` is not supported; only `chunked` is")]
+    UnsupportedTransferCoding(String),
+    #[error("ambiguous message framing: {0}")]
+    AmbiguousFraming(&'static str),
+    #[error("invalid Content-Length header")]
+    InvalidContentLength,
+    #[error("HTTP/1.1 requests need exactly one Host header")]
+    MissingHost,
+    #[error("HTTP version not supported; percore speaks HTTP/1.0 and HTTP/1.1")]
+    UnsupportedVersion,
+    #[error("the request headers were not received within {seconds} s")]
+    HeaderTimeout { seconds: u64 },
+    #[error("no route for {path}")]
+    NotFound { path: String },
+    #[error("method {method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed { method: String, allow: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the server is shutting down")]
+    Draining,
+    #[error("this io core is at its limit of {limit} connections; retry later")]
+    TooManyConnections { limit: usize },
+}
+
+impl HttpError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Malformed(_)
+            | Self::AmbiguousFraming(_)
+            | Self::InvalidContentLength
+            | Self::MissingHost
+            | Self::BadRequest(_) => 400,
+            Self::NotFound { .. } => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::HeaderTimeout { .. } => 408,
+            Self::BodyTooLarge { .. } | Self::ChunkedBodyTooLarge { .. } => 413,
+            Self::HeadersTooLarge { .. } | Self::TooManyHeaders { .. } => 431,
+            Self::UnsupportedTransferCoding(_) => 501,
+            Self::Draining | Self::TooManyConnections { .. } => 503,
+            Self::UnsupportedVersion => 505,
+        }
+    }
+
+    /// A stable machine-readable name for the error, used in the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed_request",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::TooManyHeaders { .. } => "too_many_headers",
+            Self::BodyTooLarge { .. } | Self::ChunkedBodyTooLarge { .. } => "body_too_large",
+            Self::UnsupportedTransferCoding(_) => "unsupported_transfer_coding",
+            Self::AmbiguousFraming(_) => "ambiguous_framing",
+            Self::InvalidContentLength => "invalid_content_length",
+            Self::MissingHost => "missing_host",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::HeaderTimeout { .. } => "header_timeout",
+            Self::NotFound { .. } => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::BadRequest(_) => "bad_request",
+            Self::Draining => "draining",
+            Self::TooManyConnections { .. } => "too_many_connections",
+        }
+    }
+
+    /// Whether the connection must close after this answer: the framing of
+    /// whatever follows on the wire can no longer be trusted.
+    pub fn closes_connection(&self) -> bool {
+        !matches!(
+            self,
+            Self::NotFound { .. } | Self::MethodNotAllowed { .. } | Self::BadRequest(_)
+        )
+    }
+}

@@ -1,0 +1,10 @@
+//! HTTP/1.1 on the bytes the connection owns: parsing, framing, responses, dates, errors.
+
+pub mod date;
+pub mod error;
+pub mod parse;
+pub mod response;
+
+pub use error::HttpError;
+pub use parse::{Framing, Head, Limits, Version};
+pub use response::{Persistence, Response};

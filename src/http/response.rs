@@ -1,0 +1,214 @@
+//! Writing responses straight into the connection's output buffer.
+
+use serde::Serialize;
+
+use super::date::DATE_LEN;
+use super::error::HttpError;
+
+/// The `Server` header every response carries.
+pub const SERVER_NAME: &str = "percore";
+
+/// What the response says about the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// HTTP/1.1 keep-alive: nothing to say.
+    KeepAlive,
+    /// HTTP/1.0 client that asked for keep-alive: `Connection: keep-alive`.
+    KeepAliveHttp10,
+    /// The server closes after this response: `Connection: close`.
+    Close,
+}
+
+/// Writes one response into `out`. Created per request by the connection.
+pub struct Response<'a> {
+    out: &'a mut Vec<u8>,
+    date: &'a [u8; DATE_LEN],
+    head_only: bool,
+    persistence: Persistence,
+    written: bool,
+    status: u16,
+}
+
+impl<'a> Response<'a> {
+    pub fn new(
+        out: &'a mut Vec<u8>,
+        date: &'a [u8; DATE_LEN],
+        head_only: bool,
+        persistence: Persistence,
+    ) -> Self {
+        Self {
+            out,
+            date,
+            head_only,
+            persistence,
+            written: false,
+            status: 0,
+        }
+    }
+
+    /// Whether a response was written (handlers must write exactly one).
+    pub fn is_written(&self) -> bool {
+        self.written
+    }
+
+    /// The status written, or 0 before a response is written.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Writes a complete response with a body of known length.
+    pub fn send(&mut self, status: u16, content_type: &str, headers: &[(&str, &str)], body: &[u8]) {
+        debug_assert!(!self.written, "a handler wrote two responses");
+        self.written = true;
+        self.status = status;
+        let out = &mut *self.out;
+        out.extend_from_slice(status_line(status).as_bytes());
+        out.extend_from_slice(b"Server: percore\r\nDate: ");
+        out.extend_from_slice(self.date);
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(match self.persistence {
+            Persistence::KeepAlive => b"\r\n".as_slice(),
+            Persistence::KeepAliveHttp10 => b"\r\nConnection: keep-alive\r\n",
+            Persistence::Close => b"\r\nConnection: close\r\n",
+        });
+        for (name, value) in headers {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !self.head_only {
+            out.extend_from_slice(body);
+        }
+    }
+
+    /// Serializes `value` with simd-json into `scratch`, then sends it.
+    pub fn json<T: Serialize>(&mut self, status: u16, value: &T, scratch: &mut Vec<u8>) {
+        scratch.clear();
+        if simd_json::to_writer(&mut *scratch, value).is_err() {
+            // Serializing our own plain structs cannot fail; answer honestly if it does.
+            scratch.clear();
+            scratch.extend_from_slice(
+                br#"{"error":"internal","message":"response serialization failed"}"#,
+            );
+            return self.send(500, "application/json", &[], scratch);
+        }
+        self.send(status, "application/json", &[], scratch);
+    }
+
+    /// Renders an error as `{"error": code, "message": text}` with its status.
+    pub fn error(&mut self, error: &HttpError, scratch: &mut Vec<u8>) {
+        #[derive(Serialize)]
+        struct Body<'e> {
+            error: &'static str,
+            message: &'e str,
+        }
+        let message = error.to_string();
+        let allow;
+        let headers: &[(&str, &str)] = match error {
+            HttpError::MethodNotAllowed { allow: a, .. } => {
+                allow = [("Allow", a.as_str())];
+                &allow
+            }
+            HttpError::Draining | HttpError::TooManyConnections { .. } => &[("Retry-After", "1")],
+            _ => &[],
+        };
+        scratch.clear();
+        let body = Body {
+            error: error.code(),
+            message: &message,
+        };
+        if simd_json::to_writer(&mut *scratch, &body).is_err() {
+            scratch.clear();
+        }
+        self.send(error.status(), "application/json", headers, scratch);
+    }
+}
+
+/// The interim response sent before reading a body the client is holding back.
+pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Status line for `status`, pre-rendered.
+pub fn status_line(status: u16) -> &'static str {
+    match status {
+        200 => "HTTP/1.1 200 OK\r\n",
+        201 => "HTTP/1.1 201 Created\r\n",
+        202 => "HTTP/1.1 202 Accepted\r\n",
+        204 => "HTTP/1.1 204 No Content\r\n",
+        206 => "HTTP/1.1 206 Partial Content\r\n",
+        304 => "HTTP/1.1 304 Not Modified\r\n",
+        400 => "HTTP/1.1 400 Bad Request\r\n",
+        404 => "HTTP/1.1 404 Not Found\r\n",
+        405 => "HTTP/1.1 405 Method Not Allowed\r\n",
+        408 => "HTTP/1.1 408 Request Timeout\r\n",
+        412 => "HTTP/1.1 412 Precondition Failed\r\n",
+        413 => "HTTP/1.1 413 Content Too Large\r\n",
+        416 => "HTTP/1.1 416 Range Not Satisfiable\r\n",
+        429 => "HTTP/1.1 429 Too Many Requests\r\n",
+        431 => "HTTP/1.1 431 Request Header Fields Too Large\r\n",
+        500 => "HTTP/1.1 500 Internal Server Error\r\n",
+        501 => "HTTP/1.1 501 Not Implemented\r\n",
+        503 => "HTTP/1.1 503 Service Unavailable\r\n",
+        505 => "HTTP/1.1 505 HTTP Version Not Supported\r\n",
+        _ => "HTTP/1.1 500 Internal Server Error\r\n",
+    }
+}
+
+/// A complete response for a connection refused before any request was read.
+pub fn render_refusal(error: &HttpError, date: &[u8; DATE_LEN]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut scratch = Vec::new();
+    Response::new(&mut out, date, false, Persistence::Close).error(error, &mut scratch);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATE: &[u8; DATE_LEN] = b"Sun, 06 Nov 1994 08:49:37 GMT";
+
+    #[test]
+    fn writes_head_and_body() {
+        let mut out = Vec::new();
+        Response::new(&mut out, DATE, false, Persistence::KeepAlive).send(
+            200,
+            "text/plain",
+            &[("X-A", "b")],
+            b"hi",
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 200 OK\r\nServer: percore\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nX-A: b\r\n\r\nhi"
+        );
+    }
+
+    #[test]
+    fn head_keeps_length_drops_body() {
+        let mut out = Vec::new();
+        Response::new(&mut out, DATE, true, Persistence::Close).send(200, "text/plain", &[], b"hi");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Content-Length: 2\r\nConnection: close\r\n\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn errors_are_json_with_allow() {
+        let mut out = Vec::new();
+        let error = HttpError::MethodNotAllowed {
+            method: "PUT".into(),
+            allow: "GET, HEAD".into(),
+        };
+        Response::new(&mut out, DATE, false, Persistence::KeepAlive).error(&error, &mut Vec::new());
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(text.contains("\r\nAllow: GET, HEAD\r\n"));
+        assert!(text.ends_with(
+            r#"{"error":"method_not_allowed","message":"method PUT is not allowed here; allowed: GET, HEAD"}"#
+        ));
+    }
+}

@@ -1,0 +1,59 @@
+//! The `percore` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use percore::config::{Config, ServeArgs};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Exit status for a usage or configuration error (sysexits.h EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+/// A thread-per-core, zero-copy HTTP/1.1 API server for Linux on io_uring.
+#[derive(Debug, Parser)]
+#[command(name = "percore", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve HTTP: one io core per CPU, each with its own SO_REUSEPORT listener.
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match Config::resolve(&args) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("percore: {error}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            match percore::runtime::serve(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("percore: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! One connection's HTTP/1.1 state machine, independent of how bytes arrive: parse in place, answer in order.
+
+use std::mem::{self, MaybeUninit};
+use std::time::{Duration, Instant};
+
+use crate::api::Service;
+use crate::http::parse::{self, Framing, Limits, HEADER_SLOTS};
+use crate::http::response::CONTINUE_100;
+use crate::http::HttpError;
+
+/// Stop answering pipelined requests once this much output is waiting: the
+/// client is not reading, and memory must stay bounded.
+pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+
+/// The per-connection protocol state. The io layer feeds it bytes and sends
+/// what it writes into the output buffer.
+#[derive(Default)]
+pub struct Session {
+    /// Bytes not yet answered: a request that spans receives, or requests
+    /// held back while output is above the high-water mark.
+    pending: Vec<u8>,
+    /// The decoded body of a chunked request, reused across requests.
+    chunked_body: Vec<u8>,
+    continue_sent: bool,
+    /// When the head of the request in progress began to arrive.
+    head_started: Option<Instant>,
+    closing: bool,
+}
+
+impl Session {
+    /// True once the connection will read no more requests: close after the output is sent.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Bytes received but not yet answered.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// True when no request is in progress.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Stops reading requests; whatever is already answered is still sent.
+    pub fn close(&mut self) {
+        self.closing = true;
+        self.pending = Vec::new();
+        self.head_started = None;
+    }
+
+    /// Handles received bytes: answers every complete request, in order, into `out`.
+    pub fn receive(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        service: &mut Service,
+        limits: &Limits,
+        now: Instant,
+    ) {
+        if self.closing {
+            return;
+        }
+        if self.pending.is_empty() {
+            // The common case: parse straight from the receive buffer.
+            let used = self.serve(data, out, service, limits, now);
+            if !self.closing && used < data.len() {
+                self.pending.extend_from_slice(&data[used..]);
+            }
+        } else {
+            self.pending.extend_from_slice(data);
+            self.resume(out, service, limits, now);
+        }
+    }
+
+    /// Answers requests held in `pending` (after output drained).
+    pub fn resume(
+        &mut self,
+        out: &mut Vec<u8>,
+        service: &mut Service,
+        limits: &Limits,
+        now: Instant,
+    ) {
+        if self.pending.is_empty() || self.closing {
+            return;
+        }
+        let mut pending = mem::take(&mut self.pending);
+        let used = self.serve(&pending, out, service, limits, now);
+        if !self.closing {
+            pending.drain(..used);
+            self.pending = pending;
+        }
+    }
+
+    /// Answers the request in progress with 408 if its head is overdue.
+    /// Returns true if it did (the connection then closes).
+    pub fn check_header_timeout(
+        &mut self,
+        out: &mut Vec<u8>,
+        service: &mut Service,
+        timeout: Duration,
+        now: Instant,
+    ) -> bool {
+        match self.head_started {
+            Some(started) if now.duration_since(started) >= timeout => {
+                let error = HttpError::HeaderTimeout {
+                    seconds: timeout.as_secs(),
+                };
+                service.reject(&error, out, now);
+                self.close();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Answers complete requests at the start of `data`; returns the bytes used.
+    fn serve(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        service: &mut Service,
+        limits: &Limits,
+        now: Instant,
+    ) -> usize {
+        let mut used = 0;
+        while used < data.len() && out.len() < OUTPUT_HIGH_WATER {
+            let mut slots = [const { MaybeUninit::uninit() }; HEADER_SLOTS];
+            let head = match parse::parse_head(&data[used..], &mut slots, limits) {
+                Ok(Some(head)) => head,
+                Ok(None) => {
+                    self.head_started.get_or_insert(now);
+                    break;
+                }
+                Err(error) => {
+                    service.reject(&error, out, now);
+                    self.close();
+                    return data.len();
+                }
+            };
+            self.head_started = None;
+            let body_start = used + head.len;
+            let waiting = &data[body_start..];
+            let (body, end): (&[u8], usize) = match head.framing {
+                Framing::None => (&[], body_start),
+                Framing::Length(n) if waiting.len() >= n => (&waiting[..n], body_start + n),
+                Framing::Length(_) => {
+                    self.ask_for_body(head.expect_continue, out);
+                    break;
+                }
+                Framing::Chunked => match parse::chunked_extent(waiting, limits) {
+                    Ok(Some(extent)) => {
+                        parse::decode_chunked(&waiting[..extent], &mut self.chunked_body);
+                        (&self.chunked_body, body_start + extent)
+                    }
+                    Ok(None) => {
+                        self.ask_for_body(head.expect_continue, out);
+                        break;
+                    }
+                    Err(error) => {
+                        service.reject(&error, out, now);
+                        self.close();
+                        return data.len();
+                    }
+                },
+            };
+            let keep_alive = service.handle(&head, body, out, now);
+            self.continue_sent = false;
+            used = end;
+            if !keep_alive {
+                self.close();
+                return data.len();
+            }
+        }
+        used
+    }
+
+    fn ask_for_body(&mut self, expect_continue: bool, out: &mut Vec<u8>) {
+        if expect_continue && !self.continue_sent {
+            out.extend_from_slice(CONTINUE_100);
+            self.continue_sent = true;
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! What every core of the node may read: the draining flag and the metrics registry.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::metrics::Registry;
+
+/// Read-mostly state shared by all cores. Writes are rare (a signal) and
+/// never on the hot path.
+pub struct Node {
+    draining: AtomicBool,
+    pub metrics: Arc<Registry>,
+    pub io_cores: usize,
+}
+
+impl Node {
+    pub fn new(io_cores: usize, metrics: Arc<Registry>) -> Arc<Self> {
+        Arc::new(Self {
+            draining: AtomicBool::new(false),
+            metrics,
+            io_cores,
+        })
+    }
+
+    /// True once shutdown has begun: `/readyz` fails and connections close after their current request.
+    #[inline]
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,253 @@
+//! Placing io cores on CPUs, starting them, and stopping them on SIGINT/SIGTERM.
+//!
+//! Each io core is a thread pinned to one CPU that owns an io_uring, a
+//! listener and every connection that listener accepts (see `net`). The main
+//! thread only binds, starts cores, waits for a signal and joins them.
+
+pub mod cpu;
+pub mod uring;
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::api;
+use crate::config::Config;
+use crate::metrics::Registry;
+use crate::net::event_loop::{CoreOptions, IoCore};
+use crate::net::listener;
+use crate::node::Node;
+use uring::UringError;
+
+/// Why the server could not start or run.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("io core {core} on CPU {cpu}: {source}")]
+    Uring {
+        core: usize,
+        cpu: usize,
+        source: UringError,
+    },
+    #[error("cannot pin io core {core} to CPU {cpu}: {source}")]
+    Pin {
+        core: usize,
+        cpu: usize,
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// A running server, started by [`start`].
+pub struct Server {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    cores: Vec<(JoinHandle<io::Result<usize>>, OwnedFd)>,
+}
+
+/// Binds the listeners and starts every io core; returns once all serve.
+pub fn start(config: &Config) -> Result<Server, ServeError> {
+    uring::raise_memlock_limit();
+    let cores = config.cores();
+    let (listeners, addr) =
+        listener::bind_reuseport(config.listen, cores).map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let routes = api::routes();
+    let route_names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
+    let node = Node::new(cores, Registry::new(cores, &route_names));
+    let options = CoreOptions {
+        limits: config.limits,
+        max_connections: config.max_connections_per_core,
+        idle_timeout: config.idle_timeout,
+        header_timeout: config.header_timeout,
+        shutdown_grace: config.shutdown_grace,
+    };
+
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), ServeError>>();
+    let mut started = Vec::with_capacity(cores);
+    for (core, (listener, &cpu)) in listeners.into_iter().zip(&config.cpus).enumerate() {
+        let wake = eventfd()?;
+        let wake_for_core = wake.try_clone()?;
+        let options = options.clone();
+        let node = Arc::clone(&node);
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("percore-io-{core}"))
+            .spawn(move || {
+                if let Err(source) = cpu::pin_current_thread(cpu) {
+                    let _ = ready.send(Err(ServeError::Pin { core, cpu, source }));
+                    return Ok(0);
+                }
+                match IoCore::new(core, listener, wake_for_core, options, node) {
+                    Ok(io_core) => {
+                        let _ = ready.send(Ok(()));
+                        drop(ready);
+                        io_core.run()
+                    }
+                    Err(source) => {
+                        let _ = ready.send(Err(ServeError::Uring { core, cpu, source }));
+                        Ok(0)
+                    }
+                }
+            })?;
+        started.push((handle, wake));
+    }
+    drop(ready_tx);
+    let server = Server {
+        addr,
+        node,
+        cores: started,
+    };
+    for _ in 0..cores {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                server.stop_now();
+                return Err(error);
+            }
+            Err(_) => {
+                server.stop_now();
+                return Err(ServeError::Io(io::Error::other(
+                    "an io core exited while starting",
+                )));
+            }
+        }
+    }
+    Ok(server)
+}
+
+impl Server {
+    /// Begins draining: readiness fails, listeners close, connections finish
+    /// their current request within the grace period.
+    pub fn drain(&self) {
+        self.node.start_draining();
+        for (_, wake) in &self.cores {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a u64 to an eventfd we own.
+            unsafe { libc::write(wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    fn stop_now(&self) {
+        self.drain();
+    }
+
+    /// Waits for every io core to finish draining. Returns the number of connections cut at the deadline.
+    pub fn join(self) -> io::Result<usize> {
+        let mut cut = 0;
+        for (handle, _wake) in self.cores {
+            cut += handle
+                .join()
+                .map_err(|_| io::Error::other("an io core panicked"))??;
+        }
+        Ok(cut)
+    }
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (and the threads it
+/// starts later), so they are taken only by [`wait_for_signal`].
+pub fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; these calls only read and write it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for SIGINT or SIGTERM, or until `timeout`; returns the signal taken.
+pub fn wait_for_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
+    loop {
+        // SAFETY: set was filled by block_shutdown_signals; info and the
+        // timespec are valid for the call.
+        let signal = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            match timeout {
+                Some(t) => {
+                    let spec = libc::timespec {
+                        tv_sec: t.as_secs() as libc::time_t,
+                        tv_nsec: t.subsec_nanos() as libc::c_long,
+                    };
+                    libc::sigtimedwait(set, &mut info, &spec)
+                }
+                None => libc::sigwaitinfo(set, &mut info),
+            }
+        };
+        if signal > 0 {
+            return Some(signal);
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
+        }
+    }
+}
+
+/// `percore serve`: starts, reports where it listens, serves until a signal, drains.
+pub fn serve(config: &Config) -> Result<(), ServeError> {
+    let signals = block_shutdown_signals();
+    let server = start(config)?;
+    let cores = config.cores();
+    println!(
+        "percore listening on http://{} with {} io core{} on CPU{} {}",
+        server.addr,
+        cores,
+        if cores == 1 { "" } else { "s" },
+        if cores == 1 { "" } else { "s" },
+        cpu::format_cpu_list(&config.cpus)
+    );
+    let _ = io::stdout().flush();
+    let signal = wait_for_signal(&signals, None);
+    let name = if signal == Some(libc::SIGINT) {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
+    println!(
+        "percore: {name} received; draining for up to {:?} (send it again to stop at once)",
+        config.shutdown_grace
+    );
+    let _ = io::stdout().flush();
+    server.drain();
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(server.join());
+    });
+    loop {
+        if let Ok(result) = done_rx.recv_timeout(Duration::from_millis(50)) {
+            let cut = result?;
+            if cut > 0 {
+                println!("percore: grace period over; cut {cut} connection(s) still open");
+            }
+            println!("percore: stopped");
+            return Ok(());
+        }
+        if wait_for_signal(&signals, Some(Duration::from_millis(1))).is_some() {
+            println!("percore: second signal; stopping now");
+            let _ = io::stdout().flush();
+            std::process::exit(1);
+        }
+    }
+}
