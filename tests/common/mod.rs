@@ -1,0 +1,256 @@
+//! A real percore process on an ephemeral loopback port, and a raw HTTP/1.1 client for it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server process, killed when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    stdout: Option<BufReader<std::process::ChildStdout>>,
+}
+
+impl Server {
+    /// Starts `percore serve` on 127.0.0.1:0 with one io core unless `args` say otherwise.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with(Command::new(env!("CARGO_BIN_EXE_percore")), args)
+    }
+
+    pub fn start_with(mut command: Command, args: &[&str]) -> Self {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        if !args.contains(&"--cores") {
+            all.extend(["--cores", "1"]);
+        }
+        all.extend_from_slice(args);
+        let mut child = command
+            .args(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start percore");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read start-up line");
+        if line.is_empty() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("percore did not start: {err}");
+        }
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected start-up line: {line}"))
+            .parse()
+            .unwrap();
+        Self {
+            addr,
+            child: Some(child),
+            stdout: Some(stdout),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn connect(&self) -> Conn {
+        Conn::new(self.addr)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its status and everything it printed after start-up.
+    pub fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut out = String::new();
+                self.stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                return (status, out);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("percore did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `GET path` on a fresh connection.
+    pub fn get(&self, path: &str) -> Response {
+        let mut conn = self.connect();
+        conn.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        conn.response()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `error` code of a JSON error body.
+    pub fn error_code(&self) -> String {
+        let text = self.text();
+        let start = text
+            .find("\"error\":\"")
+            .unwrap_or_else(|| panic!("not an error body: {text}"))
+            + 9;
+        text[start..].split('"').next().unwrap().to_owned()
+    }
+}
+
+/// A raw connection that reads responses one at a time.
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 16384];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    /// Reads one response to a request that was not HEAD.
+    pub fn response(&mut self) -> Response {
+        self.read_response(false)
+    }
+
+    pub fn read_response(&mut self, head_request: bool) -> Response {
+        let head_end = loop {
+            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            if self.fill() == 0 {
+                panic!(
+                    "connection closed before a full response head; got {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        };
+        let head = String::from_utf8(self.buf[..head_end].to_vec()).unwrap();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap();
+        assert!(
+            status_line.starts_with("HTTP/1.1 "),
+            "status line {status_line:?}"
+        );
+        let status: u16 = status_line[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.trim().to_owned(), v.trim().to_owned())
+            })
+            .collect();
+        let length: usize = if head_request || status == 100 || status == 304 {
+            0
+        } else {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse().unwrap())
+                .expect("every percore response has Content-Length")
+        };
+        while self.buf.len() < head_end + length {
+            if self.fill() == 0 {
+                panic!("connection closed inside a body");
+            }
+        }
+        let body = self.buf[head_end..head_end + length].to_vec();
+        self.buf.drain(..head_end + length);
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// True if the server closes the connection (EOF or reset) within `timeout`, with nothing more sent.
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut chunk = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return self.buf.is_empty(),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return self.buf.is_empty()
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}
