@@ -61,6 +61,7 @@ TESTS = {
 }
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WARMUP_S = 2
+NOISY_PCT = 20  # % of the server CPU busy with something else: noted in the table
 
 
 def log(msg):
@@ -139,6 +140,14 @@ def stat_cpu_lines():
             vals += [0] * (8 - len(vals))
             out[parts[0]] = vals
     return out
+
+
+def busy_ticks(before, after, key):
+    """(busy, total) jiffies of one /proc/stat cpu line over an interval; busy excludes idle+iowait."""
+    if key not in before or key not in after:
+        return None, None
+    d = [a - b for a, b in zip(after[key], before[key])]
+    return sum(d) - d[3] - d[4], sum(d)
 
 
 def steal_pct(before, after, key):
@@ -295,6 +304,16 @@ def run_one(args, target, test, rnd, logdir):
     run["steal_pct"] = steal_pct(stat0, stat1, "cpu")
     run["steal_pct_server_cpu"] = steal_pct(stat0, stat1, f"cpu{args.server_cpu}")
     run["server_cpu_s"] = (ticks1 - ticks0) / CLK_TCK
+    # Load check on a shared machine: busy time of the server's CPU that was not
+    # the server's own (other processes, kworkers, ksoftirqd), and how busy the
+    # client's CPU was (near 100 % means wrk, not the server, set the pace).
+    busy, total = busy_ticks(stat0, stat1, f"cpu{args.server_cpu}")
+    if total:
+        run["server_cpu_other_busy_pct"] = max(0.0, 100.0 * (busy - (ticks1 - ticks0)) / total)
+        run["server_cpu_busy_pct"] = 100.0 * busy / total
+    busy, total = busy_ticks(stat0, stat1, f"cpu{args.client_cpu}")
+    if total:
+        run["client_cpu_busy_pct"] = 100.0 * busy / total
     if sched0 is not None and sched1 is not None:
         run["server_cpu_s_schedstat"] = (sched1 - sched0) / 1e9
     n = run["total_requests"]
@@ -349,6 +368,10 @@ def summarize(runs, tests, targets):
                 "median_cpu_us_per_req": med(r["cpu_us_per_req"] for r in good),
                 "median_req_per_cpu_s": med(r["req_per_cpu_s"] for r in good),
                 "median_cpu_us_per_req_schedstat": med(r.get("cpu_us_per_req_schedstat") for r in good),
+                "server_cpu_other_busy_pct_max": max((r["server_cpu_other_busy_pct"] for r in rs
+                                                      if r.get("server_cpu_other_busy_pct") is not None), default=None),
+                "median_server_cpu_busy_pct": med(r.get("server_cpu_busy_pct") for r in good),
+                "median_client_cpu_busy_pct": med(r.get("client_cpu_busy_pct") for r in good),
                 "steal_pct_min": min(steals) if steals else None,
                 "steal_pct_max": max(steals) if steals else None,
             }
@@ -389,11 +412,22 @@ def table(test, st, targets, runs):
         else:
             ratio = "— (percore not run)"
         nruns = f"{s['good_runs']}/{s['runs']} ok"
+        noisy = [r for r in runs if r["test"] == test and r["target"] == target
+                 and (r.get("server_cpu_other_busy_pct") or 0) >= NOISY_PCT]
+        if noisy:
+            nruns += f" (noisy: other load ≥{NOISY_PCT}% on the server CPU in {len(noisy)})"
         if s["failed"]:
             nruns += " ⚠ " + "; ".join(s["failed"])
         lines.append(f"| {target} | {fmt(s['median_requests_per_s'], ',.0f')} | {fmt_lat(s['median_p99_us'])} | "
                      f"{fmt(s['median_cpu_us_per_req'], '.2f')} | {fmt(s['median_req_per_cpu_s'], ',.0f')} | "
                      f"{steal} | {ratio} | {nruns} |")
+    load = ", ".join(f"{t} {st[t]['median_server_cpu_busy_pct']:.0f}/{st[t]['median_client_cpu_busy_pct']:.0f}"
+                     f" (other {st[t]['server_cpu_other_busy_pct_max']:.0f})"
+                     for t in targets if st[t]["median_server_cpu_busy_pct"] is not None
+                     and st[t]["median_client_cpu_busy_pct"] is not None
+                     and st[t]["server_cpu_other_busy_pct_max"] is not None)
+    if load:
+        lines += ["", f"CPU busy % server/client (max % of the server CPU busy with anything else): {load}."]
     if pipelined:
         lines += ["", "p99 when pipelining is indicative only: wrk records one latency per batch and its "
                   "percentiles often read 0 (wg/wrk#236); — means wrk printed 0."]
@@ -473,7 +507,8 @@ def main():
                             log("   server log:\n" + r["server_log_tail"])
                     else:
                         log(f"   {r['requests_per_s']:,.0f} req/s  p99 {fmt_lat(r['p99_us'])}  "
-                            f"{fmt(r['cpu_us_per_req'], '.2f')} CPU-µs/req  steal {r['steal_pct']:.1f}%"
+                            f"{fmt(r['cpu_us_per_req'], '.2f')} CPU-µs/req  steal {r['steal_pct']:.1f}%  "
+                            f"other load on server CPU {fmt(r.get('server_cpu_other_busy_pct'), '.0f')}%"
                             + (f"  ⚠ {'; '.join(r['flags'])}" if r["flags"] else ""))
                     runs.append(r)
 

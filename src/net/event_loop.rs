@@ -33,8 +33,7 @@ const KIND_CANCEL: u64 = 6;
 const TICK: Duration = Duration::from_millis(500);
 /// How long a closing connection may take to read its last response.
 const LINGER: Duration = Duration::from_secs(2);
-/// Receive buffers per core and their size.
-const RECV_BUFFERS: u16 = 1024;
+/// Size of each provided receive buffer.
 const RECV_BUFFER_SIZE: usize = 4096;
 const BUFFER_GROUP: u16 = 0;
 
@@ -46,6 +45,7 @@ pub struct CoreOptions {
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub io_budget: uring::IoBudget,
 }
 
 fn user_data(kind: u64, generation: u32, slot: u32) -> u64 {
@@ -114,8 +114,8 @@ impl IoCore {
         options: CoreOptions,
         node: Arc<Node>,
     ) -> Result<Self, UringError> {
-        let ring = uring::build_ring()?;
-        let buffers = register_buffers(&ring)?;
+        let ring = uring::build_ring(options.io_budget.ring_entries)?;
+        let buffers = register_buffers(&ring, options.io_budget.recv_buffers)?;
         Ok(Self {
             ring,
             buffers,
@@ -608,8 +608,8 @@ fn set_nodelay(fd: RawFd) {
 }
 
 /// Registers the receive buffers, with fewer if locked memory is short.
-fn register_buffers(ring: &IoUring) -> Result<BufRing, UringError> {
-    let mut count = RECV_BUFFERS;
+fn register_buffers(ring: &IoUring, count: u16) -> Result<BufRing, UringError> {
+    let mut count = count;
     loop {
         match BufRing::register(&ring.submitter(), count, RECV_BUFFER_SIZE, BUFFER_GROUP) {
             Ok(buffers) => return Ok(buffers),

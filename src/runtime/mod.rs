@@ -71,6 +71,7 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
         idle_timeout: config.idle_timeout,
         header_timeout: config.header_timeout,
         shutdown_grace: config.shutdown_grace,
+        io_budget: uring::IoBudget::for_this_process(cores),
     };
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), ServeError>>();
