@@ -86,7 +86,8 @@ fn the_grace_period_bounds_a_stalled_request() {
 
 #[test]
 fn bad_configuration_exits_64_naming_the_field() {
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["--cores", "0"], vec![], "`cores`"),
         (vec!["--cores", "many"], vec![], "`cores`"),
         (vec![], vec![("PERCORE_CORES", "-1")], "`cores`"),

@@ -363,7 +363,7 @@ mod tests {
 
     #[test]
     fn http10_closes_unless_asked() {
-        assert_eq!(head(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().1, false);
+        assert!(!head(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().1);
         let ka = head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
         assert!(ka.unwrap().unwrap().1);
         let close = head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, close\r\n\r\n");

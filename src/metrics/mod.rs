@@ -31,6 +31,9 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);
 }
 
+/// Picks one counter of a core, for rendering.
+type CounterField = fn(&CoreShared) -> &AtomicU64;
+
 /// What one core publishes. Aligned so two cores never share a cache line.
 #[repr(align(128))]
 struct CoreShared {
@@ -108,7 +111,7 @@ impl Registry {
                 }
             }
         }
-        let gauges: [(&str, &str, &str, fn(&CoreShared) -> &AtomicU64); 4] = [
+        let gauges: [(&str, &str, &str, CounterField); 4] = [
             (
                 "percore_open_connections",
                 "gauge",

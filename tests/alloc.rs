@@ -1,0 +1,108 @@
+//! The hot path allocates nothing per request: parsing, routing, handlers and response writing reuse what the connection owns.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Instant;
+
+use percore::api::{self, Service};
+use percore::http::Limits;
+use percore::metrics::Registry;
+use percore::net::session::Session;
+use percore::node::Node;
+
+/// Counts allocations made by the current thread.
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: defers to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+fn service() -> Service {
+    let routes = api::routes();
+    let names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
+    Service::new(0, Node::new(1, Registry::new(1, &names)))
+}
+
+/// What wrk sends, 16 deep, alternating the two TechEmpower endpoints.
+fn pipelined_batch() -> Vec<u8> {
+    let mut batch = Vec::new();
+    for i in 0..16 {
+        let path = if i % 2 == 0 { "/json" } else { "/plaintext" };
+        batch.extend_from_slice(
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\nConnection: keep-alive\r\n\r\n").as_bytes(),
+        );
+    }
+    batch
+}
+
+#[test]
+fn serving_pipelined_requests_allocates_nothing() {
+    let mut service = service();
+    let mut session = Session::default();
+    let limits = Limits::default();
+    let batch = pipelined_batch();
+    let mut out = Vec::new();
+    for _ in 0..10 {
+        out.clear();
+        session.receive(&batch, &mut out, &mut service, &limits, Instant::now());
+    }
+    let before = allocations();
+    for _ in 0..1000 {
+        out.clear();
+        session.receive(&batch, &mut out, &mut service, &limits, Instant::now());
+    }
+    let per_batch = (allocations() - before) as f64 / 1000.0;
+    let answered = out.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    assert_eq!(answered, 16, "every request in the batch was answered");
+    assert_eq!(per_batch, 0.0, "allocations per 16 requests");
+}
+
+#[test]
+fn requests_split_across_receives_allocate_nothing_once_warm() {
+    let mut service = service();
+    let mut session = Session::default();
+    let limits = Limits::default();
+    let batch = pipelined_batch();
+    let (first, second) = batch.split_at(batch.len() / 2 + 7);
+    let mut out = Vec::new();
+    let round = |session: &mut Session, service: &mut Service, out: &mut Vec<u8>| {
+        out.clear();
+        session.receive(first, out, service, &limits, Instant::now());
+        session.receive(second, out, service, &limits, Instant::now());
+    };
+    for _ in 0..10 {
+        round(&mut session, &mut service, &mut out);
+    }
+    let before = allocations();
+    for _ in 0..1000 {
+        round(&mut session, &mut service, &mut out);
+    }
+    assert_eq!(allocations() - before, 0);
+    assert_eq!(
+        out.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count(),
+        16
+    );
+    assert!(session.is_idle());
+}
