@@ -3,7 +3,6 @@
 pub mod router;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use httparse::Header;
 use serde::Serialize;
@@ -142,13 +141,7 @@ impl Service {
 
     /// Answers one complete request into `out`. Returns whether the
     /// connection stays open afterwards.
-    pub fn handle(
-        &mut self,
-        head: &Head<'_, '_>,
-        body: &[u8],
-        out: &mut Vec<u8>,
-        started: Instant,
-    ) -> bool {
+    pub fn handle(&mut self, head: &Head<'_, '_>, body: &[u8], out: &mut Vec<u8>) -> bool {
         let keep_alive = head.keep_alive && !self.is_draining();
         let persistence = match (keep_alive, head.version) {
             (false, _) => Persistence::Close,
@@ -156,7 +149,7 @@ impl Service {
             (true, Version::Http10) => Persistence::KeepAliveHttp10,
         };
         let mut response = Response::new(out, self.date.get(), head.method == "HEAD", persistence);
-        let path = head.path();
+        let path = head.path;
         let route = match self.router.route(head.method, path) {
             Match::Found {
                 index,
@@ -166,7 +159,7 @@ impl Service {
                 let request = Request {
                     method: head.method,
                     path,
-                    query: head.query(),
+                    query: head.query,
                     headers: head.headers,
                     params,
                     body,
@@ -174,7 +167,7 @@ impl Service {
                 handler(&request, &mut self.ctx, &mut response);
                 if !response.is_written() {
                     response.error(
-                        &HttpError::BadRequest("the handler wrote no response".into()),
+                        &HttpError::Internal("the handler wrote no response"),
                         &mut self.ctx.scratch,
                     );
                 }
@@ -199,16 +192,14 @@ impl Service {
             }
         };
         let status = response.status();
-        self.metrics
-            .request(route, status, started.elapsed().as_nanos() as u64);
+        self.metrics.request(route, status);
         keep_alive
     }
 
     /// Answers a request that failed before it could be routed.
-    pub fn reject(&mut self, error: &HttpError, out: &mut Vec<u8>, started: Instant) {
+    pub fn reject(&mut self, error: &HttpError, out: &mut Vec<u8>) {
         let mut response = Response::new(out, self.date.get(), false, Persistence::Close);
         response.error(error, &mut self.ctx.scratch);
-        self.metrics
-            .request(None, error.status(), started.elapsed().as_nanos() as u64);
+        self.metrics.request(None, error.status());
     }
 }

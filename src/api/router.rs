@@ -36,6 +36,8 @@ enum Segment {
 #[derive(Debug)]
 struct Route<H> {
     method: &'static str,
+    /// The whole pattern when it has no parameters: matched with one comparison.
+    literal: Option<&'static str>,
     segments: Vec<Segment>,
     handler: H,
 }
@@ -96,6 +98,7 @@ impl<H> Router<H> {
         );
         self.routes.push(Route {
             method,
+            literal: (params == 0).then_some(pattern),
             segments,
             handler,
         });
@@ -119,8 +122,13 @@ impl<H> Router<H> {
     pub fn route<'r, 'p>(&'r self, method: &str, path: &'p str) -> Match<'r, 'p, H> {
         let mut path_matched = false;
         for (index, route) in self.routes.iter().enumerate() {
-            let Some(params) = match_segments(&route.segments, path) else {
-                continue;
+            let params = match route.literal {
+                Some(literal) if literal == path => Params::default(),
+                Some(_) => continue,
+                None => match match_segments(&route.segments, path) {
+                    Some(params) => params,
+                    None => continue,
+                },
             };
             if route.method == method || (method == "HEAD" && route.method == "GET") {
                 return Match::Found {

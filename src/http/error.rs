@@ -37,6 +37,8 @@ pub enum HttpError {
     MethodNotAllowed { method: String, allow: String },
     #[error("{0}")]
     BadRequest(String),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error("the server is shutting down")]
     Draining,
     #[error("this io core is at its limit of {limit} connections; retry later")]
@@ -57,6 +59,7 @@ impl HttpError {
             Self::HeaderTimeout { .. } => 408,
             Self::BodyTooLarge { .. } | Self::ChunkedBodyTooLarge { .. } => 413,
             Self::HeadersTooLarge { .. } | Self::TooManyHeaders { .. } => 431,
+            Self::Internal(_) => 500,
             Self::UnsupportedTransferCoding(_) => 501,
             Self::Draining | Self::TooManyConnections { .. } => 503,
             Self::UnsupportedVersion => 505,
@@ -79,6 +82,7 @@ impl HttpError {
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BadRequest(_) => "bad_request",
+            Self::Internal(_) => "internal",
             Self::Draining => "draining",
             Self::TooManyConnections { .. } => "too_many_connections",
         }

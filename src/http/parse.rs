@@ -55,6 +55,10 @@ pub struct Head<'b, 'h> {
     pub method: &'b str,
     /// Path and query as sent, e.g. `/v1/items?limit=3`.
     pub target: &'b str,
+    /// The target up to `?`.
+    pub path: &'b str,
+    /// The target after `?`, if any.
+    pub query: Option<&'b str>,
     pub version: Version,
     pub headers: &'h [Header<'b>],
     /// Bytes taken by the request line and headers, including the blank line.
@@ -65,14 +69,6 @@ pub struct Head<'b, 'h> {
 }
 
 impl<'b> Head<'b, '_> {
-    pub fn path(&self) -> &'b str {
-        self.target.split_once('?').map_or(self.target, |(p, _)| p)
-    }
-
-    pub fn query(&self) -> Option<&'b str> {
-        self.target.split_once('?').map(|(_, q)| q)
-    }
-
     pub fn header(&self, name: &str) -> Option<&'b [u8]> {
         self.headers
             .iter()
@@ -141,35 +137,41 @@ pub fn parse_head<'b, 'h>(
     let mut hosts = 0usize;
     for header in headers {
         let name = header.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let value = parse_content_length(header.value)?;
-            if content_length.is_some_and(|seen| seen != value) {
-                return Err(HttpError::AmbiguousFraming(
-                    "two different Content-Length values",
-                ));
+        // Dispatch on length first: most headers are none of these five.
+        match name.len() {
+            14 if name.eq_ignore_ascii_case("content-length") => {
+                let value = parse_content_length(header.value)?;
+                if content_length.is_some_and(|seen| seen != value) {
+                    return Err(HttpError::AmbiguousFraming(
+                        "two different Content-Length values",
+                    ));
+                }
+                content_length = Some(value);
             }
-            content_length = Some(value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if transfer_encoding {
-                return Err(HttpError::AmbiguousFraming(
-                    "more than one Transfer-Encoding header",
-                ));
+            17 if name.eq_ignore_ascii_case("transfer-encoding") => {
+                if transfer_encoding {
+                    return Err(HttpError::AmbiguousFraming(
+                        "more than one Transfer-Encoding header",
+                    ));
+                }
+                check_transfer_encoding(header.value)?;
+                transfer_encoding = true;
             }
-            check_transfer_encoding(header.value)?;
-            transfer_encoding = true;
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in header.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                connection_close |= token.eq_ignore_ascii_case(b"close");
-                connection_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            10 if name.eq_ignore_ascii_case("connection") => {
+                for token in header.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    connection_close |= token.eq_ignore_ascii_case(b"close");
+                    connection_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
             }
-        } else if name.eq_ignore_ascii_case("expect") {
-            expect_continue = header
-                .value
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"100-continue");
-        } else if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
+            6 if name.eq_ignore_ascii_case("expect") => {
+                expect_continue = header
+                    .value
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"100-continue");
+            }
+            4 if name.eq_ignore_ascii_case("host") => hosts += 1,
+            _ => {}
         }
     }
 
@@ -201,9 +203,15 @@ pub fn parse_head<'b, 'h>(
         Version::Http11 => !connection_close,
         Version::Http10 => connection_keep_alive && !connection_close,
     };
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(at) => (&target[..at], Some(&target[at + 1..])),
+        None => (target, None),
+    };
     Ok(Some(Head {
         method,
         target,
+        path,
+        query,
         version,
         headers,
         len,
@@ -346,10 +354,7 @@ mod tests {
         let h = parse_head(raw, &mut slots, &Limits::default())
             .unwrap()
             .unwrap();
-        assert_eq!(
-            (h.method, h.path(), h.query()),
-            ("GET", "/json", Some("x=1"))
-        );
+        assert_eq!((h.method, h.path, h.query), ("GET", "/json", Some("x=1")));
         assert_eq!(h.len, raw.len());
         assert!(h.keep_alive);
         assert_eq!(h.header("HOST"), Some(&b"a"[..]));

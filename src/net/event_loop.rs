@@ -176,6 +176,7 @@ impl IoCore {
                 completions.clear();
                 self.completions = completions;
             }
+            self.service.metrics.finish_batch(now);
             if self.draining {
                 if self.live == 0 && !self.accept_armed {
                     return Ok(0);

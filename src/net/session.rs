@@ -107,7 +107,7 @@ impl Session {
                 let error = HttpError::HeaderTimeout {
                     seconds: timeout.as_secs(),
                 };
-                service.reject(&error, out, now);
+                service.reject(&error, out);
                 self.close();
                 true
             }
@@ -134,7 +134,7 @@ impl Session {
                     break;
                 }
                 Err(error) => {
-                    service.reject(&error, out, now);
+                    service.reject(&error, out);
                     self.close();
                     return data.len();
                 }
@@ -159,13 +159,13 @@ impl Session {
                         break;
                     }
                     Err(error) => {
-                        service.reject(&error, out, now);
+                        service.reject(&error, out);
                         self.close();
                         return data.len();
                     }
                 },
             };
-            let keep_alive = service.handle(&head, body, out, now);
+            let keep_alive = service.handle(&head, body, out);
             self.continue_sent = false;
             used = end;
             if !keep_alive {
