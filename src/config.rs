@@ -10,9 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use serde::Deserialize;
 use thiserror::Error;
 
 use crate::http::parse::{Limits, HEADER_SLOTS};
+use crate::limit::{Cidr, KeySource, PathPattern, Policy, Rate, RouteRule, Rules};
 use crate::runtime::cpu;
 
 /// A value the user must change, with the field it came from.
@@ -70,6 +72,29 @@ pub struct ServeArgs {
     /// Largest request body, e.g. `1MiB`; larger is answered 413. [default: 1MiB]
     #[arg(long, env = "PERCORE_MAX_BODY_BYTES", value_name = "SIZE")]
     pub max_body_bytes: Option<String>,
+    /// Rate limit per client across all cores, e.g. `100/s` or `6000/min`; off unless set here or in the file's [rate_limit].
+    #[arg(long, env = "PERCORE_RATE_LIMIT", value_name = "N/s|N/min|N/h")]
+    pub rate_limit: Option<String>,
+    /// Requests a client may make at once before the rate applies. [default: the N of --rate-limit]
+    #[arg(long, env = "PERCORE_BURST", value_name = "N")]
+    pub burst: Option<String>,
+    /// What a client is: its address, or a header such as an API key (requests without it fall back to the address). [default: ip]
+    #[arg(long, env = "PERCORE_RATE_LIMIT_KEY", value_name = "ip|header:NAME")]
+    pub rate_limit_key: Option<String>,
+    /// A proxy whose Forwarded / X-Forwarded-For headers are believed, e.g. `10.0.0.0/8`; repeatable.
+    #[arg(
+        long,
+        env = "PERCORE_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<String>,
+    /// Count what would be limited, limit nothing.
+    #[arg(long, env = "PERCORE_RATE_LIMIT_SHADOW")]
+    pub rate_limit_shadow: bool,
+    /// The most clients tracked at once; past it new clients go untracked until idle ones are dropped. [default: 1000000]
+    #[arg(long, env = "PERCORE_RATE_LIMIT_MAX_KEYS", value_name = "N")]
+    pub rate_limit_max_keys: Option<String>,
 }
 
 /// The validated configuration of one server.
@@ -83,6 +108,8 @@ pub struct Config {
     pub header_timeout: Duration,
     pub shutdown_grace: Duration,
     pub limits: Limits,
+    /// `None` when no rate limit is configured.
+    pub rate_limit: Option<Rules>,
 }
 
 impl Config {
@@ -200,7 +227,10 @@ impl Config {
             None => defaults.max_headers,
         };
 
+        let rate_limit = rate_limit_rules(args, file.get("rate_limit"))?;
+
         Ok(Self {
+            rate_limit,
             listen,
             cpus,
             max_connections_per_core,
@@ -227,7 +257,181 @@ const FILE_KEYS: &[&str] = &[
     "max_header_bytes",
     "max_headers",
     "max_body_bytes",
+    "rate_limit",
 ];
+
+/// The `[rate_limit]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFile {
+    rate: Option<String>,
+    burst: Option<u64>,
+    key: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    exempt: Option<Vec<String>>,
+    shadow: Option<bool>,
+    max_keys: Option<usize>,
+    #[serde(default)]
+    routes: Vec<RateLimitRouteFile>,
+}
+
+/// One `[[rate_limit.routes]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitRouteFile {
+    method: Option<String>,
+    path: String,
+    rate: Option<String>,
+    burst: Option<u64>,
+    cost: Option<u64>,
+    #[serde(default)]
+    exempt: bool,
+    name: Option<String>,
+}
+
+fn policy_from(
+    field: &'static str,
+    name: String,
+    rate: &str,
+    burst: Option<u64>,
+) -> Result<Policy, ConfigError> {
+    let rate = Rate::parse(rate).ok_or_else(|| {
+        invalid(
+            field,
+            format!("`{rate}` is not a rate like 100/s, 6000/min or 10/h"),
+        )
+    })?;
+    let burst = burst.unwrap_or(rate.count);
+    if burst == 0 || burst > 1_000_000_000 {
+        return Err(invalid(
+            "burst",
+            format!("`{burst}` is not a whole number from 1 to 1000000000"),
+        ));
+    }
+    Ok(Policy { name, rate, burst })
+}
+
+/// Resolves flags over the file's `[rate_limit]` table; `None` if neither sets a limit.
+fn rate_limit_rules(
+    args: &ServeArgs,
+    file: Option<&toml::Value>,
+) -> Result<Option<Rules>, ConfigError> {
+    let file: RateLimitFile = match file {
+        None => RateLimitFile::default(),
+        Some(value) => value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid("rate_limit", e.message().to_owned()))?,
+    };
+    let mut policies = Vec::new();
+    let burst = match &args.burst {
+        Some(text) => Some(parse_count("burst", text, 1, 1_000_000_000)? as u64),
+        None => file.burst,
+    };
+    let default_policy = match args.rate_limit.as_ref().or(file.rate.as_ref()) {
+        Some(rate) => {
+            policies.push(policy_from("rate_limit", "default".into(), rate, burst)?);
+            Some(0)
+        }
+        None if burst.is_some() => {
+            return Err(invalid(
+                "burst",
+                "a burst needs a rate: set --rate-limit too",
+            ))
+        }
+        None => None,
+    };
+    let mut routes = Vec::new();
+    for route in &file.routes {
+        let path = PathPattern::parse(&route.path).ok_or_else(|| {
+            invalid(
+                "rate_limit.routes",
+                format!(
+                    "path `{}` must start with / (end it with * for a prefix)",
+                    route.path
+                ),
+            )
+        })?;
+        let cost = route.cost.unwrap_or(1);
+        if cost == 0 {
+            return Err(invalid(
+                "rate_limit.routes",
+                format!("cost for `{}` must be at least 1", route.path),
+            ));
+        }
+        let policy = if route.exempt {
+            None
+        } else if let Some(rate) = &route.rate {
+            let name = route.name.clone().unwrap_or_else(|| route.path.clone());
+            policies.push(policy_from("rate_limit.routes", name, rate, route.burst)?);
+            Some(policies.len() - 1)
+        } else if default_policy.is_some() {
+            default_policy
+        } else {
+            return Err(invalid(
+                "rate_limit.routes",
+                format!(
+                    "`{}` needs a rate, or a default rate_limit.rate",
+                    route.path
+                ),
+            ));
+        };
+        routes.push(RouteRule {
+            method: route.method.as_ref().map(|m| m.to_ascii_uppercase()),
+            path,
+            policy,
+            cost,
+        });
+    }
+    if policies.is_empty() {
+        return Ok(None);
+    }
+    let key = match args.rate_limit_key.as_ref().or(file.key.as_ref()) {
+        Some(text) => KeySource::parse(text).ok_or_else(|| {
+            invalid(
+                "rate_limit_key",
+                format!("`{text}` is not `ip` or `header:NAME`"),
+            )
+        })?,
+        None => KeySource::Ip,
+    };
+    let cidrs = |field: &'static str, items: &[String]| -> Result<Vec<Cidr>, ConfigError> {
+        items
+            .iter()
+            .map(|item| {
+                Cidr::parse(item).ok_or_else(|| {
+                    invalid(
+                        field,
+                        format!("`{item}` is not an address or a network like 10.0.0.0/8"),
+                    )
+                })
+            })
+            .collect()
+    };
+    let trusted_proxies = if args.trusted_proxy.is_empty() {
+        cidrs(
+            "trusted_proxy",
+            file.trusted_proxies.as_deref().unwrap_or(&[]),
+        )?
+    } else {
+        cidrs("trusted_proxy", &args.trusted_proxy)?
+    };
+    let exempt = cidrs("rate_limit.exempt", file.exempt.as_deref().unwrap_or(&[]))?;
+    let max_keys = match &args.rate_limit_max_keys {
+        Some(text) => parse_count("rate_limit_max_keys", text, 1, 1 << 30)?,
+        None => file.max_keys.unwrap_or(1_000_000),
+    };
+    Ok(Some(Rules {
+        policies,
+        default_policy,
+        routes,
+        key,
+        trusted_proxies,
+        exempt,
+        shadow: args.rate_limit_shadow || file.shadow.unwrap_or(false),
+        max_keys,
+    }))
+}
 
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let file_error = |message: String| ConfigError::File {

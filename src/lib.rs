@@ -36,6 +36,7 @@
 pub mod api;
 pub mod config;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::limit::Limiter;
 use crate::metrics::Registry;
 
 /// Read-mostly state shared by all cores. Writes are rare (a signal) and
@@ -11,14 +12,21 @@ pub struct Node {
     draining: AtomicBool,
     pub metrics: Arc<Registry>,
     pub io_cores: usize,
+    /// The rate limiter, when one is configured.
+    pub limiter: Option<Arc<Limiter>>,
 }
 
 impl Node {
-    pub fn new(io_cores: usize, metrics: Arc<Registry>) -> Arc<Self> {
+    pub fn new(
+        io_cores: usize,
+        metrics: Arc<Registry>,
+        limiter: Option<Arc<Limiter>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             draining: AtomicBool::new(false),
             metrics,
             io_cores,
+            limiter,
         })
     }
 

@@ -42,7 +42,7 @@ fn allocations() -> u64 {
 fn service() -> Service {
     let routes = api::routes();
     let names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
-    Service::new(0, Node::new(1, Registry::new(1, &names)))
+    Service::new(0, Node::new(1, Registry::new(1, &names), None))
 }
 
 /// What wrk sends, 16 deep, alternating the two TechEmpower endpoints.

@@ -2,13 +2,16 @@
 
 pub mod router;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use httparse::Header;
 use serde::Serialize;
 
 use crate::http::date::DateCache;
 use crate::http::{Head, HttpError, Persistence, Response, Version};
+use crate::limit::{Limiter, Outcome};
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
 pub use router::{Match, Params, Router};
@@ -94,7 +97,10 @@ fn readyz(_: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
 }
 
 fn metrics(_: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
-    let text = ctx.node.metrics.render();
+    let mut text = ctx.node.metrics.render();
+    if let Some(limiter) = &ctx.node.limiter {
+        ctx.node.metrics.render_rate_limit(limiter, &mut text);
+    }
     response.send(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
@@ -112,9 +118,18 @@ fn echo(request: &Request<'_>, _: &mut Ctx, response: &mut Response<'_>) {
     response.send(200, content_type, &[], request.body);
 }
 
+fn persistence(keep_alive: bool, version: Version) -> Persistence {
+    match (keep_alive, version) {
+        (false, _) => Persistence::Close,
+        (true, Version::Http11) => Persistence::KeepAlive,
+        (true, Version::Http10) => Persistence::KeepAliveHttp10,
+    }
+}
+
 /// One io core's request dispatcher: its router, date, metrics and handler context.
 pub struct Service {
     router: Router<Handler>,
+    limiter: Option<Arc<Limiter>>,
     pub ctx: Ctx,
     pub date: DateCache,
     pub metrics: CoreMetrics,
@@ -125,6 +140,7 @@ impl Service {
         let metrics = node.metrics.recorder(core);
         Self {
             router: routes(),
+            limiter: node.limiter.clone(),
             ctx: Ctx {
                 core,
                 node,
@@ -139,16 +155,73 @@ impl Service {
         self.ctx.node.is_draining()
     }
 
-    /// Answers one complete request into `out`. Returns whether the
-    /// connection stays open afterwards.
-    pub fn handle(&mut self, head: &Head<'_, '_>, body: &[u8], out: &mut Vec<u8>) -> bool {
-        let keep_alive = head.keep_alive && !self.is_draining();
-        let persistence = match (keep_alive, head.version) {
-            (false, _) => Persistence::Close,
-            (true, Version::Http11) => Persistence::KeepAlive,
-            (true, Version::Http10) => Persistence::KeepAliveHttp10,
+    /// Checks a request's head against the rate limiter, as soon as the
+    /// head is complete and before its body is read. Writes the rate-limit
+    /// header lines for the response into `headers` (left empty when no
+    /// limit applies). Errs with the seconds to wait if the request is over its limit.
+    pub fn admit(
+        &mut self,
+        head: &Head<'_, '_>,
+        peer: Option<IpAddr>,
+        now: Instant,
+        headers: &mut Vec<u8>,
+    ) -> Result<(), u64> {
+        headers.clear();
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
         };
-        let mut response = Response::new(out, self.date.get(), head.method == "HEAD", persistence);
+        let Some(verdict) = limiter.check(head.method, head.path, head.headers, peer, now) else {
+            return Ok(());
+        };
+        self.metrics.rate_limit(verdict.outcome);
+        match verdict.outcome {
+            // Shadow mode changes nothing a client can see.
+            Outcome::ShadowLimited => Ok(()),
+            Outcome::Allowed | Outcome::Untracked => {
+                limiter.write_headers(&verdict, headers);
+                Ok(())
+            }
+            Outcome::Limited => {
+                limiter.write_headers(&verdict, headers);
+                Err(verdict.retry_after_secs)
+            }
+        }
+    }
+
+    /// Answers 429 to a request [`Self::admit`] refused. `keep_alive` is
+    /// false when its body was not read, so the connection must close.
+    pub fn reject_limited(
+        &mut self,
+        head: &Head<'_, '_>,
+        retry_after_secs: u64,
+        headers: &[u8],
+        keep_alive: bool,
+        out: &mut Vec<u8>,
+    ) {
+        let keep_alive = keep_alive && head.keep_alive && !self.is_draining();
+        let persistence = persistence(keep_alive, head.version);
+        let mut response = Response::new(out, self.date.get(), head.method == "HEAD", persistence)
+            .with_extra_headers(headers);
+        response.error(
+            &HttpError::RateLimited { retry_after_secs },
+            &mut self.ctx.scratch,
+        );
+        self.metrics.request(None, 429);
+    }
+
+    /// Answers one complete request into `out`, with `headers` (pre-rendered
+    /// header lines) added. Returns whether the connection stays open.
+    pub fn handle(
+        &mut self,
+        head: &Head<'_, '_>,
+        body: &[u8],
+        headers: &[u8],
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let keep_alive = head.keep_alive && !self.is_draining();
+        let persistence = persistence(keep_alive, head.version);
+        let mut response = Response::new(out, self.date.get(), head.method == "HEAD", persistence)
+            .with_extra_headers(headers);
         let path = head.path;
         let route = match self.router.route(head.method, path) {
             Match::Found {

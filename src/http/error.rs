@@ -37,6 +37,8 @@ pub enum HttpError {
     MethodNotAllowed { method: String, allow: String },
     #[error("{0}")]
     BadRequest(String),
+    #[error("too many requests from this client; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("the server is shutting down")]
@@ -59,6 +61,7 @@ impl HttpError {
             Self::HeaderTimeout { .. } => 408,
             Self::BodyTooLarge { .. } | Self::ChunkedBodyTooLarge { .. } => 413,
             Self::HeadersTooLarge { .. } | Self::TooManyHeaders { .. } => 431,
+            Self::RateLimited { .. } => 429,
             Self::Internal(_) => 500,
             Self::UnsupportedTransferCoding(_) => 501,
             Self::Draining | Self::TooManyConnections { .. } => 503,
@@ -82,6 +85,7 @@ impl HttpError {
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BadRequest(_) => "bad_request",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal",
             Self::Draining => "draining",
             Self::TooManyConnections { .. } => "too_many_connections",
@@ -93,7 +97,10 @@ impl HttpError {
     pub fn closes_connection(&self) -> bool {
         !matches!(
             self,
-            Self::NotFound { .. } | Self::MethodNotAllowed { .. } | Self::BadRequest(_)
+            Self::NotFound { .. }
+                | Self::MethodNotAllowed { .. }
+                | Self::BadRequest(_)
+                | Self::RateLimited { .. }
         )
     }
 }

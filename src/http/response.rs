@@ -25,6 +25,8 @@ pub struct Response<'a> {
     date: &'a [u8; DATE_LEN],
     head_only: bool,
     persistence: Persistence,
+    /// Header lines (each ending in CRLF) added to whatever is sent, such as rate-limit headers.
+    extra_headers: &'a [u8],
     written: bool,
     status: u16,
 }
@@ -41,9 +43,17 @@ impl<'a> Response<'a> {
             date,
             head_only,
             persistence,
+            extra_headers: &[],
             written: false,
             status: 0,
         }
+    }
+
+    /// Adds pre-rendered header lines (each ending in CRLF) to the response.
+    #[must_use]
+    pub fn with_extra_headers(mut self, lines: &'a [u8]) -> Self {
+        self.extra_headers = lines;
+        self
     }
 
     /// Whether a response was written (handlers must write exactly one).
@@ -74,6 +84,7 @@ impl<'a> Response<'a> {
             Persistence::KeepAliveHttp10 => b"\r\nConnection: keep-alive\r\n",
             Persistence::Close => b"\r\nConnection: close\r\n",
         });
+        out.extend_from_slice(self.extra_headers);
         for (name, value) in headers {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");

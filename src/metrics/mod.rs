@@ -15,6 +15,19 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use crate::limit::{Limiter, Outcome};
+
+const DECISIONS: [&str; 4] = ["allowed", "limited", "shadow_limited", "untracked"];
+
+fn decision_slot(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Allowed => 0,
+        Outcome::Limited => 1,
+        Outcome::ShadowLimited => 2,
+        Outcome::Untracked => 3,
+    }
+}
+
 const FIRST_STATUS: usize = 100;
 const STATUS_SLOTS: usize = 500;
 /// Latencies are recorded in nanoseconds, up to a minute, to two significant digits.
@@ -43,6 +56,8 @@ struct CoreShared {
     accepted: AtomicU64,
     refused: AtomicU64,
     timed_out: AtomicU64,
+    /// Rate-limit decisions, indexed by [`decision_slot`].
+    rate_limit: [AtomicU64; 4],
     latency: Mutex<Vec<Histogram<u64>>>,
 }
 
@@ -66,6 +81,7 @@ impl Registry {
                     accepted: AtomicU64::new(0),
                     refused: AtomicU64::new(0),
                     timed_out: AtomicU64::new(0),
+                    rate_limit: std::array::from_fn(|_| AtomicU64::new(0)),
                     latency: Mutex::new(routes.iter().map(|_| new_latency_histogram()).collect()),
                 })
             })
@@ -97,6 +113,35 @@ impl Registry {
             .filter_map(|c| c.requests_by_status.get(slot))
             .map(|c| c.load(Relaxed))
             .sum()
+    }
+
+    /// Appends the rate limiter's decisions by core, its table size and evictions.
+    pub fn render_rate_limit(&self, limiter: &Limiter, out: &mut String) {
+        out.push_str(
+            "# HELP percore_ratelimit_decisions_total Rate-limit decisions, by io core.\n",
+        );
+        out.push_str("# TYPE percore_ratelimit_decisions_total counter\n");
+        for (core, shared) in self.cores.iter().enumerate() {
+            for (slot, decision) in DECISIONS.iter().enumerate() {
+                let count = shared.rate_limit[slot].load(Relaxed);
+                let _ = writeln!(out, "percore_ratelimit_decisions_total{{core=\"{core}\",decision=\"{decision}\"}} {count}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP percore_ratelimit_keys Client keys the rate limiter tracks now.\n# TYPE percore_ratelimit_keys gauge\npercore_ratelimit_keys {}",
+            limiter.tracked_keys()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP percore_ratelimit_max_keys The cap on tracked keys.\n# TYPE percore_ratelimit_max_keys gauge\npercore_ratelimit_max_keys {}",
+            limiter.rules.max_keys
+        );
+        let _ = writeln!(
+            out,
+            "# HELP percore_ratelimit_evictions_total Idle or excess keys dropped from the table.\n# TYPE percore_ratelimit_evictions_total counter\npercore_ratelimit_evictions_total {}",
+            limiter.evictions()
+        );
     }
 
     /// Prometheus text exposition format, version 0.0.4.
@@ -257,6 +302,11 @@ impl CoreMetrics {
 
     pub fn connection_refused(&self) {
         bump(&self.shared().refused, 1);
+    }
+
+    /// Counts one rate-limit decision.
+    pub fn rate_limit(&self, outcome: Outcome) {
+        bump(&self.shared.rate_limit[decision_slot(outcome)], 1);
     }
 
     pub fn connection_timed_out(&self) {

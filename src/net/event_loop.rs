@@ -259,6 +259,7 @@ impl IoCore {
             return;
         }
         set_nodelay(fd);
+        let peer = peer_ip(fd);
         let slot = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.generations.push(0);
@@ -269,7 +270,7 @@ impl IoCore {
         self.conns[slot as usize] = Some(Conn {
             fd,
             generation,
-            session: Session::default(),
+            session: Session::new(peer),
             out: Vec::new(),
             sending: Vec::new(),
             sent: 0,
@@ -592,6 +593,22 @@ fn send_entry(conn: &Conn, slot: u32) -> squeue::Entry {
         .flags(libc::MSG_NOSIGNAL)
         .build()
         .user_data(user_data(KIND_SEND, conn.generation, slot))
+}
+
+/// The connection's peer address (one syscall per connection, for rate limiting).
+fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
+    // SAFETY: try_init hands getpeername storage and its length; the
+    // kernel writes at most that many bytes and sets the length it wrote.
+    let peer = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            if libc::getpeername(fd, storage.cast(), len) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        })
+    };
+    peer.ok()?.1.as_socket().map(|a| a.ip())
 }
 
 fn set_nodelay(fd: RawFd) {

@@ -1,6 +1,7 @@
 //! One connection's HTTP/1.1 state machine, independent of how bytes arrive: parse in place, answer in order.
 
 use std::mem::{self, MaybeUninit};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::api::Service;
@@ -25,9 +26,21 @@ pub struct Session {
     /// When the head of the request in progress began to arrive.
     head_started: Option<Instant>,
     closing: bool,
+    /// The peer's address, for rate limiting.
+    peer: Option<IpAddr>,
+    /// The request in progress passed the rate limiter; its header lines.
+    admitted: bool,
+    rate_headers: Vec<u8>,
 }
 
 impl Session {
+    pub fn new(peer: Option<IpAddr>) -> Self {
+        Self {
+            peer,
+            ..Self::default()
+        }
+    }
+
     /// True once the connection will read no more requests: close after the output is sent.
     pub fn is_closing(&self) -> bool {
         self.closing
@@ -142,6 +155,30 @@ impl Session {
             self.head_started = None;
             let body_start = used + head.len;
             let waiting = &data[body_start..];
+            // Rate-limit as soon as the head is in, before reading any body.
+            if !self.admitted {
+                if let Err(retry_after_secs) =
+                    service.admit(&head, self.peer, now, &mut self.rate_headers)
+                {
+                    // A limited request's body is never read: without one the
+                    // connection carries on, with one it closes.
+                    let bodiless = head.framing == Framing::None;
+                    service.reject_limited(
+                        &head,
+                        retry_after_secs,
+                        &self.rate_headers,
+                        bodiless,
+                        out,
+                    );
+                    if bodiless && head.keep_alive && !service.is_draining() {
+                        used = body_start;
+                        continue;
+                    }
+                    self.close();
+                    return data.len();
+                }
+                self.admitted = true;
+            }
             let (body, end): (&[u8], usize) = match head.framing {
                 Framing::None => (&[], body_start),
                 Framing::Length(n) if waiting.len() >= n => (&waiting[..n], body_start + n),
@@ -165,8 +202,9 @@ impl Session {
                     }
                 },
             };
-            let keep_alive = service.handle(&head, body, out);
+            let keep_alive = service.handle(&head, body, &self.rate_headers, out);
             self.continue_sent = false;
+            self.admitted = false;
             used = end;
             if !keep_alive {
                 self.close();

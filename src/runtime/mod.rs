@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use crate::api;
 use crate::config::Config;
+use crate::limit::Limiter;
 use crate::metrics::Registry;
 use crate::net::event_loop::{CoreOptions, IoCore};
 use crate::net::listener;
@@ -64,7 +65,11 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
         })?;
     let routes = api::routes();
     let route_names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
-    let node = Node::new(cores, Registry::new(cores, &route_names));
+    let limiter = config.rate_limit.clone().map(Limiter::new);
+    if let Some(limiter) = &limiter {
+        limiter.start_sweeper()?;
+    }
+    let node = Node::new(cores, Registry::new(cores, &route_names), limiter);
     let options = CoreOptions {
         limits: config.limits,
         max_connections: config.max_connections_per_core,

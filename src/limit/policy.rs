@@ -1,0 +1,354 @@
+//! What the rate limiter enforces: rates, bursts, per-route rules, exemptions, and whose key a request counts against.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use httparse::Header;
+
+/// A rate such as `100/s` or `6000/min`, as the time between two requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u64,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Parses `N/s`, `N/sec`, `N/m`, `N/min`, `N/h` (also `N/second`, `N/minute`, `N/hour`).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (count, unit) = text.trim().split_once('/')?;
+        let count: u64 = count.trim().parse().ok().filter(|&n| n > 0)?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return None,
+        };
+        Some(Self { count, per })
+    }
+
+    /// Nanoseconds between two requests at this rate (at least 1).
+    pub fn emission_ns(&self) -> u64 {
+        (self.per.as_nanos() as u64 / self.count).max(1)
+    }
+}
+
+/// One budget: a rate and how many requests may come at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Shown in the `RateLimit` headers, e.g. `default`.
+    pub name: String,
+    pub rate: Rate,
+    pub burst: u64,
+}
+
+impl Policy {
+    pub fn emission_ns(&self) -> u64 {
+        self.rate.emission_ns()
+    }
+
+    /// The whole burst's worth of time: a full bucket refills in this long.
+    pub fn capacity_ns(&self) -> u64 {
+        self.emission_ns().saturating_mul(self.burst)
+    }
+
+    /// Seconds for an empty bucket to refill (the header's `w`).
+    pub fn window_secs(&self) -> u64 {
+        self.capacity_ns().div_ceil(1_000_000_000).max(1)
+    }
+}
+
+/// How a route rule matches a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    Exact(String),
+    /// Written `/v1/jobs/*`: the path starts with `/v1/jobs/`.
+    Prefix(String),
+}
+
+impl PathPattern {
+    pub fn parse(text: &str) -> Option<Self> {
+        if !text.starts_with('/') {
+            return None;
+        }
+        Some(match text.strip_suffix('*') {
+            Some(prefix) => Self::Prefix(prefix.to_owned()),
+            None => Self::Exact(text.to_owned()),
+        })
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(p) => p == path,
+            Self::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// A per-route override: its own policy, a cost per request, or no limit at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    /// `None` matches every method.
+    pub method: Option<String>,
+    pub path: PathPattern,
+    /// Index into [`Rules::policies`]; `None` for an exempt route.
+    pub policy: Option<usize>,
+    /// How many requests' worth of budget one request takes.
+    pub cost: u64,
+}
+
+/// An IPv4 or IPv6 network, e.g. `10.0.0.0/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `::1/128`, or a bare address (a single host).
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let addr = text.parse::<IpAddr>().ok()?;
+                (addr, if addr.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack listener) count as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// What a request's budget is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The client address: the peer, or what a trusted proxy says the client is.
+    Ip,
+    /// A header such as an API key; requests without it fall back to the client address.
+    Header(String),
+}
+
+impl KeySource {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim() {
+            "ip" => Some(Self::Ip),
+            other => {
+                let name = other.strip_prefix("header:")?.trim();
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                valid.then(|| Self::Header(name.to_owned()))
+            }
+        }
+    }
+}
+
+/// Everything the limiter enforces, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// Index 0 is the default policy when one is configured.
+    pub policies: Vec<Policy>,
+    /// The policy for requests no route rule matches.
+    pub default_policy: Option<usize>,
+    pub routes: Vec<RouteRule>,
+    pub key: KeySource,
+    pub trusted_proxies: Vec<Cidr>,
+    /// Client addresses that are never limited.
+    pub exempt: Vec<Cidr>,
+    /// Count what would be limited, limit nothing.
+    pub shadow: bool,
+    /// The most client keys tracked at once.
+    pub max_keys: usize,
+}
+
+/// Probes and scrapes are never limited by the default policy: a balancer
+/// whose health check gets 429 takes the node out. A route rule naming one
+/// of them still applies.
+pub const UNLIMITED_BY_DEFAULT: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Which policy and cost apply to a request, if any.
+pub(crate) fn policy_for(rules: &Rules, method: &str, path: &str) -> Option<(usize, u64)> {
+    for rule in &rules.routes {
+        let method_matches = rule.method.as_deref().is_none_or(|m| m == method);
+        if method_matches && rule.path.matches(path) {
+            return rule.policy.map(|p| (p, rule.cost));
+        }
+    }
+    if UNLIMITED_BY_DEFAULT.contains(&path) {
+        return None;
+    }
+    rules.default_policy.map(|p| (p, 1))
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy, in
+/// which case the nearest address in the forwarding chain that is not a
+/// trusted proxy (reading `Forwarded`, else `X-Forwarded-For`, from the right).
+pub fn client_ip(peer: IpAddr, headers: &[Header<'_>], trusted: &[Cidr]) -> IpAddr {
+    let peer = canonical(peer);
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut chain: Vec<IpAddr> = Vec::new();
+    let forwarded = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("forwarded"));
+    for header in forwarded {
+        let Ok(value) = std::str::from_utf8(header.value) else {
+            return peer;
+        };
+        for element in value.split(',') {
+            for pair in element.split(';') {
+                let Some((name, node)) = pair.trim().split_once('=') else {
+                    continue;
+                };
+                if name.trim().eq_ignore_ascii_case("for") {
+                    // A proxy that cannot parse its own header's node is not to be believed.
+                    let Some(ip) = parse_forwarded_node(node) else {
+                        return peer;
+                    };
+                    chain.push(ip);
+                }
+            }
+        }
+    }
+    if chain.is_empty() {
+        let xff = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"));
+        for header in xff {
+            let Ok(value) = std::str::from_utf8(header.value) else {
+                return peer;
+            };
+            for item in value.split(',') {
+                let Ok(ip) = item.trim().parse::<IpAddr>() else {
+                    return peer;
+                };
+                chain.push(ip);
+            }
+        }
+    }
+    let mut client = peer;
+    for &hop in chain.iter().rev() {
+        client = canonical(hop);
+        if !is_trusted(client) {
+            break;
+        }
+    }
+    client
+}
+
+/// `192.0.2.60`, `"192.0.2.60:47011"`, `"[2001:db8::1]:4711"`.
+fn parse_forwarded_node(node: &str) -> Option<IpAddr> {
+    let node = node.trim().trim_matches('"');
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    let host = node.rsplit_once(':').map_or(node, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            node
+        }
+    });
+    host.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header<'a>(name: &'a str, value: &'a str) -> Header<'a> {
+        Header {
+            name,
+            value: value.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn rates_and_cidrs() {
+        assert_eq!(Rate::parse("100/s").unwrap().emission_ns(), 10_000_000);
+        assert_eq!(Rate::parse("60/min").unwrap().emission_ns(), 1_000_000_000);
+        assert!(
+            Rate::parse("0/s").is_none()
+                && Rate::parse("5/day").is_none()
+                && Rate::parse("x").is_none()
+        );
+        let net = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.9.9.9".parse().unwrap()));
+        assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = [
+            Cidr::parse("127.0.0.1").unwrap(),
+            Cidr::parse("10.0.0.0/8").unwrap(),
+        ];
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.9".parse().unwrap();
+        let xff = [header("X-Forwarded-For", "1.1.1.1, 203.0.113.5, 10.0.0.2")];
+        // From the proxy: the nearest untrusted hop, not the leftmost (which the client wrote).
+        assert_eq!(
+            client_ip(proxy, &xff, &trusted),
+            "203.0.113.5".parse::<IpAddr>().unwrap()
+        );
+        // From anyone else: the header is ignored.
+        assert_eq!(client_ip(stranger, &xff, &trusted), stranger);
+        let fwd = [header(
+            "Forwarded",
+            "for=192.0.2.43, for=\"[2001:db8:cafe::17]:4711\";proto=https",
+        )];
+        assert_eq!(
+            client_ip(proxy, &fwd, &trusted),
+            "2001:db8:cafe::17".parse::<IpAddr>().unwrap()
+        );
+        let garbage = [header("X-Forwarded-For", "not-an-ip")];
+        assert_eq!(client_ip(proxy, &garbage, &trusted), proxy);
+    }
+
+    #[test]
+    fn key_sources() {
+        assert_eq!(KeySource::parse("ip"), Some(KeySource::Ip));
+        assert_eq!(
+            KeySource::parse("header:X-Api-Key"),
+            Some(KeySource::Header("X-Api-Key".into()))
+        );
+        assert_eq!(KeySource::parse("header:"), None);
+        assert_eq!(KeySource::parse("cookie"), None);
+    }
+}
