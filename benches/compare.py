@@ -52,7 +52,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHES = os.path.join(ROOT, "benches")
 PEERS_DIR = os.path.join(BENCHES, "peers")
 PIPELINE_LUA = os.path.join(BENCHES, "pipeline.lua")
-ALL_TARGETS = ["percore", "hyper-min", "epoll-floor", "glommio-naive"]
+ALL_TARGETS = ["percore", "hyper-min", "epoll-floor", "glommio-naive", "percore-ratelimited"]
+DEFAULT_TARGETS = ["percore", "hyper-min", "epoll-floor", "glommio-naive"]
+# percore variants: the same binary with extra flags, to price a feature.
+PERCORE_VARIANTS = {
+    "percore": [],
+    # Every request checked by the limiter and allowed: its cost, not its refusals.
+    "percore-ratelimited": ["--rate-limit", "1000000000/s"],
+}
 TESTS = {
     # name: (path, pipelined?)
     "json": ("/json", False),
@@ -71,23 +78,23 @@ def log(msg):
 # ---------------------------------------------------------------- targets
 
 def binary(target):
-    if target == "percore":
+    if target in PERCORE_VARIANTS:
         return os.path.join(ROOT, "target", "release", "percore")
     return os.path.join(PEERS_DIR, "target", "release", target)
 
 
 def server_argv(target, port, server_cpu):
     listen = f"127.0.0.1:{port}"
-    if target == "percore":
-        return [binary(target), "serve", "--listen", listen, "--cores", "1", "--cpus", str(server_cpu)]
+    if target in PERCORE_VARIANTS:
+        return [binary(target), "serve", "--listen", listen, "--cores", "1", "--cpus", str(server_cpu)] + PERCORE_VARIANTS[target]
     return [binary(target), "--listen", listen]
 
 
 def build(targets):
     jobs = []
-    if "percore" in targets:
+    if any(t in PERCORE_VARIANTS for t in targets):
         jobs.append(("percore", ROOT))
-    if any(t != "percore" for t in targets):
+    if any(t not in PERCORE_VARIANTS for t in targets):
         jobs.append(("peers", PEERS_DIR))
     for name, cwd in jobs:
         log(f"== building {name}: cargo build --release (in {os.path.relpath(cwd, ROOT) or '.'})")
@@ -443,7 +450,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--wrk-threads", type=int, default=1)
-    ap.add_argument("--targets", default=",".join(ALL_TARGETS))
+    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS))
     ap.add_argument("--tests", default="json,plaintext-pipelined", help=f"from {','.join(TESTS)}")
     ap.add_argument("--pipeline-depth", type=int, default=16)
     ap.add_argument("--server-cpu", type=int, default=0)

@@ -301,6 +301,16 @@ fn policy_from(
             format!("`{rate}` is not a rate like 100/s, 6000/min or 10/h"),
         )
     })?;
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        return Err(invalid(
+            field,
+            format!("policy name `{name}` must be printable ASCII without quotes or backslashes"),
+        ));
+    }
     let burst = burst.unwrap_or(rate.count);
     if burst == 0 || burst > 1_000_000_000 {
         return Err(invalid(

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use percore::api::{self, Service};
 use percore::http::Limits;
+use percore::limit::{KeySource, Limiter, Policy, Rate, Rules};
 use percore::metrics::Registry;
 use percore::net::session::Session;
 use percore::node::Node;
@@ -39,10 +40,14 @@ fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
-fn service() -> Service {
+fn service_with(limiter: Option<std::sync::Arc<Limiter>>) -> Service {
     let routes = api::routes();
     let names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
-    Service::new(0, Node::new(1, Registry::new(1, &names), None))
+    Service::new(0, Node::new(1, Registry::new(1, &names), limiter))
+}
+
+fn service() -> Service {
+    service_with(None)
 }
 
 /// What wrk sends, 16 deep, alternating the two TechEmpower endpoints.
@@ -111,4 +116,48 @@ fn requests_split_across_receives_allocate_nothing_once_warm() {
         16
     );
     assert!(session.is_idle());
+}
+
+#[test]
+fn rate_limited_requests_allocate_nothing_either() {
+    let rules = Rules {
+        policies: vec![Policy {
+            name: "default".into(),
+            rate: Rate::parse("1000000000/s").unwrap(),
+            burst: 1_000_000_000,
+        }],
+        default_policy: Some(0),
+        routes: Vec::new(),
+        key: KeySource::Ip,
+        trusted_proxies: Vec::new(),
+        exempt: Vec::new(),
+        shadow: false,
+        max_keys: 1000,
+    };
+    let mut service = service_with(Some(Limiter::new(rules)));
+    let mut session = Session::new(Some("192.0.2.1".parse().unwrap()));
+    let limits = Limits::default();
+    let batch = pipelined_batch();
+    let mut out = Vec::new();
+    let mut round = |service: &mut Service, out: &mut Vec<u8>| {
+        out.clear();
+        let started = Instant::now();
+        session.receive(&batch, out, service, &limits, started);
+        service.metrics.finish_batch(started);
+    };
+    for _ in 0..10 {
+        round(&mut service, &mut out);
+    }
+    let before = allocations();
+    for _ in 0..1000 {
+        round(&mut service, &mut out);
+    }
+    assert_eq!(allocations() - before, 0);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 16);
+    assert_eq!(
+        text.matches("X-RateLimit-Remaining: ").count(),
+        16,
+        "every answer carries the limiter's headers"
+    );
 }

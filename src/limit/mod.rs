@@ -89,6 +89,7 @@ pub struct Limiter {
     key_hasher: RandomState,
     epoch: Instant,
     evictions: AtomicU64,
+    rendered: Vec<RenderedPolicy>,
 }
 
 impl Limiter {
@@ -98,6 +99,7 @@ impl Limiter {
             key_hasher: RandomState::new(),
             epoch: Instant::now(),
             evictions: AtomicU64::new(0),
+            rendered: rules.policies.iter().map(RenderedPolicy::new).collect(),
             rules,
         })
     }
@@ -215,7 +217,10 @@ impl Limiter {
         let table = self.table.pin();
         let before = table.len();
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
-        // A TAT not after now is a full bucket, the same as no entry.
+        // A TAT not after now is a full bucket, the same as no entry. A core
+        // racing this removal may update an entry just dropped; its client
+        // then starts again from a full bucket, which is what it had anyway
+        // give or take that one request's cost.
         table.retain(|_, tat| tat.load(Ordering::Relaxed) > now_ns);
         let mut excess = table.len().saturating_sub(self.rules.max_keys);
         if excess > 0 {
@@ -259,24 +264,14 @@ impl Limiter {
 
     /// Writes the `RateLimit-Policy`, `RateLimit` and `X-RateLimit-*` header lines for a verdict.
     pub fn write_headers(&self, verdict: &Verdict, out: &mut Vec<u8>) {
-        let rule = &self.rules.policies[verdict.policy];
+        let rendered = &self.rendered[verdict.policy];
         let mut n = itoa::Buffer::new();
-        let burst = n.format(rule.burst).as_bytes().to_vec();
-        out.extend_from_slice(b"RateLimit-Policy: \"");
-        out.extend_from_slice(rule.name.as_bytes());
-        out.extend_from_slice(b"\";q=");
-        out.extend_from_slice(&burst);
-        out.extend_from_slice(b";w=");
-        out.extend_from_slice(n.format(rule.window_secs()).as_bytes());
-        out.extend_from_slice(b"\r\nRateLimit: \"");
-        out.extend_from_slice(rule.name.as_bytes());
-        out.extend_from_slice(b"\";r=");
+        out.extend_from_slice(&rendered.policy_line);
+        out.extend_from_slice(&rendered.ratelimit_prefix);
         out.extend_from_slice(n.format(verdict.remaining).as_bytes());
         out.extend_from_slice(b";t=");
         out.extend_from_slice(n.format(verdict.reset_secs).as_bytes());
-        out.extend_from_slice(b"\r\nX-RateLimit-Limit: ");
-        out.extend_from_slice(&burst);
-        out.extend_from_slice(b"\r\nX-RateLimit-Remaining: ");
+        out.extend_from_slice(&rendered.limit_line);
         out.extend_from_slice(n.format(verdict.remaining).as_bytes());
         out.extend_from_slice(b"\r\nX-RateLimit-Reset: ");
         out.extend_from_slice(n.format(verdict.reset_secs).as_bytes());
@@ -285,6 +280,36 @@ impl Limiter {
             out.extend_from_slice(b"Retry-After: ");
             out.extend_from_slice(n.format(verdict.retry_after_secs).as_bytes());
             out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// The parts of a policy's headers that never change, rendered once.
+struct RenderedPolicy {
+    /// `RateLimit-Policy: "name";q=B;w=W` and CRLF.
+    policy_line: Vec<u8>,
+    /// `RateLimit: "name";r=`
+    ratelimit_prefix: Vec<u8>,
+    /// CRLF, `X-RateLimit-Limit: B`, CRLF, `X-RateLimit-Remaining: `
+    limit_line: Vec<u8>,
+}
+
+impl RenderedPolicy {
+    fn new(policy: &Policy) -> Self {
+        Self {
+            policy_line: format!(
+                "RateLimit-Policy: \"{}\";q={};w={}\r\n",
+                policy.name,
+                policy.burst,
+                policy.window_secs()
+            )
+            .into_bytes(),
+            ratelimit_prefix: format!("RateLimit: \"{}\";r=", policy.name).into_bytes(),
+            limit_line: format!(
+                "\r\nX-RateLimit-Limit: {}\r\nX-RateLimit-Remaining: ",
+                policy.burst
+            )
+            .into_bytes(),
         }
     }
 }

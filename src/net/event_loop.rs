@@ -259,7 +259,8 @@ impl IoCore {
             return;
         }
         set_nodelay(fd);
-        let peer = peer_ip(fd);
+        // The peer address only matters to the rate limiter; skip the syscall otherwise.
+        let peer = self.node.limiter.as_ref().and_then(|_| peer_ip(fd));
         let slot = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.generations.push(0);
