@@ -16,6 +16,7 @@ use thiserror::Error;
 use crate::http::parse::{Limits, HEADER_SLOTS};
 use crate::limit::{Cidr, KeySource, PathPattern, Policy, Rate, RouteRule, Rules};
 use crate::runtime::cpu;
+use crate::statics::StaticOptions;
 
 /// A value the user must change, with the field it came from.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -95,6 +96,27 @@ pub struct ServeArgs {
     /// The most clients tracked at once; past it new clients go untracked until idle ones are dropped. [default: 1000000]
     #[arg(long, env = "PERCORE_RATE_LIMIT_MAX_KEYS", value_name = "N")]
     pub rate_limit_max_keys: Option<String>,
+    /// Serve the files under DIR at --static-prefix, like a CDN edge; off unless set.
+    #[arg(long, env = "PERCORE_STATIC_DIR", value_name = "DIR")]
+    pub static_dir: Option<PathBuf>,
+    /// URL prefix for static files. [default: /static/]
+    #[arg(long, env = "PERCORE_STATIC_PREFIX", value_name = "PATH")]
+    pub static_prefix: Option<String>,
+    /// Cache-Control for static files whose names carry no content hash. [default: public, max-age=3600]
+    #[arg(long, env = "PERCORE_STATIC_CACHE_CONTROL", value_name = "VALUE")]
+    pub static_cache_control: Option<String>,
+    /// Globs of content-hashed files cached for a year as immutable, e.g. `assets/*`; repeatable. Names with an 8+ hex-digit part always are.
+    #[arg(long, env = "PERCORE_STATIC_IMMUTABLE", value_name = "GLOB", value_delimiter = ',')]
+    pub static_immutable: Vec<String>,
+    /// A file under --static-dir served with 404 for missing paths. [default: a JSON error]
+    #[arg(long, env = "PERCORE_STATIC_NOT_FOUND", value_name = "FILE")]
+    pub static_not_found: Option<String>,
+    /// How often --static-dir is re-read for changes. [default: 1s]
+    #[arg(long, env = "PERCORE_STATIC_REFRESH", value_name = "DURATION")]
+    pub static_refresh: Option<String>,
+    /// Files up to this size are held in memory; larger ones are spliced from disk. [default: 256KiB]
+    #[arg(long, env = "PERCORE_STATIC_INLINE_MAX", value_name = "SIZE")]
+    pub static_inline_max: Option<String>,
 }
 
 /// The validated configuration of one server.
@@ -110,6 +132,8 @@ pub struct Config {
     pub limits: Limits,
     /// `None` when no rate limit is configured.
     pub rate_limit: Option<Rules>,
+    /// `None` unless `static_dir` is set.
+    pub statics: Option<StaticOptions>,
 }
 
 impl Config {
@@ -133,7 +157,7 @@ impl Config {
                     None => Ok(None),
                     Some(toml::Value::String(s)) => Ok(Some(s.clone())),
                     Some(toml::Value::Integer(i)) => Ok(Some(i.to_string())),
-                    Some(toml::Value::Array(items)) if field == "cpus" => Ok(Some(
+                    Some(toml::Value::Array(items)) => Ok(Some(
                         items
                             .iter()
                             .map(|v| v.to_string())
@@ -228,8 +252,44 @@ impl Config {
         };
 
         let rate_limit = rate_limit_rules(args, file.get("rate_limit"))?;
+        let statics = match args.static_dir.clone().or_else(|| value("static_dir", &None).ok().flatten().map(PathBuf::from)) {
+            None => None,
+            Some(dir) => {
+                if !dir.is_dir() {
+                    return Err(invalid("static_dir", format!("{} is not a directory", dir.display())));
+                }
+                let mut options = StaticOptions::new(dir);
+                if let Some(prefix) = value("static_prefix", &args.static_prefix)? {
+                    if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.contains("//") {
+                        return Err(invalid("static_prefix", format!("`{prefix}` must start and end with / like /static/")));
+                    }
+                    options.prefix = prefix;
+                }
+                if let Some(value) = value("static_cache_control", &args.static_cache_control)? {
+                    if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                        return Err(invalid("static_cache_control", "control characters are not allowed"));
+                    }
+                    options.cache_control = value;
+                }
+                let immutable = if args.static_immutable.is_empty() {
+                    value("static_immutable", &None)?
+                        .map(|v| v.split(',').map(|g| g.trim().trim_matches('"').to_owned()).filter(|g| !g.is_empty()).collect())
+                        .unwrap_or_default()
+                } else {
+                    args.static_immutable.clone()
+                };
+                options.immutable = immutable;
+                options.not_found_page = value("static_not_found", &args.static_not_found)?;
+                options.refresh = duration_field("static_refresh", value("static_refresh", &args.static_refresh)?, options.refresh)?;
+                if let Some(text) = value("static_inline_max", &args.static_inline_max)? {
+                    options.inline_max = parse_size("static_inline_max", &text, 0, 64 << 20)? as u64;
+                }
+                Some(options)
+            }
+        };
 
         Ok(Self {
+            statics,
             rate_limit,
             listen,
             cpus,
@@ -258,6 +318,13 @@ const FILE_KEYS: &[&str] = &[
     "max_headers",
     "max_body_bytes",
     "rate_limit",
+    "static_dir",
+    "static_prefix",
+    "static_cache_control",
+    "static_immutable",
+    "static_not_found",
+    "static_refresh",
+    "static_inline_max",
 ];
 
 /// The `[rate_limit]` table of the config file.

@@ -41,3 +41,4 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod runtime;
+pub mod statics;

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::limit::Limiter;
+use crate::statics::Index;
 use crate::metrics::Registry;
 
 /// Read-mostly state shared by all cores. Writes are rare (a signal) and
@@ -14,6 +15,8 @@ pub struct Node {
     pub io_cores: usize,
     /// The rate limiter, when one is configured.
     pub limiter: Option<Arc<Limiter>>,
+    /// The static file index, when `--static-dir` is set.
+    pub statics: Option<Arc<Index>>,
 }
 
 impl Node {
@@ -21,12 +24,14 @@ impl Node {
         io_cores: usize,
         metrics: Arc<Registry>,
         limiter: Option<Arc<Limiter>>,
+        statics: Option<Arc<Index>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             draining: AtomicBool::new(false),
             metrics,
             io_cores,
             limiter,
+            statics,
         })
     }
 

@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use crate::http::date::DateCache;
 use crate::http::{Head, HttpError, Persistence, Response, Version};
+use crate::http::response::FileBody;
 use crate::limit::{Limiter, Outcome};
+use crate::statics::{self, Index};
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
 pub use router::{Match, Params, Router};
@@ -130,6 +132,9 @@ fn persistence(keep_alive: bool, version: Version) -> Persistence {
 pub struct Service {
     router: Router<Handler>,
     limiter: Option<Arc<Limiter>>,
+    statics: Option<Arc<Index>>,
+    /// A file body the last answer left to be sent after its head.
+    pending_file: Option<FileBody>,
     pub ctx: Ctx,
     pub date: DateCache,
     pub metrics: CoreMetrics,
@@ -141,6 +146,8 @@ impl Service {
         Self {
             router: routes(),
             limiter: node.limiter.clone(),
+            statics: node.statics.clone(),
+            pending_file: None,
             ctx: Ctx {
                 core,
                 node,
@@ -149,6 +156,11 @@ impl Service {
             date: DateCache::new(),
             metrics,
         }
+    }
+
+    /// The file body the last answer left to send, if any.
+    pub fn take_file(&mut self) -> Option<FileBody> {
+        self.pending_file.take()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -223,6 +235,13 @@ impl Service {
         let mut response = Response::new(out, self.date.get(), head.method == "HEAD", persistence)
             .with_extra_headers(headers);
         let path = head.path;
+        if let Some(statics) = self.statics.as_ref().filter(|s| path.starts_with(&s.options().prefix)) {
+            self.pending_file = statics::serve(statics, head, &mut response, &mut self.ctx.scratch);
+            let status = response.status();
+            // The static series sits after the router's, before "(unmatched)".
+            self.metrics.request(Some(self.router.len()), status);
+            return keep_alive;
+        }
         let route = match self.router.route(head.method, path) {
             Match::Found {
                 index,

@@ -68,6 +68,24 @@ impl<'a> Response<'a> {
 
     /// Writes a complete response with a body of known length.
     pub fn send(&mut self, status: u16, content_type: &str, headers: &[(&str, &str)], body: &[u8]) {
+        self.write_head(status, Some((content_type, body.len() as u64)), headers);
+        if !self.head_only {
+            self.out.extend_from_slice(body);
+        }
+    }
+
+    /// Writes the head of a response whose `len`-byte body the connection
+    /// sends afterwards from a file.
+    pub fn send_head(&mut self, status: u16, content_type: &str, headers: &[(&str, &str)], len: u64) {
+        self.write_head(status, Some((content_type, len)), headers);
+    }
+
+    /// 304 Not Modified: the validators, no body and no length.
+    pub fn not_modified(&mut self, headers: &[(&str, &str)]) {
+        self.write_head(304, None, headers);
+    }
+
+    fn write_head(&mut self, status: u16, body: Option<(&str, u64)>, headers: &[(&str, &str)]) {
         debug_assert!(!self.written, "a handler wrote two responses");
         self.written = true;
         self.status = status;
@@ -75,10 +93,12 @@ impl<'a> Response<'a> {
         out.extend_from_slice(status_line(status).as_bytes());
         out.extend_from_slice(b"Server: percore\r\nDate: ");
         out.extend_from_slice(self.date);
-        out.extend_from_slice(b"\r\nContent-Type: ");
-        out.extend_from_slice(content_type.as_bytes());
-        out.extend_from_slice(b"\r\nContent-Length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        if let Some((content_type, len)) = body {
+            out.extend_from_slice(b"\r\nContent-Type: ");
+            out.extend_from_slice(content_type.as_bytes());
+            out.extend_from_slice(b"\r\nContent-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+        }
         out.extend_from_slice(match self.persistence {
             Persistence::KeepAlive => b"\r\n".as_slice(),
             Persistence::KeepAliveHttp10 => b"\r\nConnection: keep-alive\r\n",
@@ -92,9 +112,6 @@ impl<'a> Response<'a> {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        if !self.head_only {
-            out.extend_from_slice(body);
-        }
     }
 
     /// Serializes `value` with simd-json into `scratch`, then sends it.
@@ -140,6 +157,14 @@ impl<'a> Response<'a> {
     }
 }
 
+/// A response body the connection sends from a file after the head (zero-copy, by splice).
+#[derive(Debug, Clone)]
+pub struct FileBody {
+    pub file: std::sync::Arc<std::fs::File>,
+    pub offset: u64,
+    pub len: u64,
+}
+
 /// The interim response sent before reading a body the client is holding back.
 pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -151,6 +176,7 @@ pub fn status_line(status: u16) -> &'static str {
         202 => "HTTP/1.1 202 Accepted\r\n",
         204 => "HTTP/1.1 204 No Content\r\n",
         206 => "HTTP/1.1 206 Partial Content\r\n",
+        301 => "HTTP/1.1 301 Moved Permanently\r\n",
         304 => "HTTP/1.1 304 Not Modified\r\n",
         400 => "HTTP/1.1 400 Bad Request\r\n",
         404 => "HTTP/1.1 404 Not Found\r\n",

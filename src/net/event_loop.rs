@@ -7,7 +7,7 @@
 //! valid until it is done with them.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use socket2::Socket;
 use super::bufring::BufRing;
 use super::session::Session;
 use crate::api::Service;
-use crate::http::response::render_refusal;
+use crate::http::response::{render_refusal, FileBody};
 use crate::http::{HttpError, Limits};
 use crate::node::Node;
 use crate::runtime::uring::{self, UringError};
@@ -28,6 +28,11 @@ const KIND_SEND: u64 = 3;
 const KIND_TICK: u64 = 4;
 const KIND_WAKE: u64 = 5;
 const KIND_CANCEL: u64 = 6;
+const KIND_SPLICE_IN: u64 = 7;
+const KIND_SPLICE_OUT: u64 = 8;
+
+/// Bytes moved per splice: the default pipe capacity.
+const SPLICE_CHUNK: u64 = 64 * 1024;
 
 /// How often the core refreshes its Date, publishes metrics and checks timeouts.
 const TICK: Duration = Duration::from_millis(500);
@@ -81,6 +86,20 @@ struct Conn {
     recv_paused: bool,
     phase: Phase,
     last_active: Instant,
+    /// A file body being spliced to the socket.
+    file: Option<FileSend>,
+    /// The pipe a file body passes through: [read end, write end].
+    pipe: Option<[OwnedFd; 2]>,
+    splice_in_flight: bool,
+}
+
+/// Progress of one file body: file → pipe → socket, a chunk at a time.
+struct FileSend {
+    body: FileBody,
+    /// Bytes that reached the socket.
+    sent: u64,
+    /// Bytes in the pipe, not yet on the socket.
+    in_pipe: u64,
 }
 
 /// One io core: its ring, listener, connections and service.
@@ -194,6 +213,7 @@ impl IoCore {
             KIND_ACCEPT => self.on_accept(result, flags, now),
             KIND_RECV => self.on_recv(slot, generation, result, flags, now),
             KIND_SEND => self.on_send(slot, generation, result, now),
+            KIND_SPLICE_IN | KIND_SPLICE_OUT => self.on_splice(kind, slot, generation, result, now),
             KIND_TICK => self.on_tick(now),
             KIND_WAKE => self.on_wake(now),
             _ => {}
@@ -280,6 +300,9 @@ impl IoCore {
             recv_paused: false,
             phase: Phase::Open,
             last_active: now,
+            file: None,
+            pipe: None,
+            splice_in_flight: false,
         });
         self.live += 1;
         self.service.metrics.connection_opened();
@@ -398,7 +421,7 @@ impl IoCore {
         let Some(conn) = self.conns[slot as usize].as_mut() else {
             return;
         };
-        if conn.send_in_flight {
+        if conn.send_in_flight || conn.splice_in_flight {
             return;
         }
         if !conn.out.is_empty() && conn.phase == Phase::Open {
@@ -408,6 +431,19 @@ impl IoCore {
             conn.send_in_flight = true;
             self.push(&entry);
             return;
+        }
+        if conn.phase == Phase::Open {
+            if conn.file.is_none() {
+                conn.file = conn.session.take_file().map(|body| FileSend {
+                    body,
+                    sent: 0,
+                    in_pipe: 0,
+                });
+            }
+            if conn.file.is_some() {
+                self.splice_next(slot);
+                return;
+            }
         }
         if conn.phase == Phase::Open
             && (conn.session.is_closing() || (draining && conn.session.is_idle()))
@@ -423,6 +459,66 @@ impl IoCore {
             conn.phase = Phase::Closing;
         }
         self.finish_if_closed(slot);
+    }
+
+    /// Moves the next piece of the file body: file → pipe, or pipe → socket.
+    fn splice_next(&mut self, slot: u32) {
+        let Some(conn) = self.conns[slot as usize].as_mut() else {
+            return;
+        };
+        if conn.pipe.is_none() {
+            match new_pipe() {
+                Ok(pipe) => conn.pipe = Some(pipe),
+                Err(_) => return self.close_now(slot),
+            }
+        }
+        let (Some(file), Some([pipe_read, pipe_write])) = (&conn.file, &conn.pipe) else {
+            return;
+        };
+        let entry = if file.in_pipe > 0 {
+            opcode::Splice::new(types::Fd(pipe_read.as_raw_fd()), -1, types::Fd(conn.fd), -1, file.in_pipe as u32)
+                .build()
+                .user_data(user_data(KIND_SPLICE_OUT, conn.generation, slot))
+        } else {
+            let chunk = (file.body.len - file.sent).min(SPLICE_CHUNK);
+            let offset = (file.body.offset + file.sent) as i64;
+            opcode::Splice::new(types::Fd(file.body.file.as_raw_fd()), offset, types::Fd(pipe_write.as_raw_fd()), -1, chunk as u32)
+                .build()
+                .user_data(user_data(KIND_SPLICE_IN, conn.generation, slot))
+        };
+        conn.splice_in_flight = true;
+        self.push(&entry);
+    }
+
+    fn on_splice(&mut self, kind: u64, slot: u32, generation: u32, result: i32, now: Instant) {
+        let limits = self.options.limits;
+        let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::as_mut).filter(|c| c.generation == generation) else {
+            return;
+        };
+        conn.splice_in_flight = false;
+        let Some(file) = conn.file.as_mut().filter(|_| conn.phase == Phase::Open) else {
+            return self.finish_if_closed(slot);
+        };
+        // An error, the peer gone, or the file shrank under us: the promised
+        // length cannot be kept, so the connection must end.
+        if result <= 0 {
+            return self.close_now(slot);
+        }
+        conn.last_active = now;
+        let moved = result as u64;
+        if kind == KIND_SPLICE_IN {
+            file.in_pipe = moved;
+        } else {
+            file.in_pipe -= moved;
+            file.sent += moved;
+            if file.sent == file.body.len && file.in_pipe == 0 {
+                conn.file = None;
+                // Pipelined requests that waited behind the file.
+                conn.session.resume(&mut conn.out, &mut self.service, &limits, now);
+                return self.flush(slot, now);
+            }
+        }
+        self.splice_next(slot);
     }
 
     fn on_send(&mut self, slot: u32, generation: u32, result: i32, now: Instant) {
@@ -487,7 +583,7 @@ impl IoCore {
         let Some(conn) = self.conns[slot as usize].as_ref() else {
             return;
         };
-        if conn.phase != Phase::Closing || conn.recv_armed || conn.send_in_flight {
+        if conn.phase != Phase::Closing || conn.recv_armed || conn.send_in_flight || conn.splice_in_flight {
             return;
         }
         // SAFETY: no operation on fd is in flight, and nothing else owns it.
@@ -536,7 +632,7 @@ impl IoCore {
                         self.flush(slot, now);
                     } else if now.duration_since(conn.last_active) >= idle_timeout {
                         self.service.metrics.connection_timed_out();
-                        if conn.send_in_flight {
+                        if conn.send_in_flight || conn.splice_in_flight {
                             // The client stopped reading its answers.
                             self.close_now(slot);
                         } else {
@@ -594,6 +690,17 @@ fn send_entry(conn: &Conn, slot: u32) -> squeue::Entry {
         .flags(libc::MSG_NOSIGNAL)
         .build()
         .user_data(user_data(KIND_SEND, conn.generation, slot))
+}
+
+/// A pipe for splicing, both ends close-on-exec and non-blocking.
+fn new_pipe() -> io::Result<[OwnedFd; 2]> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nothing else.
+    Ok(unsafe { [OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])] })
 }
 
 /// The connection's peer address (one syscall per connection, for rate limiting).

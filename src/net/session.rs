@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::Service;
 use crate::http::parse::{self, Framing, Limits, HEADER_SLOTS};
-use crate::http::response::CONTINUE_100;
+use crate::http::response::{FileBody, CONTINUE_100};
 use crate::http::HttpError;
 
 /// Stop answering pipelined requests once this much output is waiting: the
@@ -31,6 +31,8 @@ pub struct Session {
     /// The request in progress passed the rate limiter; its header lines.
     admitted: bool,
     rate_headers: Vec<u8>,
+    /// The body of the last answer, to be sent from a file before anything else.
+    file: Option<FileBody>,
 }
 
 impl Session {
@@ -53,11 +55,17 @@ impl Session {
 
     /// True when no request is in progress.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.is_empty() && self.file.is_none()
+    }
+
+    /// The file body the io layer must send next, after the output written so far.
+    pub fn take_file(&mut self) -> Option<FileBody> {
+        self.file.take()
     }
 
     /// Stops reading requests; whatever is already answered is still sent.
     pub fn close(&mut self) {
+        // A file body already promised by a sent head still goes out.
         self.closing = true;
         self.pending = Vec::new();
         self.head_started = None;
@@ -95,7 +103,7 @@ impl Session {
         limits: &Limits,
         now: Instant,
     ) {
-        if self.pending.is_empty() || self.closing {
+        if self.pending.is_empty() || self.closing || self.file.is_some() {
             return;
         }
         let mut pending = mem::take(&mut self.pending);
@@ -138,7 +146,8 @@ impl Session {
         now: Instant,
     ) -> usize {
         let mut used = 0;
-        while used < data.len() && out.len() < OUTPUT_HIGH_WATER {
+        // A file body in flight must go out before any later answer.
+        while used < data.len() && out.len() < OUTPUT_HIGH_WATER && self.file.is_none() {
             let mut slots = [const { MaybeUninit::uninit() }; HEADER_SLOTS];
             let head = match parse::parse_head(&data[used..], &mut slots, limits) {
                 Ok(Some(head)) => head,
@@ -205,6 +214,7 @@ impl Session {
             let keep_alive = service.handle(&head, body, &self.rate_headers, out);
             self.continue_sent = false;
             self.admitted = false;
+            self.file = service.take_file();
             used = end;
             if !keep_alive {
                 self.close();

@@ -24,6 +24,7 @@ use crate::metrics::Registry;
 use crate::net::event_loop::{CoreOptions, IoCore};
 use crate::net::listener;
 use crate::node::Node;
+use crate::statics::Index;
 use uring::UringError;
 
 /// Why the server could not start or run.
@@ -43,6 +44,8 @@ pub enum ServeError {
         cpu: usize,
         source: io::Error,
     },
+    #[error("cannot serve static files from {}: {source}", dir.display())]
+    Static { dir: std::path::PathBuf, source: io::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -64,12 +67,26 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
             source,
         })?;
     let routes = api::routes();
-    let route_names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
+    let mut route_names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
     let limiter = config.rate_limit.clone().map(Limiter::new);
     if let Some(limiter) = &limiter {
         limiter.start_sweeper()?;
     }
-    let node = Node::new(cores, Registry::new(cores, &route_names), limiter);
+    let statics = match &config.statics {
+        Some(options) => {
+            let index = Index::build(options.clone()).map_err(|source| ServeError::Static {
+                dir: options.dir.clone(),
+                source,
+            })?;
+            index.start_refresher()?;
+            // The static files' latency series, after the router's; leaked
+            // once at start-up because series names live as long as the process.
+            route_names.push(Box::leak(format!("{}*", options.prefix).into_boxed_str()));
+            Some(index)
+        }
+        None => None,
+    };
+    let node = Node::new(cores, Registry::new(cores, &route_names), limiter, statics);
     let options = CoreOptions {
         limits: config.limits,
         max_connections: config.max_connections_per_core,
