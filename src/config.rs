@@ -106,7 +106,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCORE_STATIC_CACHE_CONTROL", value_name = "VALUE")]
     pub static_cache_control: Option<String>,
     /// Globs of content-hashed files cached for a year as immutable, e.g. `assets/*`; repeatable. Names with an 8+ hex-digit part always are.
-    #[arg(long, env = "PERCORE_STATIC_IMMUTABLE", value_name = "GLOB", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "PERCORE_STATIC_IMMUTABLE",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
     pub static_immutable: Vec<String>,
     /// A file under --static-dir served with 404 for missing paths. [default: a JSON error]
     #[arg(long, env = "PERCORE_STATIC_NOT_FOUND", value_name = "FILE")]
@@ -252,37 +257,60 @@ impl Config {
         };
 
         let rate_limit = rate_limit_rules(args, file.get("rate_limit"))?;
-        let statics = match args.static_dir.clone().or_else(|| value("static_dir", &None).ok().flatten().map(PathBuf::from)) {
+        let statics = match args
+            .static_dir
+            .clone()
+            .or_else(|| value("static_dir", &None).ok().flatten().map(PathBuf::from))
+        {
             None => None,
             Some(dir) => {
                 if !dir.is_dir() {
-                    return Err(invalid("static_dir", format!("{} is not a directory", dir.display())));
+                    return Err(invalid(
+                        "static_dir",
+                        format!("{} is not a directory", dir.display()),
+                    ));
                 }
                 let mut options = StaticOptions::new(dir);
                 if let Some(prefix) = value("static_prefix", &args.static_prefix)? {
                     if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.contains("//") {
-                        return Err(invalid("static_prefix", format!("`{prefix}` must start and end with / like /static/")));
+                        return Err(invalid(
+                            "static_prefix",
+                            format!("`{prefix}` must start and end with / like /static/"),
+                        ));
                     }
                     options.prefix = prefix;
                 }
                 if let Some(value) = value("static_cache_control", &args.static_cache_control)? {
                     if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
-                        return Err(invalid("static_cache_control", "control characters are not allowed"));
+                        return Err(invalid(
+                            "static_cache_control",
+                            "control characters are not allowed",
+                        ));
                     }
                     options.cache_control = value;
                 }
                 let immutable = if args.static_immutable.is_empty() {
                     value("static_immutable", &None)?
-                        .map(|v| v.split(',').map(|g| g.trim().trim_matches('"').to_owned()).filter(|g| !g.is_empty()).collect())
+                        .map(|v| {
+                            v.split(',')
+                                .map(|g| g.trim().trim_matches('"').to_owned())
+                                .filter(|g| !g.is_empty())
+                                .collect()
+                        })
                         .unwrap_or_default()
                 } else {
                     args.static_immutable.clone()
                 };
                 options.immutable = immutable;
                 options.not_found_page = value("static_not_found", &args.static_not_found)?;
-                options.refresh = duration_field("static_refresh", value("static_refresh", &args.static_refresh)?, options.refresh)?;
+                options.refresh = duration_field(
+                    "static_refresh",
+                    value("static_refresh", &args.static_refresh)?,
+                    options.refresh,
+                )?;
                 if let Some(text) = value("static_inline_max", &args.static_inline_max)? {
-                    options.inline_max = parse_size("static_inline_max", &text, 0, 64 << 20)? as u64;
+                    options.inline_max =
+                        parse_size("static_inline_max", &text, 0, 64 << 20)? as u64;
                 }
                 Some(options)
             }

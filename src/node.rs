@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::limit::Limiter;
-use crate::statics::Index;
 use crate::metrics::Registry;
+use crate::statics::Index;
 
 /// Read-mostly state shared by all cores. Writes are rare (a signal) and
 /// never on the hot path.

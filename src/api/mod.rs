@@ -10,12 +10,12 @@ use httparse::Header;
 use serde::Serialize;
 
 use crate::http::date::DateCache;
-use crate::http::{Head, HttpError, Persistence, Response, Version};
 use crate::http::response::FileBody;
+use crate::http::{Head, HttpError, Persistence, Response, Version};
 use crate::limit::{Limiter, Outcome};
-use crate::statics::{self, Index};
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
+use crate::statics::{self, Index};
 pub use router::{Match, Params, Router};
 
 /// A request as handlers see it: everything borrows the connection's buffer.
@@ -235,7 +235,11 @@ impl Service {
         let mut response = Response::new(out, self.date.get(), head.method == "HEAD", persistence)
             .with_extra_headers(headers);
         let path = head.path;
-        if let Some(statics) = self.statics.as_ref().filter(|s| path.starts_with(&s.options().prefix)) {
+        if let Some(statics) = self
+            .statics
+            .as_ref()
+            .filter(|s| path.starts_with(&s.options().prefix))
+        {
             self.pending_file = statics::serve(statics, head, &mut response, &mut self.ctx.scratch);
             let status = response.status();
             // The static series sits after the router's, before "(unmatched)".

@@ -76,7 +76,13 @@ impl<'a> Response<'a> {
 
     /// Writes the head of a response whose `len`-byte body the connection
     /// sends afterwards from a file.
-    pub fn send_head(&mut self, status: u16, content_type: &str, headers: &[(&str, &str)], len: u64) {
+    pub fn send_head(
+        &mut self,
+        status: u16,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        len: u64,
+    ) {
         self.write_head(status, Some((content_type, len)), headers);
     }
 

@@ -476,15 +476,27 @@ impl IoCore {
             return;
         };
         let entry = if file.in_pipe > 0 {
-            opcode::Splice::new(types::Fd(pipe_read.as_raw_fd()), -1, types::Fd(conn.fd), -1, file.in_pipe as u32)
-                .build()
-                .user_data(user_data(KIND_SPLICE_OUT, conn.generation, slot))
+            opcode::Splice::new(
+                types::Fd(pipe_read.as_raw_fd()),
+                -1,
+                types::Fd(conn.fd),
+                -1,
+                file.in_pipe as u32,
+            )
+            .build()
+            .user_data(user_data(KIND_SPLICE_OUT, conn.generation, slot))
         } else {
             let chunk = (file.body.len - file.sent).min(SPLICE_CHUNK);
             let offset = (file.body.offset + file.sent) as i64;
-            opcode::Splice::new(types::Fd(file.body.file.as_raw_fd()), offset, types::Fd(pipe_write.as_raw_fd()), -1, chunk as u32)
-                .build()
-                .user_data(user_data(KIND_SPLICE_IN, conn.generation, slot))
+            opcode::Splice::new(
+                types::Fd(file.body.file.as_raw_fd()),
+                offset,
+                types::Fd(pipe_write.as_raw_fd()),
+                -1,
+                chunk as u32,
+            )
+            .build()
+            .user_data(user_data(KIND_SPLICE_IN, conn.generation, slot))
         };
         conn.splice_in_flight = true;
         self.push(&entry);
@@ -492,7 +504,12 @@ impl IoCore {
 
     fn on_splice(&mut self, kind: u64, slot: u32, generation: u32, result: i32, now: Instant) {
         let limits = self.options.limits;
-        let Some(conn) = self.conns.get_mut(slot as usize).and_then(Option::as_mut).filter(|c| c.generation == generation) else {
+        let Some(conn) = self
+            .conns
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|c| c.generation == generation)
+        else {
             return;
         };
         conn.splice_in_flight = false;
@@ -514,7 +531,8 @@ impl IoCore {
             if file.sent == file.body.len && file.in_pipe == 0 {
                 conn.file = None;
                 // Pipelined requests that waited behind the file.
-                conn.session.resume(&mut conn.out, &mut self.service, &limits, now);
+                conn.session
+                    .resume(&mut conn.out, &mut self.service, &limits, now);
                 return self.flush(slot, now);
             }
         }
@@ -583,7 +601,11 @@ impl IoCore {
         let Some(conn) = self.conns[slot as usize].as_ref() else {
             return;
         };
-        if conn.phase != Phase::Closing || conn.recv_armed || conn.send_in_flight || conn.splice_in_flight {
+        if conn.phase != Phase::Closing
+            || conn.recv_armed
+            || conn.send_in_flight
+            || conn.splice_in_flight
+        {
             return;
         }
         // SAFETY: no operation on fd is in flight, and nothing else owns it.

@@ -45,7 +45,10 @@ pub enum ServeError {
         source: io::Error,
     },
     #[error("cannot serve static files from {}: {source}", dir.display())]
-    Static { dir: std::path::PathBuf, source: io::Error },
+    Static {
+        dir: std::path::PathBuf,
+        source: io::Error,
+    },
     #[error("{0}")]
     Io(#[from] io::Error),
 }

@@ -7,12 +7,20 @@
 pub fn parse_http_date(value: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(value).ok()?.trim();
     let mut parts = text.split(' ');
-    let (_weekday, day, month, year, time, zone) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (_weekday, day, month, year, time, zone) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
     if parts.next().is_some() || zone != "GMT" || day.len() != 2 || year.len() != 4 {
         return None;
     }
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
     let day: i64 = day.parse().ok()?;
     let year: i64 = year.parse().ok()?;
@@ -41,7 +49,9 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 /// `weak` selects weak comparison (If-None-Match): `W/"x"` matches `"x"`.
 /// Strong comparison (If-Match) never matches a weak tag.
 pub fn etag_list_matches(list: &[u8], etag: &str, weak: bool) -> bool {
-    let Ok(list) = std::str::from_utf8(list) else { return false };
+    let Ok(list) = std::str::from_utf8(list) else {
+        return false;
+    };
     list.split(',').map(str::trim).any(|candidate| {
         if candidate == "*" {
             return true;
@@ -72,15 +82,23 @@ pub enum RangeRequest {
 
 /// Parses `bytes=A-B`, `bytes=A-` and `bytes=-N` against `size`.
 pub fn parse_range(value: &[u8], size: u64) -> RangeRequest {
-    let Ok(text) = std::str::from_utf8(value) else { return RangeRequest::Whole };
-    let Some(spec) = text.trim().strip_prefix("bytes=") else { return RangeRequest::Whole };
+    let Ok(text) = std::str::from_utf8(value) else {
+        return RangeRequest::Whole;
+    };
+    let Some(spec) = text.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Whole;
+    };
     if spec.contains(',') {
         return RangeRequest::Whole;
     }
-    let Some((first, last)) = spec.trim().split_once('-') else { return RangeRequest::Whole };
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeRequest::Whole;
+    };
     let number = |s: &str| -> Option<u64> {
         let s = s.trim();
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.parse().ok()).flatten()
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
     };
     match (first.trim().is_empty(), number(first), number(last)) {
         // bytes=-N: the last N bytes.
@@ -89,7 +107,10 @@ pub fn parse_range(value: &[u8], size: u64) -> RangeRequest {
                 return RangeRequest::Unsatisfiable;
             }
             let len = suffix.min(size);
-            RangeRequest::Partial(ByteRange { start: size - len, len })
+            RangeRequest::Partial(ByteRange {
+                start: size - len,
+                len,
+            })
         }
         (false, Some(start), end) if last.trim().is_empty() || end.is_some() => {
             if start >= size {
@@ -99,7 +120,10 @@ pub fn parse_range(value: &[u8], size: u64) -> RangeRequest {
             if end < start {
                 return RangeRequest::Whole;
             }
-            RangeRequest::Partial(ByteRange { start, len: end - start + 1 })
+            RangeRequest::Partial(ByteRange {
+                start,
+                len: end - start + 1,
+            })
         }
         _ => RangeRequest::Whole,
     }
@@ -137,16 +161,24 @@ impl Coding {
 
 /// The q-value `Accept-Encoding` gives `coding` (0 when refused or absent).
 pub fn accepted_quality(accept_encoding: &[u8], coding: Coding) -> f32 {
-    let Ok(text) = std::str::from_utf8(accept_encoding) else { return 0.0 };
+    let Ok(text) = std::str::from_utf8(accept_encoding) else {
+        return 0.0;
+    };
     let mut wildcard = None;
     for item in text.split(',') {
         let mut parts = item.split(';');
         let name = parts.next().unwrap_or("").trim();
         let q = parts
-            .find_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+            .find_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .or_else(|| p.trim().strip_prefix("Q="))
+            })
             .and_then(|q| q.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
-        if name.eq_ignore_ascii_case(coding.token()) || (coding == Coding::Gzip && name.eq_ignore_ascii_case("x-gzip")) {
+        if name.eq_ignore_ascii_case(coding.token())
+            || (coding == Coding::Gzip && name.eq_ignore_ascii_case("x-gzip"))
+        {
             return q;
         }
         if name == "*" {
@@ -162,12 +194,18 @@ mod tests {
 
     #[test]
     fn http_dates() {
-        assert_eq!(parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(
+            parse_http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
         assert_eq!(parse_http_date(b"Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
         assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), None);
         assert_eq!(parse_http_date(b"garbage"), None);
         let now = 1_795_000_000;
-        assert_eq!(parse_http_date(&crate::http::date::render_imf_fixdate(now)), Some(now));
+        assert_eq!(
+            parse_http_date(&crate::http::date::render_imf_fixdate(now)),
+            Some(now)
+        );
     }
 
     #[test]
@@ -182,11 +220,26 @@ mod tests {
     #[test]
     fn ranges() {
         use RangeRequest::*;
-        assert_eq!(parse_range(b"bytes=0-9", 100), Partial(ByteRange { start: 0, len: 10 }));
-        assert_eq!(parse_range(b"bytes=90-", 100), Partial(ByteRange { start: 90, len: 10 }));
-        assert_eq!(parse_range(b"bytes=-5", 100), Partial(ByteRange { start: 95, len: 5 }));
-        assert_eq!(parse_range(b"bytes=-500", 100), Partial(ByteRange { start: 0, len: 100 }));
-        assert_eq!(parse_range(b"bytes=50-1000", 100), Partial(ByteRange { start: 50, len: 50 }));
+        assert_eq!(
+            parse_range(b"bytes=0-9", 100),
+            Partial(ByteRange { start: 0, len: 10 })
+        );
+        assert_eq!(
+            parse_range(b"bytes=90-", 100),
+            Partial(ByteRange { start: 90, len: 10 })
+        );
+        assert_eq!(
+            parse_range(b"bytes=-5", 100),
+            Partial(ByteRange { start: 95, len: 5 })
+        );
+        assert_eq!(
+            parse_range(b"bytes=-500", 100),
+            Partial(ByteRange { start: 0, len: 100 })
+        );
+        assert_eq!(
+            parse_range(b"bytes=50-1000", 100),
+            Partial(ByteRange { start: 50, len: 50 })
+        );
         assert_eq!(parse_range(b"bytes=100-", 100), Unsatisfiable);
         assert_eq!(parse_range(b"bytes=-0", 100), Unsatisfiable);
         assert_eq!(parse_range(b"bytes=0-1,5-6", 100), Whole);

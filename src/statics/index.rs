@@ -68,7 +68,10 @@ impl Index {
     pub fn build(options: StaticOptions) -> std::io::Result<Arc<Self>> {
         let root = options.dir.canonicalize()?;
         if !root.is_dir() {
-            return Err(std::io::Error::other(format!("{} is not a directory", root.display())));
+            return Err(std::io::Error::other(format!(
+                "{} is not a directory",
+                root.display()
+            )));
         }
         let index = Arc::new(Self {
             root,
@@ -132,9 +135,18 @@ impl Index {
         }
     }
 
-    fn walk(&self, dir: &Path, prefix: &str, seen_files: &mut Vec<String>, seen_dirs: &mut Vec<String>, depth: usize) {
+    fn walk(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        seen_files: &mut Vec<String>,
+        seen_dirs: &mut Vec<String>,
+        depth: usize,
+    ) {
         const MAX_DEPTH: usize = 32;
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for item in entries.flatten() {
             let name = item.file_name();
             let Some(name) = name.to_str() else { continue };
@@ -143,14 +155,23 @@ impl Index {
                 continue;
             }
             let path = item.path();
-            let Some(metadata) = self.inside_root(&path) else { continue };
+            let Some(metadata) = self.inside_root(&path) else {
+                continue;
+            };
             let relative = format!("{prefix}{name}");
             if metadata.is_dir() {
                 if depth < MAX_DEPTH {
-                    self.walk(&path, &format!("{relative}/"), seen_files, seen_dirs, depth + 1);
+                    self.walk(
+                        &path,
+                        &format!("{relative}/"),
+                        seen_files,
+                        seen_dirs,
+                        depth + 1,
+                    );
                     seen_dirs.push(relative);
                 }
-            } else if metadata.is_file() && !Coding::ALL.iter().any(|c| name.ends_with(c.suffix())) {
+            } else if metadata.is_file() && !Coding::ALL.iter().any(|c| name.ends_with(c.suffix()))
+            {
                 self.load(&path, &relative, &metadata);
                 seen_files.push(relative);
             }
@@ -180,20 +201,30 @@ impl Index {
         if let Some(existing) = files.get(relative) {
             let unchanged = existing.identity.stamp == stamp
                 && Coding::ALL.iter().zip(&siblings_stamps).all(|(c, s)| {
-                    let have = existing.siblings.iter().find(|v| v.coding == Some(*c)).map(|v| v.stamp);
+                    let have = existing
+                        .siblings
+                        .iter()
+                        .find(|v| v.coding == Some(*c))
+                        .map(|v| v.stamp);
                     have == s.filter(|s| fresh(s, &stamp))
                 });
             if unchanged {
                 return;
             }
         }
-        let Some(identity) = self.variant(path, metadata, None) else { return };
+        let Some(identity) = self.variant(path, metadata, None) else {
+            return;
+        };
         let mut siblings = Vec::new();
         for (coding, sibling_stamp) in Coding::ALL.iter().zip(&siblings_stamps) {
             // A sibling older than its original is stale: it must never win.
-            let Some(s) = sibling_stamp.filter(|s| fresh(s, &stamp)) else { continue };
+            let Some(s) = sibling_stamp.filter(|s| fresh(s, &stamp)) else {
+                continue;
+            };
             let sibling = sibling_path(path, *coding);
-            let Ok(meta) = std::fs::metadata(&sibling) else { continue };
+            let Ok(meta) = std::fs::metadata(&sibling) else {
+                continue;
+            };
             if stamp_of(&meta) == s {
                 if let Some(variant) = self.variant(&sibling, &meta, Some(*coding)) {
                     siblings.push(variant);
@@ -254,7 +285,12 @@ impl Index {
 }
 
 fn stamp_of(metadata: &Metadata) -> (u64, i64, i64, u64) {
-    (metadata.len(), metadata.mtime(), metadata.mtime_nsec(), metadata.ino())
+    (
+        metadata.len(),
+        metadata.mtime(),
+        metadata.mtime_nsec(),
+        metadata.ino(),
+    )
 }
 
 /// A sibling is fresh if it was written no earlier than its original.
@@ -270,7 +306,10 @@ fn sibling_path(path: &Path, coding: Coding) -> PathBuf {
 
 /// The media type for a file name, by extension.
 pub fn content_type(name: &str) -> &'static str {
-    let ext = name.rsplit_once('.').map_or("", |(_, e)| e).to_ascii_lowercase();
+    let ext = name
+        .rsplit_once('.')
+        .map_or("", |(_, e)| e)
+        .to_ascii_lowercase();
     match ext.as_str() {
         "html" | "htm" => "text/html; charset=utf-8",
         "css" => "text/css; charset=utf-8",
@@ -303,4 +342,3 @@ pub fn content_type(name: &str) -> &'static str {
 
 /// How often the directory is re-walked by default.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(1);
-

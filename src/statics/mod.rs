@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conditional::{accepted_quality, etag_list_matches, parse_http_date, parse_range, RangeRequest};
+use conditional::{
+    accepted_quality, etag_list_matches, parse_http_date, parse_range, RangeRequest,
+};
 pub use index::{Entry, Index, Lookup, Variant};
 
 use crate::http::response::FileBody;
@@ -51,7 +53,12 @@ impl StaticOptions {
     /// Content-hashed names never change, so caches may keep them for a year.
     pub fn cache_control_for(&self, relative: &str) -> String {
         let name = relative.rsplit('/').next().unwrap_or(relative);
-        if looks_content_hashed(name) || self.immutable.iter().any(|glob| glob_matches(glob, relative)) {
+        if looks_content_hashed(name)
+            || self
+                .immutable
+                .iter()
+                .any(|glob| glob_matches(glob, relative))
+        {
             "public, max-age=31536000, immutable".into()
         } else {
             self.cache_control.clone()
@@ -69,7 +76,9 @@ fn looks_content_hashed(name: &str) -> bool {
 fn glob_matches(glob: &str, text: &str) -> bool {
     let mut parts = glob.split('*');
     let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
     let pieces: Vec<&str> = parts.collect();
     for (i, piece) in pieces.iter().enumerate() {
         if i == pieces.len() - 1 {
@@ -93,9 +102,13 @@ pub fn decode_path(raw: &str) -> Result<String, &'static str> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or("a truncated percent-escape in the path")?;
-            let hex = std::str::from_utf8(hex).map_err(|_| "an invalid percent-escape in the path")?;
-            let value = u8::from_str_radix(hex, 16).map_err(|_| "an invalid percent-escape in the path")?;
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .ok_or("a truncated percent-escape in the path")?;
+            let hex =
+                std::str::from_utf8(hex).map_err(|_| "an invalid percent-escape in the path")?;
+            let value =
+                u8::from_str_radix(hex, 16).map_err(|_| "an invalid percent-escape in the path")?;
             decoded.push(value);
             i += 3;
         } else {
@@ -107,7 +120,10 @@ pub fn decode_path(raw: &str) -> Result<String, &'static str> {
         return Err("a NUL byte in the path");
     }
     let text = String::from_utf8(decoded).map_err(|_| "the path is not UTF-8")?;
-    if text.split(['/', '\\']).any(|segment| segment == ".." || segment == ".") {
+    if text
+        .split(['/', '\\'])
+        .any(|segment| segment == ".." || segment == ".")
+    {
         return Err("`.` and `..` segments are not allowed in the path");
     }
     if text.starts_with('/') || text.contains("//") {
@@ -118,7 +134,12 @@ pub fn decode_path(raw: &str) -> Result<String, &'static str> {
 
 /// Answers a GET or HEAD under the static prefix. Returns the file body to
 /// send after the head when the answer is too large to hold in memory.
-pub fn serve(index: &Index, head: &Head<'_, '_>, response: &mut Response<'_>, scratch: &mut Vec<u8>) -> Option<FileBody> {
+pub fn serve(
+    index: &Index,
+    head: &Head<'_, '_>,
+    response: &mut Response<'_>,
+    scratch: &mut Vec<u8>,
+) -> Option<FileBody> {
     let options = index.options();
     if head.method != "GET" && head.method != "HEAD" {
         let error = HttpError::MethodNotAllowed {
@@ -139,7 +160,12 @@ pub fn serve(index: &Index, head: &Head<'_, '_>, response: &mut Response<'_>, sc
         Lookup::File(entry) => entry,
         Lookup::Directory => {
             let location = format!("{}{relative}/", options.prefix);
-            response.send(301, "text/plain; charset=utf-8", &[("Location", &location)], b"moved\n");
+            response.send(
+                301,
+                "text/plain; charset=utf-8",
+                &[("Location", &location)],
+                b"moved\n",
+            );
             return None;
         }
         Lookup::Missing => return not_found(index, head, response, scratch),
@@ -197,7 +223,8 @@ pub fn serve(index: &Index, head: &Head<'_, '_>, response: &mut Response<'_>, sc
                 status = 206;
                 start = r.start;
                 len = r.len;
-                content_range = format!("bytes {}-{}/{}", r.start, r.start + r.len - 1, variant.len);
+                content_range =
+                    format!("bytes {}-{}/{}", r.start, r.start + r.len - 1, variant.len);
                 headers.push(("Content-Range", &content_range));
             }
             RangeRequest::Unsatisfiable => {
@@ -208,7 +235,16 @@ pub fn serve(index: &Index, head: &Head<'_, '_>, response: &mut Response<'_>, sc
             }
         }
     }
-    send_variant(variant, entry.content_type, status, start, len, &headers, head.method == "HEAD", response)
+    send_variant(
+        variant,
+        entry.content_type,
+        status,
+        start,
+        len,
+        &headers,
+        head.method == "HEAD",
+        response,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -236,12 +272,31 @@ fn send_variant(
     })
 }
 
-fn not_found(index: &Index, head: &Head<'_, '_>, response: &mut Response<'_>, scratch: &mut Vec<u8>) -> Option<FileBody> {
+fn not_found(
+    index: &Index,
+    head: &Head<'_, '_>,
+    response: &mut Response<'_>,
+    scratch: &mut Vec<u8>,
+) -> Option<FileBody> {
     if let Some(page) = index.not_found_page() {
         let headers = [("Cache-Control", "no-cache")];
-        return send_variant(&page.identity, page.content_type, 404, 0, page.identity.len, &headers, head.method == "HEAD", response);
+        return send_variant(
+            &page.identity,
+            page.content_type,
+            404,
+            0,
+            page.identity.len,
+            &headers,
+            head.method == "HEAD",
+            response,
+        );
     }
-    response.error(&HttpError::NotFound { path: head.path.to_owned() }, scratch);
+    response.error(
+        &HttpError::NotFound {
+            path: head.path.to_owned(),
+        },
+        scratch,
+    );
     None
 }
 
@@ -259,7 +314,9 @@ fn if_range_holds(if_range: Option<&[u8]>, etag: &str, last_modified: &str) -> b
 /// The variant the client prefers among those it accepts: a precompressed
 /// sibling when it accepts that coding at least as much as identity.
 fn choose_variant<'e>(entry: &'e Entry, accept_encoding: Option<&[u8]>) -> &'e Variant {
-    let Some(accept) = accept_encoding else { return &entry.identity };
+    let Some(accept) = accept_encoding else {
+        return &entry.identity;
+    };
     let mut best: Option<(&Variant, f32)> = None;
     for variant in &entry.siblings {
         let q = variant.coding.map_or(0.0, |c| accepted_quality(accept, c));
@@ -294,12 +351,20 @@ mod tests {
     #[test]
     fn immutable_names() {
         let options = StaticOptions::new(PathBuf::from("/tmp"));
-        assert!(options.cache_control_for("js/app.3f9a2b1c.js").contains("immutable"));
-        assert!(options.cache_control_for("img/logo-8c1d4e2f9a.png").contains("immutable"));
-        assert!(!options.cache_control_for("index.html").contains("immutable"));
+        assert!(options
+            .cache_control_for("js/app.3f9a2b1c.js")
+            .contains("immutable"));
+        assert!(options
+            .cache_control_for("img/logo-8c1d4e2f9a.png")
+            .contains("immutable"));
+        assert!(!options
+            .cache_control_for("index.html")
+            .contains("immutable"));
         let mut custom = options.clone();
         custom.immutable = vec!["fonts/*".into()];
-        assert!(custom.cache_control_for("fonts/inter.woff2").contains("immutable"));
+        assert!(custom
+            .cache_control_for("fonts/inter.woff2")
+            .contains("immutable"));
         assert!(glob_matches("*.woff2", "a/b.woff2") && !glob_matches("*.woff2", "a/b.woff"));
     }
 }
