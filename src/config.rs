@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::http::parse::{Limits, HEADER_SLOTS};
 use crate::limit::{Cidr, KeySource, PathPattern, Policy, Rate, RouteRule, Rules};
+use crate::queue::QueueOptions;
 use crate::runtime::cpu;
 use crate::statics::StaticOptions;
 
@@ -122,6 +123,38 @@ pub struct ServeArgs {
     /// Files up to this size are held in memory; larger ones are spliced from disk. [default: 256KiB]
     #[arg(long, env = "PERCORE_STATIC_INLINE_MAX", value_name = "SIZE")]
     pub static_inline_max: Option<String>,
+    /// Directory for the durable job log; jobs (POST /v1/jobs/...) are off unless set.
+    #[arg(long, env = "PERCORE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Worker threads that run jobs. [default: 1]
+    #[arg(long, env = "PERCORE_WORKERS", value_name = "N")]
+    pub workers: Option<String>,
+    /// CPUs to pin worker threads to, e.g. `2-3`. [default: unpinned]
+    #[arg(long, env = "PERCORE_WORKER_CPUS", value_name = "LIST")]
+    pub worker_cpus: Option<String>,
+    /// Jobs waiting per queue before submissions get 503. [default: 10000]
+    #[arg(long, env = "PERCORE_QUEUE_CAPACITY", value_name = "N")]
+    pub queue_capacity: Option<String>,
+    /// Attempts before a job goes to the dead letters. [default: 5]
+    #[arg(long, env = "PERCORE_JOB_MAX_ATTEMPTS", value_name = "N")]
+    pub job_max_attempts: Option<String>,
+    /// Delay before the first retry; each retry doubles it, with jitter. [default: 1s]
+    #[arg(long, env = "PERCORE_JOB_RETRY_BASE", value_name = "DURATION")]
+    pub job_retry_base: Option<String>,
+    /// A running attempt not finished within this is run again. [default: 60s]
+    #[arg(long, env = "PERCORE_JOB_VISIBILITY_TIMEOUT", value_name = "DURATION")]
+    pub job_visibility_timeout: Option<String>,
+    /// Key for the X-Percore-Signature (HMAC-SHA256) header on webhook deliveries.
+    #[arg(
+        long,
+        env = "PERCORE_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+    /// How long one webhook delivery may take. [default: 10s]
+    #[arg(long, env = "PERCORE_WEBHOOK_TIMEOUT", value_name = "DURATION")]
+    pub webhook_timeout: Option<String>,
 }
 
 /// The validated configuration of one server.
@@ -139,6 +172,8 @@ pub struct Config {
     pub rate_limit: Option<Rules>,
     /// `None` unless `static_dir` is set.
     pub statics: Option<StaticOptions>,
+    /// `None` unless `data_dir` is set.
+    pub queues: Option<QueueOptions>,
 }
 
 impl Config {
@@ -316,7 +351,55 @@ impl Config {
             }
         };
 
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(value("data_dir", &None)?.map(PathBuf::from));
+        let queues = match data_dir {
+            None => None,
+            Some(dir) => {
+                let mut options = QueueOptions::new(dir);
+                if let Some(text) = value("workers", &args.workers)? {
+                    options.workers = parse_count("workers", &text, 1, 1024)?;
+                }
+                if let Some(text) = value("worker_cpus", &args.worker_cpus)? {
+                    let cpus = cpu::parse_cpu_list(&text).map_err(|m| invalid("worker_cpus", m))?;
+                    if let Some(bad) = cpus.iter().find(|c| !allowed.contains(c)) {
+                        return Err(invalid(
+                            "worker_cpus",
+                            format!("CPU {bad} is not available to this process"),
+                        ));
+                    }
+                    options.worker_cpus = cpus;
+                }
+                if let Some(text) = value("queue_capacity", &args.queue_capacity)? {
+                    options.capacity = parse_count("queue_capacity", &text, 1, 1 << 30)?;
+                }
+                if let Some(text) = value("job_max_attempts", &args.job_max_attempts)? {
+                    options.max_attempts = parse_count("job_max_attempts", &text, 1, 1000)? as u32;
+                }
+                options.retry_base = duration_field(
+                    "job_retry_base",
+                    value("job_retry_base", &args.job_retry_base)?,
+                    options.retry_base,
+                )?;
+                options.visibility_timeout = duration_field(
+                    "job_visibility_timeout",
+                    value("job_visibility_timeout", &args.job_visibility_timeout)?,
+                    options.visibility_timeout,
+                )?;
+                options.webhook_timeout = duration_field(
+                    "webhook_timeout",
+                    value("webhook_timeout", &args.webhook_timeout)?,
+                    options.webhook_timeout,
+                )?;
+                options.webhook_secret = value("webhook_secret", &args.webhook_secret)?;
+                Some(options)
+            }
+        };
+
         Ok(Self {
+            queues,
             statics,
             rate_limit,
             listen,
@@ -353,6 +436,15 @@ const FILE_KEYS: &[&str] = &[
     "static_not_found",
     "static_refresh",
     "static_inline_max",
+    "data_dir",
+    "workers",
+    "worker_cpus",
+    "queue_capacity",
+    "job_max_attempts",
+    "job_retry_base",
+    "job_visibility_timeout",
+    "webhook_secret",
+    "webhook_timeout",
 ];
 
 /// The `[rate_limit]` table of the config file.

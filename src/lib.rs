@@ -40,5 +40,6 @@ pub mod limit;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod queue;
 pub mod runtime;
 pub mod statics;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::limit::Limiter;
 use crate::metrics::Registry;
+use crate::queue::Queues;
 use crate::statics::Index;
 
 /// Read-mostly state shared by all cores. Writes are rare (a signal) and
@@ -17,6 +18,8 @@ pub struct Node {
     pub limiter: Option<Arc<Limiter>>,
     /// The static file index, when `--static-dir` is set.
     pub statics: Option<Arc<Index>>,
+    /// The job system, when `--data-dir` is set.
+    pub queues: Option<Arc<Queues>>,
 }
 
 impl Node {
@@ -25,6 +28,7 @@ impl Node {
         metrics: Arc<Registry>,
         limiter: Option<Arc<Limiter>>,
         statics: Option<Arc<Index>>,
+        queues: Option<Arc<Queues>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             draining: AtomicBool::new(false),
@@ -32,6 +36,7 @@ impl Node {
             io_cores,
             limiter,
             statics,
+            queues,
         })
     }
 

@@ -43,7 +43,10 @@ fn allocations() -> u64 {
 fn service_with(limiter: Option<std::sync::Arc<Limiter>>) -> Service {
     let routes = api::routes();
     let names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
-    Service::new(0, Node::new(1, Registry::new(1, &names), limiter, None))
+    Service::new(
+        0,
+        Node::new(1, Registry::new(1, &names), limiter, None, None),
+    )
 }
 
 fn service() -> Service {

@@ -1,5 +1,6 @@
 //! Route handlers and the per-core service that dispatches a parsed request to them.
 
+pub mod jobs;
 pub mod router;
 
 use std::net::IpAddr;
@@ -15,6 +16,7 @@ use crate::http::{Head, HttpError, Persistence, Response, Version};
 use crate::limit::{Limiter, Outcome};
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
+use crate::queue::{Answer, Deferred};
 use crate::statics::{self, Index};
 pub use router::{Match, Params, Router};
 
@@ -43,6 +45,8 @@ pub struct Ctx {
     pub node: Arc<Node>,
     /// A reusable buffer for serializing bodies before their length is known.
     pub scratch: Vec<u8>,
+    /// Set by a handler whose answer another thread will give; it then writes no response.
+    pub deferred: Option<Deferred>,
 }
 
 /// A handler writes exactly one response.
@@ -57,7 +61,11 @@ pub fn routes() -> Router<Handler> {
         .add("GET", "/healthz", healthz)
         .add("GET", "/readyz", readyz)
         .add("GET", "/metrics", metrics)
-        .add("POST", "/echo", echo);
+        .add("POST", "/echo", echo)
+        .add("POST", "/v1/jobs/:queue", jobs::submit)
+        .add("GET", "/v1/jobs/:id", jobs::status)
+        .add("POST", "/v1/jobs/:id/redrive", jobs::redrive)
+        .add("GET", "/v1/dead", jobs::dead_letters);
     router
 }
 
@@ -103,6 +111,9 @@ fn metrics(_: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
     if let Some(limiter) = &ctx.node.limiter {
         ctx.node.metrics.render_rate_limit(limiter, &mut text);
     }
+    if let Some(queues) = &ctx.node.queues {
+        render_queue_metrics(queues, &mut text);
+    }
     response.send(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
@@ -120,6 +131,16 @@ fn echo(request: &Request<'_>, _: &mut Ctx, response: &mut Response<'_>) {
     response.send(200, content_type, &[], request.body);
 }
 
+/// How to write an answer that another thread gives later.
+#[derive(Debug, Clone, Copy)]
+pub struct Awaiting {
+    pub keep_alive: bool,
+    pub version: Version,
+    pub head_only: bool,
+    /// The route, for metrics.
+    pub route: usize,
+}
+
 fn persistence(keep_alive: bool, version: Version) -> Persistence {
     match (keep_alive, version) {
         (false, _) => Persistence::Close,
@@ -135,6 +156,8 @@ pub struct Service {
     statics: Option<Arc<Index>>,
     /// A file body the last answer left to be sent after its head.
     pending_file: Option<FileBody>,
+    /// The last request's answer was deferred: how to write it when it comes.
+    awaiting: Option<Awaiting>,
     pub ctx: Ctx,
     pub date: DateCache,
     pub metrics: CoreMetrics,
@@ -148,14 +171,61 @@ impl Service {
             limiter: node.limiter.clone(),
             statics: node.statics.clone(),
             pending_file: None,
+            awaiting: None,
             ctx: Ctx {
                 core,
                 node,
                 scratch: Vec::with_capacity(1024),
+                deferred: None,
             },
             date: DateCache::new(),
             metrics,
         }
+    }
+
+    /// Work the last handler deferred, to hand to the job manager.
+    pub fn take_deferred(&mut self) -> Option<Deferred> {
+        self.ctx.deferred.take()
+    }
+
+    /// The request whose answer was deferred, if the last one was.
+    pub fn take_awaiting(&mut self) -> Option<Awaiting> {
+        self.awaiting.take()
+    }
+
+    /// Writes the deferred answer for a request that was awaiting it.
+    pub fn render_answer(&mut self, answer: Answer, awaiting: &Awaiting, out: &mut Vec<u8>) {
+        let persistence = persistence(awaiting.keep_alive && !self.is_draining(), awaiting.version);
+        let mut response = Response::new(out, self.date.get(), awaiting.head_only, persistence);
+        match answer {
+            Answer::Accepted {
+                id,
+                queue,
+                replayed,
+            } => {
+                let location = format!("/v1/jobs/{id}");
+                let body = serde_json::json!({ "id": id.to_string(), "queue": queue, "status": "queued", "location": location });
+                let body = serde_json::to_vec(&body).expect("JSON values serialize");
+                let mut headers = vec![("Location", location.as_str())];
+                if replayed {
+                    headers.push(("Idempotent-Replayed", "true"));
+                }
+                response.send(202, "application/json", &headers, &body);
+            }
+            Answer::Redriven { id } => {
+                let location = format!("/v1/jobs/{id}");
+                let body = format!("{{\"id\":\"{id}\",\"status\":\"queued\"}}");
+                response.send(
+                    202,
+                    "application/json",
+                    &[("Location", location.as_str())],
+                    body.as_bytes(),
+                );
+            }
+            Answer::Rejected(error) => response.error(&error, &mut self.ctx.scratch),
+        }
+        self.metrics
+            .request(Some(awaiting.route), response.status());
     }
 
     /// The file body the last answer left to send, if any.
@@ -261,6 +331,16 @@ impl Service {
                     body,
                 };
                 handler(&request, &mut self.ctx, &mut response);
+                if !response.is_written() && self.ctx.deferred.is_some() {
+                    // Counted in metrics when the answer is written.
+                    self.awaiting = Some(Awaiting {
+                        keep_alive,
+                        version: head.version,
+                        head_only: head.method == "HEAD",
+                        route: index,
+                    });
+                    return keep_alive;
+                }
                 if !response.is_written() {
                     response.error(
                         &HttpError::Internal("the handler wrote no response"),
@@ -297,5 +377,65 @@ impl Service {
         let mut response = Response::new(out, self.date.get(), false, Persistence::Close);
         response.error(error, &mut self.ctx.scratch);
         self.metrics.request(None, error.status());
+    }
+}
+
+/// The job system's gauges and counters in Prometheus text.
+fn render_queue_metrics(queues: &crate::queue::Queues, out: &mut String) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &queues.metrics;
+    let oldest_ms = m.oldest_waiting_ms.load(Relaxed);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let age = if oldest_ms == 0 {
+        0.0
+    } else {
+        now_ms.saturating_sub(oldest_ms) as f64 / 1000.0
+    };
+    let rows: [(&str, &str, &str, String); 6] = [
+        (
+            "percore_jobs_waiting",
+            "gauge",
+            "Jobs waiting to run, queued or waiting to retry.",
+            m.waiting.load(Relaxed).to_string(),
+        ),
+        (
+            "percore_jobs_running",
+            "gauge",
+            "Jobs a worker is running now.",
+            m.running.load(Relaxed).to_string(),
+        ),
+        (
+            "percore_jobs_oldest_waiting_age_seconds",
+            "gauge",
+            "Age of the oldest waiting job.",
+            format!("{age:.3}"),
+        ),
+        (
+            "percore_jobs_succeeded_total",
+            "counter",
+            "Jobs that succeeded since start.",
+            m.succeeded.load(Relaxed).to_string(),
+        ),
+        (
+            "percore_jobs_retries_total",
+            "counter",
+            "Failed attempts scheduled for a retry since start.",
+            m.retries.load(Relaxed).to_string(),
+        ),
+        (
+            "percore_jobs_dead_total",
+            "counter",
+            "Jobs moved to the dead letters since start.",
+            m.dead.load(Relaxed).to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     }
 }

@@ -39,6 +39,10 @@ pub enum HttpError {
     BadRequest(String),
     #[error("too many requests from this client; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error("queue `{queue}` is full ({capacity} jobs waiting); retry later")]
+    QueueFull { queue: String, capacity: usize },
+    #[error("jobs are off: start percore with --data-dir DIR to keep a durable job log")]
+    JobsDisabled,
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("the server is shutting down")]
@@ -64,7 +68,10 @@ impl HttpError {
             Self::RateLimited { .. } => 429,
             Self::Internal(_) => 500,
             Self::UnsupportedTransferCoding(_) => 501,
-            Self::Draining | Self::TooManyConnections { .. } => 503,
+            Self::Draining
+            | Self::TooManyConnections { .. }
+            | Self::QueueFull { .. }
+            | Self::JobsDisabled => 503,
             Self::UnsupportedVersion => 505,
         }
     }
@@ -88,6 +95,8 @@ impl HttpError {
             Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal",
             Self::Draining => "draining",
+            Self::QueueFull { .. } => "queue_full",
+            Self::JobsDisabled => "jobs_disabled",
             Self::TooManyConnections { .. } => "too_many_connections",
         }
     }
@@ -101,6 +110,9 @@ impl HttpError {
                 | Self::MethodNotAllowed { .. }
                 | Self::BadRequest(_)
                 | Self::RateLimited { .. }
+                | Self::QueueFull { .. }
+                | Self::JobsDisabled
+                | Self::Internal(_)
         )
     }
 }

@@ -148,7 +148,9 @@ impl<'a> Response<'a> {
                 allow = [("Allow", a.as_str())];
                 &allow
             }
-            HttpError::Draining | HttpError::TooManyConnections { .. } => &[("Retry-After", "1")],
+            HttpError::Draining
+            | HttpError::TooManyConnections { .. }
+            | HttpError::QueueFull { .. } => &[("Retry-After", "1")],
             _ => &[],
         };
         scratch.clear();

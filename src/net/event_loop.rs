@@ -20,7 +20,9 @@ use crate::api::Service;
 use crate::http::response::{render_refusal, FileBody};
 use crate::http::{HttpError, Limits};
 use crate::node::Node;
+use crate::queue::{Completion, ReplyTo};
 use crate::runtime::uring::{self, UringError};
+use crossbeam_channel::Receiver;
 
 const KIND_ACCEPT: u64 = 1;
 const KIND_RECV: u64 = 2;
@@ -117,6 +119,8 @@ pub struct IoCore {
     options: CoreOptions,
     node: Arc<Node>,
     wake: OwnedFd,
+    /// Answers from the job manager for this core's connections.
+    inbox: Option<Receiver<Completion>>,
     wake_buf: Box<u64>,
     tick_spec: Box<types::Timespec>,
     draining: bool,
@@ -130,6 +134,7 @@ impl IoCore {
         core: usize,
         listener: Socket,
         wake: OwnedFd,
+        inbox: Option<Receiver<Completion>>,
         options: CoreOptions,
         node: Arc<Node>,
     ) -> Result<Self, UringError> {
@@ -149,6 +154,7 @@ impl IoCore {
             options,
             node,
             wake,
+            inbox,
             wake_buf: Box::new(0),
             tick_spec: Box::new(types::Timespec::from(TICK)),
             draining: false,
@@ -417,6 +423,7 @@ impl IoCore {
 
     /// Starts a send if output is waiting; starts closing if the session is done.
     fn flush(&mut self, slot: u32, now: Instant) {
+        self.forward_deferred(slot);
         let draining = self.draining;
         let Some(conn) = self.conns[slot as usize].as_mut() else {
             return;
@@ -459,6 +466,25 @@ impl IoCore {
             conn.phase = Phase::Closing;
         }
         self.finish_if_closed(slot);
+    }
+
+    /// Hands work a handler deferred (a job to make durable) to the job
+    /// manager, addressed back to this connection.
+    fn forward_deferred(&mut self, slot: u32) {
+        let Some(work) = self.service.take_deferred() else {
+            return;
+        };
+        let Some(conn) = self.conns[slot as usize].as_ref() else {
+            return;
+        };
+        let reply = ReplyTo {
+            core: self.service.ctx.core,
+            slot,
+            generation: conn.generation,
+        };
+        if let Some(queues) = &self.node.queues {
+            queues.defer(work, Some(reply));
+        }
     }
 
     /// Moves the next piece of the file body: file → pipe, or pipe → socket.
@@ -670,8 +696,30 @@ impl IoCore {
     }
 
     fn on_wake(&mut self, now: Instant) {
-        if !self.node.is_draining() {
-            self.arm_wake();
+        self.arm_wake();
+        let limits = self.options.limits;
+        while let Some(completion) = self.inbox.as_ref().and_then(|inbox| inbox.try_recv().ok()) {
+            let ReplyTo {
+                slot, generation, ..
+            } = completion.to;
+            let Some(conn) = self
+                .conns
+                .get_mut(slot as usize)
+                .and_then(Option::as_mut)
+                .filter(|c| c.generation == generation)
+            else {
+                continue;
+            };
+            if conn.phase != Phase::Open {
+                continue;
+            }
+            conn.session
+                .answer(completion.answer, &mut conn.out, &mut self.service);
+            conn.session
+                .resume(&mut conn.out, &mut self.service, &limits, now);
+            self.flush(slot, now);
+        }
+        if !self.node.is_draining() || self.draining {
             return;
         }
         self.draining = true;

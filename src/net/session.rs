@@ -4,10 +4,11 @@ use std::mem::{self, MaybeUninit};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::api::Service;
+use crate::api::{Awaiting, Service};
 use crate::http::parse::{self, Framing, Limits, HEADER_SLOTS};
 use crate::http::response::{FileBody, CONTINUE_100};
 use crate::http::HttpError;
+use crate::queue::Answer;
 
 /// Stop answering pipelined requests once this much output is waiting: the
 /// client is not reading, and memory must stay bounded.
@@ -33,6 +34,8 @@ pub struct Session {
     rate_headers: Vec<u8>,
     /// The body of the last answer, to be sent from a file before anything else.
     file: Option<FileBody>,
+    /// A request whose answer another thread will give (a job being made durable).
+    awaiting: Option<Awaiting>,
 }
 
 impl Session {
@@ -55,7 +58,19 @@ impl Session {
 
     /// True when no request is in progress.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.file.is_none()
+        self.pending.is_empty() && self.file.is_none() && self.awaiting.is_none()
+    }
+
+    /// Writes the answer to the request that was waiting for it; later
+    /// requests then proceed (call [`Self::resume`]).
+    pub fn answer(&mut self, answer: Answer, out: &mut Vec<u8>, service: &mut Service) {
+        let Some(awaiting) = self.awaiting.take() else {
+            return;
+        };
+        service.render_answer(answer, &awaiting, out);
+        if !awaiting.keep_alive {
+            self.close();
+        }
     }
 
     /// The file body the io layer must send next, after the output written so far.
@@ -103,7 +118,8 @@ impl Session {
         limits: &Limits,
         now: Instant,
     ) {
-        if self.pending.is_empty() || self.closing || self.file.is_some() {
+        if self.pending.is_empty() || self.closing || self.file.is_some() || self.awaiting.is_some()
+        {
             return;
         }
         let mut pending = mem::take(&mut self.pending);
@@ -147,7 +163,11 @@ impl Session {
     ) -> usize {
         let mut used = 0;
         // A file body in flight must go out before any later answer.
-        while used < data.len() && out.len() < OUTPUT_HIGH_WATER && self.file.is_none() {
+        while used < data.len()
+            && out.len() < OUTPUT_HIGH_WATER
+            && self.file.is_none()
+            && self.awaiting.is_none()
+        {
             let mut slots = [const { MaybeUninit::uninit() }; HEADER_SLOTS];
             let head = match parse::parse_head(&data[used..], &mut slots, limits) {
                 Ok(Some(head)) => head,
@@ -216,6 +236,11 @@ impl Session {
             self.admitted = false;
             self.file = service.take_file();
             used = end;
+            if let Some(awaiting) = service.take_awaiting() {
+                // Later requests wait for this answer, to stay in order.
+                self.awaiting = Some(awaiting);
+                return used;
+            }
             if !keep_alive {
                 self.close();
                 return data.len();

@@ -24,6 +24,7 @@ use crate::metrics::Registry;
 use crate::net::event_loop::{CoreOptions, IoCore};
 use crate::net::listener;
 use crate::node::Node;
+use crate::queue::{Completion, Mailbox, Queues};
 use crate::statics::Index;
 use uring::UringError;
 
@@ -46,6 +47,11 @@ pub enum ServeError {
     },
     #[error("cannot serve static files from {}: {source}", dir.display())]
     Static {
+        dir: std::path::PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot open the job log in {}: {source}", dir.display())]
+    Jobs {
         dir: std::path::PathBuf,
         source: io::Error,
     },
@@ -89,7 +95,34 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
         }
         None => None,
     };
-    let node = Node::new(cores, Registry::new(cores, &route_names), limiter, statics);
+    // Each core's eventfd wakes it for draining and for answers from other threads.
+    let wakes: Vec<OwnedFd> = (0..cores).map(|_| eventfd()).collect::<io::Result<_>>()?;
+    let mut inboxes: Vec<Option<crossbeam_channel::Receiver<Completion>>> =
+        (0..cores).map(|_| None).collect();
+    let queues = match &config.queues {
+        Some(options) => {
+            let mut mailboxes = Vec::with_capacity(cores);
+            for (core, wake) in wakes.iter().enumerate() {
+                let (mailbox, inbox) = Mailbox::new(wake.try_clone()?);
+                mailboxes.push(mailbox);
+                inboxes[core] = Some(inbox);
+            }
+            let queues =
+                Queues::start(options.clone(), mailboxes).map_err(|source| ServeError::Jobs {
+                    dir: options.data_dir.clone(),
+                    source,
+                })?;
+            Some(queues)
+        }
+        None => None,
+    };
+    let node = Node::new(
+        cores,
+        Registry::new(cores, &route_names),
+        limiter,
+        statics,
+        queues,
+    );
     let options = CoreOptions {
         limits: config.limits,
         max_connections: config.max_connections_per_core,
@@ -101,9 +134,14 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), ServeError>>();
     let mut started = Vec::with_capacity(cores);
-    for (core, (listener, &cpu)) in listeners.into_iter().zip(&config.cpus).enumerate() {
-        let wake = eventfd()?;
+    for (core, ((listener, &cpu), wake)) in listeners
+        .into_iter()
+        .zip(&config.cpus)
+        .zip(wakes)
+        .enumerate()
+    {
         let wake_for_core = wake.try_clone()?;
+        let inbox = inboxes[core].take();
         let options = options.clone();
         let node = Arc::clone(&node);
         let ready = ready_tx.clone();
@@ -114,7 +152,7 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
                     let _ = ready.send(Err(ServeError::Pin { core, cpu, source }));
                     return Ok(0);
                 }
-                match IoCore::new(core, listener, wake_for_core, options, node) {
+                match IoCore::new(core, listener, wake_for_core, inbox, options, node) {
                     Ok(io_core) => {
                         let _ = ready.send(Ok(()));
                         drop(ready);

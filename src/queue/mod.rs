@@ -1,0 +1,736 @@
+//! Async processing: jobs accepted durably, answered at once, run on worker threads with retries, backoff and dead letters.
+//!
+//! One manager thread owns the job log and every job's state: io cores send
+//! it submissions, workers send it outcomes, and it is the only writer of
+//! both the log and the published status table. It commits each batch of
+//! log records with one `fdatasync` (group commit) and only then tells the
+//! io core that submitted a job to answer `202`, so an accepted job survives
+//! `kill -9`. Workers are plain threads (pinned with `--worker-cpus`) that
+//! take jobs from a bounded channel, so a slow job never touches an io core.
+
+pub mod kinds;
+pub mod log;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde_json::Value;
+
+use crate::http::HttpError;
+use crate::runtime::cpu;
+use kinds::{KindOptions, Outcome};
+use log::{JobLog, Record};
+
+/// How the job system runs; from the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOptions {
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    /// CPUs to pin worker threads to, in order; empty leaves them unpinned.
+    pub worker_cpus: Vec<usize>,
+    /// Jobs waiting per queue before submissions get 503.
+    pub capacity: usize,
+    pub max_attempts: u32,
+    /// The first retry's delay; each retry doubles it, with jitter.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// A running attempt not finished within this is presumed lost and run again.
+    pub visibility_timeout: Duration,
+    pub webhook_secret: Option<String>,
+    pub webhook_timeout: Duration,
+}
+
+impl QueueOptions {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            workers: 1,
+            worker_cpus: Vec::new(),
+            capacity: 10_000,
+            max_attempts: 5,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            visibility_timeout: Duration::from_secs(60),
+            webhook_secret: None,
+            webhook_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The io core connection a deferred answer goes back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub core: usize,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// What the manager answers a submission with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Durable: `replayed` when an `Idempotency-Key` matched an earlier job.
+    Accepted {
+        id: u64,
+        queue: String,
+        replayed: bool,
+    },
+    Redriven {
+        id: u64,
+    },
+    Rejected(HttpError),
+}
+
+/// An answer on its way to an io core.
+#[derive(Debug)]
+pub struct Completion {
+    pub to: ReplyTo,
+    pub answer: Answer,
+}
+
+/// A job a handler asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    pub queue: String,
+    pub payload: Value,
+    pub idempotency_key: Option<String>,
+    /// Run no earlier than this (Unix ms); `None` for now.
+    pub run_at_ms: Option<u64>,
+}
+
+/// Work an io core hands to the manager, answered later through its mailbox.
+#[derive(Debug)]
+pub enum Deferred {
+    Submit(Submission),
+    Redrive(u64),
+}
+
+enum Msg {
+    Deferred(Deferred, Option<ReplyTo>),
+    Finished {
+        id: u64,
+        attempt: u32,
+        outcome: Outcome,
+    },
+}
+
+/// A job given to a worker.
+struct Work {
+    id: u64,
+    queue: String,
+    payload: Value,
+    attempt: u32,
+}
+
+/// One io core's inbox of answers from the manager, with the eventfd that wakes it.
+pub struct Mailbox {
+    tx: Sender<Completion>,
+    wake: OwnedFd,
+}
+
+impl Mailbox {
+    pub fn new(wake: OwnedFd) -> (Self, Receiver<Completion>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (Self { tx, wake }, rx)
+    }
+
+    fn deliver(&self, completion: Completion) {
+        if self.tx.send(completion).is_ok() {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a u64 to an eventfd this mailbox owns.
+            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
+/// Gauges the manager publishes for `/metrics`.
+#[derive(Default)]
+pub struct QueueMetrics {
+    pub waiting: AtomicU64,
+    pub running: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub retries: AtomicU64,
+    pub dead: AtomicU64,
+    /// Created time (Unix ms) of the oldest waiting job; 0 when none.
+    pub oldest_waiting_ms: AtomicU64,
+}
+
+/// The handle io cores and handlers use: submit, and read job status.
+pub struct Queues {
+    tx: Sender<Msg>,
+    /// Each job's status as rendered JSON, published by the manager.
+    statuses: papaya::HashMap<u64, Arc<JobView>>,
+    pub metrics: QueueMetrics,
+    pub options: QueueOptions,
+    stop: AtomicBool,
+}
+
+/// A job's published status.
+#[derive(Debug)]
+pub struct JobView {
+    pub state: &'static str,
+    pub json: Vec<u8>,
+}
+
+impl Queues {
+    /// Opens the log, replays it, and starts the manager and the workers.
+    /// `mailboxes[core]` carries answers back to io core `core`.
+    pub fn start(options: QueueOptions, mailboxes: Vec<Mailbox>) -> std::io::Result<Arc<Self>> {
+        let (log, records) = JobLog::open(&options.data_dir)?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let queues = Arc::new(Self {
+            tx,
+            statuses: papaya::HashMap::new(),
+            metrics: QueueMetrics::default(),
+            options: options.clone(),
+            stop: AtomicBool::new(false),
+        });
+        let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(options.workers.max(1) * 2);
+        let kind_options = KindOptions {
+            webhook_secret: options.webhook_secret.clone(),
+            webhook_timeout: options.webhook_timeout,
+        };
+        for n in 0..options.workers {
+            let work_rx = work_rx.clone();
+            let done = queues.tx.clone();
+            let kind_options = kind_options.clone();
+            let cpu = options.worker_cpus.get(n).copied();
+            std::thread::Builder::new()
+                .name(format!("percore-worker-{n}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        let _ = cpu::pin_current_thread(cpu);
+                    }
+                    for work in work_rx {
+                        let outcome =
+                            kinds::run(&work.queue, work.id, &work.payload, &kind_options);
+                        if done
+                            .send(Msg::Finished {
+                                id: work.id,
+                                attempt: work.attempt,
+                                outcome,
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                })?;
+        }
+        let mut manager = Manager::new(Arc::clone(&queues), log, mailboxes, work_tx);
+        manager.replay(records);
+        std::thread::Builder::new()
+            .name("percore-jobs".into())
+            .spawn(move || manager.run(rx))?;
+        Ok(queues)
+    }
+
+    /// Hands work to the manager; the answer comes back to `reply` through its core's mailbox.
+    pub fn defer(&self, work: Deferred, reply: Option<ReplyTo>) -> bool {
+        self.tx.send(Msg::Deferred(work, reply)).is_ok()
+    }
+
+    pub fn status(&self, id: u64) -> Option<Arc<JobView>> {
+        self.statuses.pin().get(&id).cloned()
+    }
+
+    /// Every dead job's status, oldest id first.
+    pub fn dead_letters(&self) -> Vec<Arc<JobView>> {
+        let statuses = self.statuses.pin();
+        let mut dead: Vec<(u64, Arc<JobView>)> = statuses
+            .iter()
+            .filter(|(_, v)| v.state == "dead")
+            .map(|(id, v)| (*id, Arc::clone(v)))
+            .collect();
+        dead.sort_by_key(|(id, _)| *id);
+        dead.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Asks the manager to stop once its current batch is committed.
+    pub fn stop(&self) {
+        self.stop.store(true, Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Queued,
+    Running,
+    /// Waiting for a retry after a failed attempt.
+    Failed,
+    Succeeded,
+    Dead,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Failed => "failed",
+            State::Succeeded => "succeeded",
+            State::Dead => "dead",
+        }
+    }
+}
+
+struct Job {
+    queue: String,
+    payload: Value,
+    idempotency_key: Option<String>,
+    max_attempts: u32,
+    created_ms: u64,
+    state: State,
+    attempts: u32,
+    last_error: Option<String>,
+    result: Option<Value>,
+    run_at_ms: u64,
+}
+
+struct Manager {
+    queues: Arc<Queues>,
+    log: JobLog,
+    mailboxes: Vec<Mailbox>,
+    work_tx: Sender<Work>,
+    jobs: HashMap<u64, Job>,
+    idempotency: HashMap<(String, String), u64>,
+    waiting_per_queue: HashMap<String, usize>,
+    /// Jobs not yet due, by due time.
+    timers: BinaryHeap<Reverse<(u64, u64)>>,
+    ready: VecDeque<u64>,
+    /// Running attempts and when they are presumed lost.
+    running: HashMap<u64, u64>,
+    next_id: u64,
+    rng: u64,
+    replies: Vec<Completion>,
+    changed: Vec<u64>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Manager {
+    fn new(
+        queues: Arc<Queues>,
+        log: JobLog,
+        mailboxes: Vec<Mailbox>,
+        work_tx: Sender<Work>,
+    ) -> Self {
+        Self {
+            queues,
+            log,
+            mailboxes,
+            work_tx,
+            jobs: HashMap::new(),
+            idempotency: HashMap::new(),
+            waiting_per_queue: HashMap::new(),
+            timers: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            running: HashMap::new(),
+            next_id: 1,
+            rng: now_ms() | 1,
+            replies: Vec::new(),
+            changed: Vec::new(),
+        }
+    }
+
+    /// Rebuilds every job from the log. Attempts that were running when the
+    /// process died are run again: delivery is at least once.
+    fn replay(&mut self, records: Vec<Record>) {
+        for record in records {
+            self.apply(&record);
+        }
+        let ids: Vec<u64> = self.jobs.keys().copied().collect();
+        for id in ids {
+            let job = self.jobs.get_mut(&id).expect("listed");
+            if job.state == State::Running {
+                job.state = State::Queued;
+            }
+            if matches!(job.state, State::Queued | State::Failed) {
+                *self.waiting_per_queue.entry(job.queue.clone()).or_default() += 1;
+                self.timers.push(Reverse((job.run_at_ms, id)));
+            }
+            self.changed.push(id);
+        }
+        self.publish();
+    }
+
+    /// Applies a record to the in-memory state (at replay and as it is written).
+    fn apply(&mut self, record: &Record) {
+        match record {
+            Record::Enqueued {
+                id,
+                queue,
+                payload,
+                idempotency_key,
+                run_at_ms,
+                max_attempts,
+                created_ms,
+            } => {
+                if let Some(key) = idempotency_key {
+                    self.idempotency.insert((queue.clone(), key.clone()), *id);
+                }
+                self.next_id = self.next_id.max(id + 1);
+                self.jobs.insert(
+                    *id,
+                    Job {
+                        queue: queue.clone(),
+                        payload: payload.clone(),
+                        idempotency_key: idempotency_key.clone(),
+                        max_attempts: *max_attempts,
+                        created_ms: *created_ms,
+                        state: State::Queued,
+                        attempts: 0,
+                        last_error: None,
+                        result: None,
+                        run_at_ms: *run_at_ms,
+                    },
+                );
+            }
+            Record::Started { id, attempt } => {
+                if let Some(job) = self.jobs.get_mut(id) {
+                    job.state = State::Running;
+                    job.attempts = *attempt;
+                }
+            }
+            Record::Succeeded { id, result } => {
+                if let Some(job) = self.jobs.get_mut(id) {
+                    job.state = State::Succeeded;
+                    job.result = Some(result.clone());
+                }
+            }
+            Record::Failed {
+                id,
+                attempt,
+                error,
+                retry_at_ms,
+            } => {
+                if let Some(job) = self.jobs.get_mut(id) {
+                    job.state = State::Failed;
+                    job.attempts = *attempt;
+                    job.last_error = Some(error.clone());
+                    job.run_at_ms = *retry_at_ms;
+                }
+            }
+            Record::Dead { id, attempt, error } => {
+                if let Some(job) = self.jobs.get_mut(id) {
+                    job.state = State::Dead;
+                    job.attempts = *attempt;
+                    job.last_error = Some(error.clone());
+                }
+            }
+            Record::Redriven { id } => {
+                if let Some(job) = self.jobs.get_mut(id) {
+                    job.state = State::Queued;
+                    job.attempts = 0;
+                    job.run_at_ms = 0;
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, record: Record) {
+        self.log.stage(&record);
+        self.apply(&record);
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let wait = self
+                .timers
+                .peek()
+                .map(|Reverse((due, _))| Duration::from_millis(due.saturating_sub(now_ms())))
+                .unwrap_or(Duration::from_millis(200))
+                .min(Duration::from_millis(200));
+            match rx.recv_timeout(wait) {
+                Ok(msg) => {
+                    self.handle(msg);
+                    // Group commit: take everything already queued into this batch.
+                    for msg in rx.try_iter().take(4096) {
+                        self.handle(msg);
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
+            self.expire_lost_attempts();
+            self.dispatch();
+            if let Err(error) = self.log.commit() {
+                // Nothing staged is acknowledged: fail the waiting submissions.
+                eprintln!(
+                    "percore: cannot write the job log {}: {error}",
+                    self.log.path().display()
+                );
+                for reply in &mut self.replies {
+                    if matches!(
+                        reply.answer,
+                        Answer::Accepted { .. } | Answer::Redriven { .. }
+                    ) {
+                        reply.answer = Answer::Rejected(HttpError::Internal(
+                            "the job log could not be written",
+                        ));
+                    }
+                }
+            }
+            for completion in self.replies.drain(..) {
+                if let Some(mailbox) = self.mailboxes.get(completion.to.core) {
+                    mailbox.deliver(completion);
+                }
+            }
+            self.publish();
+            if self.queues.stop.load(Relaxed) {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Deferred(Deferred::Submit(submission), reply) => {
+                let answer = self.submit(submission);
+                if let Some(to) = reply {
+                    self.replies.push(Completion { to, answer });
+                }
+            }
+            Msg::Deferred(Deferred::Redrive(id), reply) => {
+                let answer = match self.jobs.get(&id).map(|j| (j.state, j.queue.clone())) {
+                    Some((State::Dead, queue)) => {
+                        self.record(Record::Redriven { id });
+                        *self.waiting_per_queue.entry(queue).or_default() += 1;
+                        self.timers.push(Reverse((0, id)));
+                        self.changed.push(id);
+                        Answer::Redriven { id }
+                    }
+                    Some((state, _)) => Answer::Rejected(HttpError::BadRequest(format!(
+                        "job {id} is {}, not dead",
+                        state.name()
+                    ))),
+                    None => Answer::Rejected(HttpError::NotFound {
+                        path: format!("/v1/jobs/{id}"),
+                    }),
+                };
+                if let Some(to) = reply {
+                    self.replies.push(Completion { to, answer });
+                }
+            }
+            Msg::Finished {
+                id,
+                attempt,
+                outcome,
+            } => self.finished(id, attempt, outcome),
+        }
+    }
+
+    fn submit(&mut self, submission: Submission) -> Answer {
+        let Submission {
+            queue,
+            payload,
+            idempotency_key,
+            run_at_ms,
+        } = submission;
+        if let Some(key) = &idempotency_key {
+            if let Some(&id) = self.idempotency.get(&(queue.clone(), key.clone())) {
+                return Answer::Accepted {
+                    id,
+                    queue,
+                    replayed: true,
+                };
+            }
+        }
+        let waiting = self.waiting_per_queue.get(&queue).copied().unwrap_or(0);
+        if waiting >= self.queues.options.capacity {
+            return Answer::Rejected(HttpError::QueueFull {
+                queue,
+                capacity: self.queues.options.capacity,
+            });
+        }
+        let id = self.next_id;
+        let now = now_ms();
+        let run_at_ms = run_at_ms.unwrap_or(now);
+        self.record(Record::Enqueued {
+            id,
+            queue: queue.clone(),
+            payload,
+            idempotency_key,
+            run_at_ms,
+            max_attempts: self.queues.options.max_attempts,
+            created_ms: now,
+        });
+        *self.waiting_per_queue.entry(queue.clone()).or_default() += 1;
+        self.timers.push(Reverse((run_at_ms, id)));
+        self.changed.push(id);
+        Answer::Accepted {
+            id,
+            queue,
+            replayed: false,
+        }
+    }
+
+    fn finished(&mut self, id: u64, attempt: u32, outcome: Outcome) {
+        // A late answer from an attempt already presumed lost is ignored.
+        let current = self
+            .jobs
+            .get(&id)
+            .is_some_and(|j| j.state == State::Running && j.attempts == attempt);
+        if !current {
+            return;
+        }
+        self.running.remove(&id);
+        let (max_attempts, queue) = {
+            let job = &self.jobs[&id];
+            (job.max_attempts, job.queue.clone())
+        };
+        match outcome {
+            Outcome::Succeeded(result) => {
+                self.record(Record::Succeeded { id, result });
+                self.queues.metrics.succeeded.fetch_add(1, Relaxed);
+            }
+            Outcome::Retry(error) if attempt < max_attempts => {
+                let retry_at_ms = now_ms() + self.backoff_ms(attempt);
+                self.record(Record::Failed {
+                    id,
+                    attempt,
+                    error,
+                    retry_at_ms,
+                });
+                *self.waiting_per_queue.entry(queue).or_default() += 1;
+                self.timers.push(Reverse((retry_at_ms, id)));
+                self.queues.metrics.retries.fetch_add(1, Relaxed);
+            }
+            Outcome::Retry(error) | Outcome::Fatal(error) => {
+                self.record(Record::Dead { id, attempt, error });
+                self.queues.metrics.dead.fetch_add(1, Relaxed);
+            }
+        }
+        self.changed.push(id);
+    }
+
+    /// Exponential backoff with jitter: base·2^(attempt-1), capped, then a
+    /// random point in its upper half so retries of many jobs spread out.
+    fn backoff_ms(&mut self, attempt: u32) -> u64 {
+        let options = &self.queues.options;
+        let base = options.retry_base.as_millis() as u64;
+        let ceiling = base
+            .saturating_mul(1 << attempt.saturating_sub(1).min(20))
+            .min(options.retry_max.as_millis() as u64);
+        // xorshift64: jitter needs spread, not cryptographic strength.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        ceiling / 2 + self.rng % (ceiling / 2 + 1)
+    }
+
+    fn expire_lost_attempts(&mut self) {
+        let now = now_ms();
+        let lost: Vec<u64> = self
+            .running
+            .iter()
+            .filter(|(_, &deadline)| deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in lost {
+            let attempt = self.jobs[&id].attempts;
+            let error = format!("attempt {attempt} did not finish within the visibility timeout");
+            self.finished(id, attempt, Outcome::Retry(error));
+        }
+    }
+
+    /// Moves due jobs to the workers, as many as they have room for.
+    fn dispatch(&mut self) {
+        let now = now_ms();
+        while let Some(&Reverse((due, id))) = self.timers.peek() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            self.ready.push_back(id);
+        }
+        while let Some(&id) = self.ready.front() {
+            let Some(job) = self.jobs.get(&id) else {
+                self.ready.pop_front();
+                continue;
+            };
+            let attempt = job.attempts + 1;
+            let work = Work {
+                id,
+                queue: job.queue.clone(),
+                payload: job.payload.clone(),
+                attempt,
+            };
+            match self.work_tx.try_send(work) {
+                Ok(()) => {
+                    self.ready.pop_front();
+                    let queue = job.queue.clone();
+                    if let Some(waiting) = self.waiting_per_queue.get_mut(&queue) {
+                        *waiting = waiting.saturating_sub(1);
+                    }
+                    // Not waited for: if this is lost in a crash the attempt runs again.
+                    self.record(Record::Started { id, attempt });
+                    let deadline = now + self.queues.options.visibility_timeout.as_millis() as u64;
+                    self.running.insert(id, deadline);
+                    self.changed.push(id);
+                }
+                Err(TrySendError::Full(_)) => break,
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
+
+    /// Renders every changed job's status for `GET /v1/jobs/{id}`, and the gauges.
+    fn publish(&mut self) {
+        let statuses = self.queues.statuses.pin();
+        for id in self.changed.drain(..) {
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
+            let mut view = serde_json::json!({
+                "id": id.to_string(),
+                "queue": job.queue,
+                "status": job.state.name(),
+                "attempts": job.attempts,
+                "max_attempts": job.max_attempts,
+                "created_ms": job.created_ms,
+            });
+            if let Some(error) = &job.last_error {
+                view["last_error"] = Value::from(error.as_str());
+            }
+            if let Some(result) = &job.result {
+                view["result"] = result.clone();
+            }
+            if let Some(key) = &job.idempotency_key {
+                view["idempotency_key"] = Value::from(key.as_str());
+            }
+            if matches!(job.state, State::Queued | State::Failed) {
+                view["run_at_ms"] = Value::from(job.run_at_ms);
+            }
+            let json = serde_json::to_vec(&view).expect("JSON values serialize");
+            statuses.insert(
+                id,
+                Arc::new(JobView {
+                    state: job.state.name(),
+                    json,
+                }),
+            );
+        }
+        let metrics = &self.queues.metrics;
+        let waiting: usize = self.waiting_per_queue.values().sum();
+        metrics.waiting.store(waiting as u64, Relaxed);
+        metrics.running.store(self.running.len() as u64, Relaxed);
+        let oldest = self
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, State::Queued | State::Failed))
+            .map(|j| j.created_ms)
+            .min()
+            .unwrap_or(0);
+        metrics.oldest_waiting_ms.store(oldest, Relaxed);
+    }
+}

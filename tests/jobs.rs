@@ -1,0 +1,467 @@
+//! Jobs through real HTTP: 202 once durable, delivery with a valid signature, idempotency, retries, dead letters, backpressure, kill -9.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Conn, Response, Server};
+
+const SECRET: &str = "test-secret";
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Hit {
+    at: Instant,
+    job: String,
+    signature: Option<String>,
+    body: Vec<u8>,
+}
+
+/// A webhook receiver on loopback: answers `status`, holds answers while `hold` is set.
+struct Receiver {
+    port: u16,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    status: Arc<AtomicU16>,
+    hold: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn start(status: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(status));
+        let hold = Arc::new(AtomicBool::new(false));
+        let (h, s, g) = (Arc::clone(&hits), Arc::clone(&status), Arc::clone(&hold));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (h, s, g) = (Arc::clone(&h), Arc::clone(&s), Arc::clone(&g));
+                std::thread::spawn(move || serve_hook(stream, &h, &s, &g));
+            }
+        });
+        Self {
+            port,
+            hits,
+            status,
+            hold,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+fn serve_hook(
+    stream: std::net::TcpStream,
+    hits: &Mutex<Vec<Hit>>,
+    status: &AtomicU16,
+    hold: &AtomicBool,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let (mut length, mut job, mut signature) = (0usize, String::new(), None);
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).unwrap();
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').unwrap();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap(),
+                "x-percore-job" => job = value.trim().to_owned(),
+                "x-percore-signature" => signature = Some(value.trim().to_owned()),
+                _ => {}
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        hits.lock().unwrap().push(Hit {
+            at: Instant::now(),
+            job,
+            signature,
+            body,
+        });
+        while hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let code = status.load(Ordering::SeqCst);
+        let _ = (&stream)
+            .write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    }
+}
+
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("percore-jobs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn submit(conn: &mut Conn, queue: &str, body: &str, extra: &str) -> Response {
+    conn.send(format!("POST /v1/jobs/{queue} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}", body.len()).as_bytes());
+    conn.response()
+}
+
+fn webhook_body(receiver: &Receiver, payload: &str) -> String {
+    format!(r#"{{"url": "{}", "payload": {payload}}}"#, receiver.url())
+}
+
+fn id_of(response: &Response) -> String {
+    let text = response.text();
+    let start = text.find("\"id\":\"").expect("an id") + 6;
+    text[start..].split('"').next().unwrap().to_owned()
+}
+
+/// Polls the job's status until `done` holds, returning the last body.
+fn wait_for(server: &Server, id: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = server.get(&format!("/v1/jobs/{id}")).text();
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never got there: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn jobs_are_off_without_a_data_dir() {
+    let server = Server::start(&[]);
+    let response = submit(
+        &mut server.connect(),
+        "webhook",
+        r#"{"url":"http://127.0.0.1:9/","payload":{}}"#,
+        "",
+    );
+    assert_eq!(
+        (response.status, response.error_code().as_str()),
+        (503, "jobs_disabled")
+    );
+}
+
+#[test]
+fn accepted_before_the_work_is_done_then_delivered_signed() {
+    let data = DataDir::new("deliver");
+    let receiver = Receiver::start(200);
+    receiver.hold.store(true, Ordering::SeqCst);
+    let server = Server::start(&["--data-dir", data.arg(), "--webhook-secret", SECRET]);
+    let mut conn = server.connect();
+    let accepted = submit(
+        &mut conn,
+        "webhook",
+        &webhook_body(&receiver, r#"{"order": 42}"#),
+        "",
+    );
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let id = id_of(&accepted);
+    assert_eq!(
+        accepted.header("location"),
+        Some(format!("/v1/jobs/{id}").as_str())
+    );
+    // The receiver is holding its answer: the job cannot have finished, yet we have our 202.
+    let running = wait_for(&server, &id, Duration::from_secs(5), |t| {
+        t.contains("\"running\"")
+    });
+    assert!(running.contains("\"attempts\":1"), "{running}");
+    receiver.hold.store(false, Ordering::SeqCst);
+    let done = wait_for(&server, &id, Duration::from_secs(5), |t| {
+        t.contains("\"succeeded\"")
+    });
+    assert!(done.contains("\"result\":{\"status\":200}"), "{done}");
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].body, br#"{"order":42}"#);
+    assert_eq!(hits[0].job, id);
+    assert_eq!(
+        hits[0].signature.as_deref(),
+        Some(percore::queue::kinds::signature(SECRET, &hits[0].body).as_str())
+    );
+    // The connection goes on after a deferred answer.
+    conn.send(b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(conn.response().status, 200);
+}
+
+#[test]
+fn pipelined_requests_behind_a_submission_stay_in_order() {
+    let data = DataDir::new("order");
+    let receiver = Receiver::start(200);
+    let server = Server::start(&["--data-dir", data.arg()]);
+    let mut conn = server.connect();
+    let body = webhook_body(&receiver, "1");
+    let submission = format!(
+        "POST /v1/jobs/webhook HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.send(
+        format!("{submission}GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n{submission}").as_bytes(),
+    );
+    let first = conn.response();
+    assert_eq!(conn.response().body, b"Hello, World!");
+    let third = conn.response();
+    assert_eq!((first.status, third.status), (202, 202));
+    assert_ne!(id_of(&first), id_of(&third));
+}
+
+#[test]
+fn idempotency_keys_return_the_same_job() {
+    let data = DataDir::new("idempotency");
+    let receiver = Receiver::start(200);
+    let server = Server::start(&["--data-dir", data.arg()]);
+    let mut conn = server.connect();
+    let body = webhook_body(&receiver, r#"{"charge": 1}"#);
+    let first = submit(&mut conn, "webhook", &body, "Idempotency-Key: pay-123\r\n");
+    let second = submit(&mut conn, "webhook", &body, "Idempotency-Key: pay-123\r\n");
+    let other = submit(&mut conn, "webhook", &body, "Idempotency-Key: pay-124\r\n");
+    assert_eq!((first.status, second.status), (202, 202));
+    assert_eq!(id_of(&first), id_of(&second));
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+    assert_ne!(id_of(&first), id_of(&other));
+    wait_for(&server, &id_of(&other), Duration::from_secs(5), |t| {
+        t.contains("succeeded")
+    });
+    wait_for(&server, &id_of(&first), Duration::from_secs(5), |t| {
+        t.contains("succeeded")
+    });
+    let deliveries = receiver
+        .hits()
+        .iter()
+        .filter(|h| h.job == id_of(&first))
+        .count();
+    assert_eq!(deliveries, 1);
+}
+
+#[test]
+fn failures_back_off_then_dead_letter_then_redrive() {
+    let data = DataDir::new("retry");
+    let receiver = Receiver::start(503);
+    let server = Server::start(&[
+        "--data-dir",
+        data.arg(),
+        "--job-max-attempts",
+        "3",
+        "--job-retry-base",
+        "200ms",
+    ]);
+    let id = id_of(&submit(
+        &mut server.connect(),
+        "webhook",
+        &webhook_body(&receiver, "{}"),
+        "",
+    ));
+    let dead = wait_for(&server, &id, Duration::from_secs(10), |t| {
+        t.contains("\"dead\"")
+    });
+    assert!(
+        dead.contains("\"attempts\":3") && dead.contains("503"),
+        "{dead}"
+    );
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 3);
+    let first_gap = hits[1].at - hits[0].at;
+    let second_gap = hits[2].at - hits[1].at;
+    // Base 200 ms, doubling, jittered within the upper half: [100, 200] then [200, 400] ms.
+    assert!(first_gap >= Duration::from_millis(90), "{first_gap:?}");
+    assert!(second_gap >= Duration::from_millis(190), "{second_gap:?}");
+    let letters = server.get("/v1/dead").text();
+    assert!(
+        letters.contains(&format!("\"id\":\"{id}\"")) && letters.contains("last_error"),
+        "{letters}"
+    );
+
+    receiver.status.store(200, Ordering::SeqCst);
+    let mut conn = server.connect();
+    conn.send(
+        format!("POST /v1/jobs/{id}/redrive HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(conn.response().status, 202);
+    wait_for(&server, &id, Duration::from_secs(5), |t| {
+        t.contains("\"succeeded\"")
+    });
+    assert!(!server
+        .get("/v1/dead")
+        .text()
+        .contains(&format!("\"id\":\"{id}\"")));
+    conn.send(
+        format!("POST /v1/jobs/{id}/redrive HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(conn.response().status, 400, "only dead jobs are redriven");
+}
+
+#[test]
+fn a_4xx_is_not_retried() {
+    let data = DataDir::new("fatal");
+    let receiver = Receiver::start(410);
+    let server = Server::start(&["--data-dir", data.arg(), "--job-retry-base", "50ms"]);
+    let id = id_of(&submit(
+        &mut server.connect(),
+        "webhook",
+        &webhook_body(&receiver, "{}"),
+        "",
+    ));
+    let dead = wait_for(&server, &id, Duration::from_secs(5), |t| {
+        t.contains("\"dead\"")
+    });
+    assert!(
+        dead.contains("\"attempts\":1") && dead.contains("410"),
+        "{dead}"
+    );
+}
+
+#[test]
+fn a_full_queue_answers_503_and_delayed_jobs_wait() {
+    let data = DataDir::new("full");
+    let receiver = Receiver::start(200);
+    let server = Server::start(&["--data-dir", data.arg(), "--queue-capacity", "2"]);
+    let mut conn = server.connect();
+    let body = webhook_body(&receiver, "{}");
+    // Runs at once, so it leaves the queue for a worker.
+    assert_eq!(submit(&mut conn, "webhook", &body, "").status, 202);
+    // Delayed jobs wait, so they fill the queue.
+    let mut conn = server.connect();
+    conn.send(format!("POST /v1/jobs/webhook?delay=1h HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    let delayed = conn.response();
+    assert_eq!(delayed.status, 202);
+    let status = server.get(&format!("/v1/jobs/{}", id_of(&delayed))).text();
+    assert!(
+        status.contains("\"queued\"") && status.contains("run_at_ms"),
+        "{status}"
+    );
+    conn.send(format!("POST /v1/jobs/webhook?delay=1h HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    assert_eq!(conn.response().status, 202);
+    conn.send(format!("POST /v1/jobs/webhook?delay=1h HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    let full = conn.response();
+    assert_eq!(
+        (full.status, full.error_code().as_str()),
+        (503, "queue_full")
+    );
+    assert_eq!(full.header("retry-after"), Some("1"));
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("percore_jobs_waiting 2\n"), "{metrics}");
+}
+
+#[test]
+fn bad_submissions_are_400_and_nothing_is_queued() {
+    let data = DataDir::new("bad");
+    let server = Server::start(&["--data-dir", data.arg()]);
+    let mut conn = server.connect();
+    for (queue, body, extra, expected) in [
+        ("webhook", "not json", "", "not valid JSON"),
+        ("webhook", "[1]", "", "JSON object"),
+        ("webhook", r#"{"payload": {}}"#, "", "`url`"),
+        (
+            "webhook",
+            r#"{"url": "https://x/", "payload": {}}"#,
+            "",
+            "http://",
+        ),
+        ("fax", r#"{"to": 1}"#, "", "no job kind"),
+        (
+            "webhook",
+            r#"{"url": "http://x/", "payload": {}}"#,
+            "Idempotency-Key: \r\n",
+            "Idempotency-Key",
+        ),
+    ] {
+        let response = submit(&mut conn, queue, body, extra);
+        assert_eq!(response.status, 400, "{body}");
+        assert!(
+            response.text().contains(expected),
+            "{body}: {}",
+            response.text()
+        );
+    }
+    conn.send(
+        b"POST /v1/jobs/webhook?delay=soon HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(conn.response().status, 400);
+    assert_eq!(server.get("/v1/jobs/1").status, 404, "nothing was queued");
+}
+
+#[test]
+fn kill_9_during_a_burst_loses_no_accepted_job() {
+    let data = DataDir::new("kill");
+    let receiver = Receiver::start(200);
+    // Deliveries are held, so most accepted jobs are still waiting when the process dies.
+    receiver.hold.store(true, Ordering::SeqCst);
+    let server = Server::start(&["--data-dir", data.arg(), "--cores", "2"]);
+    let mut accepted = HashSet::new();
+    let mut conns: Vec<Conn> = (0..4).map(|_| server.connect()).collect();
+    for n in 0..200 {
+        let response = submit(
+            &mut conns[n % 4],
+            "webhook",
+            &webhook_body(&receiver, &format!(r#"{{"n": {n}}}"#)),
+            "",
+        );
+        assert_eq!(response.status, 202);
+        accepted.insert(id_of(&response));
+    }
+    server.signal("KILL");
+    let _ = server.wait(Duration::from_secs(5));
+    receiver.hold.store(false, Ordering::SeqCst);
+    assert!(
+        receiver.hits().len() < 200,
+        "the burst finished before the kill; the test proved nothing"
+    );
+
+    let restarted = Server::start(&["--data-dir", data.arg()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered: HashSet<String> = receiver.hits().into_iter().map(|h| h.job).collect();
+        let missing: Vec<&String> = accepted
+            .iter()
+            .filter(|id| !delivered.contains(*id))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} accepted jobs never ran, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = accepted.iter().next().unwrap();
+    assert!(restarted
+        .get(&format!("/v1/jobs/{id}"))
+        .text()
+        .contains("succeeded"));
+}
