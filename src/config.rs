@@ -155,6 +155,12 @@ pub struct ServeArgs {
     /// How long one webhook delivery may take. [default: 10s]
     #[arg(long, env = "PERCORE_WEBHOOK_TIMEOUT", value_name = "DURATION")]
     pub webhook_timeout: Option<String>,
+    /// SMTP relay for e-mail jobs (plain SMTP, no TLS or auth: a relay on a trusted network).
+    #[arg(long, env = "PERCORE_SMTP", value_name = "HOST:PORT")]
+    pub smtp: Option<String>,
+    /// From address of e-mail jobs. [default: percore@localhost]
+    #[arg(long, env = "PERCORE_SMTP_FROM", value_name = "ADDRESS")]
+    pub smtp_from: Option<String>,
 }
 
 /// The validated configuration of one server.
@@ -394,6 +400,27 @@ impl Config {
                     options.webhook_timeout,
                 )?;
                 options.webhook_secret = value("webhook_secret", &args.webhook_secret)?;
+                if let Some(text) = value("smtp", &args.smtp)? {
+                    let parsed = text.rsplit_once(':').and_then(|(host, port)| {
+                        Some((
+                            host.trim_matches(['[', ']']).to_owned(),
+                            port.parse::<u16>().ok()?,
+                        ))
+                    });
+                    options.smtp =
+                        Some(parsed.filter(|(h, _)| !h.is_empty()).ok_or_else(|| {
+                            invalid("smtp", format!("`{text}` is not HOST:PORT"))
+                        })?);
+                }
+                if let Some(from) = value("smtp_from", &args.smtp_from)? {
+                    from.parse::<lettre::message::Mailbox>().map_err(|e| {
+                        invalid(
+                            "smtp_from",
+                            format!("`{from}` is not an e-mail address: {e}"),
+                        )
+                    })?;
+                    options.smtp_from = from;
+                }
                 Some(options)
             }
         };
@@ -445,6 +472,8 @@ const FILE_KEYS: &[&str] = &[
     "job_visibility_timeout",
     "webhook_secret",
     "webhook_timeout",
+    "smtp",
+    "smtp_from",
 ];
 
 /// The `[rate_limit]` table of the config file.

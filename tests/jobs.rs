@@ -465,3 +465,92 @@ fn kill_9_during_a_burst_loses_no_accepted_job() {
         .text()
         .contains("succeeded"));
 }
+
+/// A minimal SMTP sink on loopback: accepts every message and keeps its DATA.
+fn smtp_sink() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let messages = Arc::new(Mutex::new(Vec::new()));
+    let store = Arc::clone(&messages);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                let _ = writer.write_all(b"220 sink ESMTP\r\n");
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                    let command = line.trim_end().to_ascii_uppercase();
+                    let reply: &[u8] = if command.starts_with("EHLO") || command.starts_with("HELO")
+                    {
+                        b"250 sink\r\n"
+                    } else if command == "DATA" {
+                        let _ = writer.write_all(b"354 go on\r\n");
+                        let mut data = String::new();
+                        loop {
+                            let mut row = String::new();
+                            if reader.read_line(&mut row).unwrap_or(0) == 0 || row == ".\r\n" {
+                                break;
+                            }
+                            data.push_str(&row);
+                        }
+                        store.lock().unwrap().push(data);
+                        b"250 queued\r\n"
+                    } else if command == "QUIT" {
+                        let _ = writer.write_all(b"221 bye\r\n");
+                        return;
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    let _ = writer.write_all(reply);
+                    line.clear();
+                }
+            });
+        }
+    });
+    (port, messages)
+}
+
+#[test]
+fn an_email_job_reaches_the_smtp_relay() {
+    let data = DataDir::new("email");
+    let (port, messages) = smtp_sink();
+    let relay = format!("127.0.0.1:{port}");
+    let server = Server::start(&[
+        "--data-dir",
+        data.arg(),
+        "--smtp",
+        &relay,
+        "--smtp-from",
+        "receipts@shop.example",
+    ]);
+    let body =
+        r#"{"to": "ada@example.com", "subject": "Your receipt", "text": "Thanks for order 42."}"#;
+    let accepted = submit(&mut server.connect(), "email", body, "");
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    wait_for(&server, &id_of(&accepted), Duration::from_secs(10), |t| {
+        t.contains("\"succeeded\"")
+    });
+    let messages = messages.lock().unwrap();
+    assert_eq!(messages.len(), 1);
+    let message = &messages[0];
+    assert!(message.contains("To: ada@example.com"), "{message}");
+    assert!(message.contains("From: receipts@shop.example"), "{message}");
+    assert!(message.contains("Subject: Your receipt"), "{message}");
+    assert!(message.contains("Thanks for order 42."), "{message}");
+}
+
+#[test]
+fn email_jobs_without_a_relay_are_refused_up_front() {
+    let data = DataDir::new("email-off");
+    let server = Server::start(&["--data-dir", data.arg()]);
+    let response = submit(
+        &mut server.connect(),
+        "email",
+        r#"{"to": "a@example.com", "subject": "s", "text": "t"}"#,
+        "",
+    );
+    assert_eq!(response.status, 400);
+    assert!(response.text().contains("--smtp"), "{}", response.text());
+}

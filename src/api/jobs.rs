@@ -19,20 +19,28 @@ pub fn submit(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>)
         return response.error(&HttpError::JobsDisabled, &mut ctx.scratch);
     }
     let queue = request.params.get("queue").unwrap_or_default();
-    let submission = match parse_submission(request, queue) {
+    let kind_options = match &ctx.node.queues {
+        Some(queues) => queues.options.kind_options(),
+        None => return response.error(&HttpError::JobsDisabled, &mut ctx.scratch),
+    };
+    let submission = match parse_submission(request, queue, &kind_options) {
         Ok(submission) => submission,
         Err(message) => return response.error(&HttpError::BadRequest(message), &mut ctx.scratch),
     };
     ctx.deferred = Some(Deferred::Submit(submission));
 }
 
-fn parse_submission(request: &Request<'_>, queue: &str) -> Result<Submission, String> {
+fn parse_submission(
+    request: &Request<'_>,
+    queue: &str,
+    kind_options: &kinds::KindOptions,
+) -> Result<Submission, String> {
     let payload: Value = serde_json::from_slice(request.body)
         .map_err(|e| format!("the body is not valid JSON: {e}"))?;
     if !payload.is_object() {
         return Err("the body must be a JSON object".into());
     }
-    kinds::validate(queue, &payload)?;
+    kinds::validate(queue, &payload, kind_options)?;
     let idempotency_key = match request.header("idempotency-key") {
         None => None,
         Some(key) => {

@@ -22,14 +22,38 @@ pub struct KindOptions {
     /// Key for the `X-Percore-Signature` HMAC-SHA256 of webhook bodies.
     pub webhook_secret: Option<String>,
     pub webhook_timeout: Duration,
+    /// The SMTP relay for `email` jobs: host and port.
+    pub smtp: Option<(String, u16)>,
+    /// The `From` of e-mail jobs.
+    pub smtp_from: String,
 }
 
 /// Kinds percore runs; a queue of any other name is refused at submission.
-pub const KINDS: &[&str] = &["webhook"];
+pub const KINDS: &[&str] = &["webhook", "email"];
 
 /// Checks a payload before it is accepted, so a job that can never run is a 400 now, not a dead letter later.
-pub fn validate(queue: &str, payload: &Value) -> Result<(), String> {
+pub fn validate(queue: &str, payload: &Value, options: &KindOptions) -> Result<(), String> {
     match queue {
+        "email" => {
+            if options.smtp.is_none() {
+                return Err(
+                    "e-mail jobs need an SMTP relay: start percore with --smtp HOST:PORT".into(),
+                );
+            }
+            let to = payload
+                .get("to")
+                .and_then(Value::as_str)
+                .ok_or("an email job needs a string `to`")?;
+            to.parse::<lettre::message::Mailbox>()
+                .map_err(|e| format!("`to` is not an e-mail address: {e}"))?;
+            for field in ["subject", "text"] {
+                payload
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .ok_or(format!("an email job needs a string `{field}`"))?;
+            }
+            Ok(())
+        }
         "webhook" => {
             let url = payload
                 .get("url")
@@ -56,6 +80,7 @@ pub fn validate(queue: &str, payload: &Value) -> Result<(), String> {
 pub fn run(queue: &str, id: u64, payload: &Value, options: &KindOptions) -> Outcome {
     match queue {
         "webhook" => webhook(id, payload, options),
+        "email" => email(id, payload, options),
         other => Outcome::Fatal(format!("no job kind `{other}`")),
     }
 }
@@ -72,6 +97,46 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
         hex.push_str(&format!("{byte:02x}"));
     }
     hex
+}
+
+fn email(id: u64, payload: &Value, options: &KindOptions) -> Outcome {
+    use lettre::{Message, SmtpTransport, Transport};
+    let Some((host, port)) = &options.smtp else {
+        return Outcome::Fatal("no SMTP relay configured".into());
+    };
+    let field = |name: &str| {
+        payload
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let (Ok(from), Ok(to)) = (options.smtp_from.parse(), field("to").parse()) else {
+        return Outcome::Fatal("malformed e-mail addresses".into());
+    };
+    let message = Message::builder()
+        .from(from)
+        .to(to)
+        .subject(field("subject"))
+        .message_id(Some(format!("<job-{id}@percore>")))
+        .body(field("text").to_owned());
+    let message = match message {
+        Ok(message) => message,
+        Err(error) => return Outcome::Fatal(format!("cannot build the message: {error}")),
+    };
+    // A plain relay on a trusted network, as --smtp documents: no TLS, no auth.
+    let transport = SmtpTransport::builder_dangerous(host.as_str())
+        .port(*port)
+        .timeout(Some(options.webhook_timeout))
+        .build();
+    match transport.send(&message) {
+        Ok(response) => {
+            Outcome::Succeeded(serde_json::json!({ "smtp": response.code().to_string() }))
+        }
+        Err(error) if error.is_permanent() => {
+            Outcome::Fatal(format!("the relay refused the message: {error}"))
+        }
+        Err(error) => Outcome::Retry(format!("could not hand the message to the relay: {error}")),
+    }
 }
 
 fn webhook(id: u64, payload: &Value, options: &KindOptions) -> Outcome {
@@ -111,23 +176,34 @@ mod tests {
 
     #[test]
     fn validation_names_the_problem() {
-        assert!(validate(
-            "webhook",
-            &serde_json::json!({"url": "http://x/", "payload": {}})
-        )
-        .is_ok());
-        assert!(validate("webhook", &serde_json::json!({"payload": {}}))
+        let mut options = KindOptions {
+            webhook_secret: None,
+            webhook_timeout: Duration::from_secs(1),
+            smtp: None,
+            smtp_from: "percore@localhost".into(),
+        };
+        let ok = serde_json::json!({"url": "http://x/", "payload": {}});
+        assert!(validate("webhook", &ok, &options).is_ok());
+        let no_url = serde_json::json!({"payload": {}});
+        assert!(validate("webhook", &no_url, &options)
             .unwrap_err()
             .contains("`url`"));
-        assert!(validate(
-            "webhook",
-            &serde_json::json!({"url": "ftp://x", "payload": 1})
-        )
-        .unwrap_err()
-        .contains("http://"));
-        assert!(validate("fax", &serde_json::json!({}))
+        let ftp = serde_json::json!({"url": "ftp://x", "payload": 1});
+        assert!(validate("webhook", &ftp, &options)
             .unwrap_err()
-            .contains("no job kind `fax`"));
+            .contains("http://"));
+        let fax = validate("fax", &serde_json::json!({}), &options).unwrap_err();
+        assert!(fax.contains("no job kind `fax`"));
+        let mail = serde_json::json!({"to": "a@example.com", "subject": "s", "text": "t"});
+        assert!(validate("email", &mail, &options)
+            .unwrap_err()
+            .contains("--smtp"));
+        options.smtp = Some(("127.0.0.1".into(), 25));
+        assert!(validate("email", &mail, &options).is_ok());
+        let nobody = serde_json::json!({"to": "nobody", "subject": "s", "text": "t"});
+        assert!(validate("email", &nobody, &options)
+            .unwrap_err()
+            .contains("`to`"));
     }
 
     #[test]

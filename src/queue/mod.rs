@@ -44,9 +44,21 @@ pub struct QueueOptions {
     pub visibility_timeout: Duration,
     pub webhook_secret: Option<String>,
     pub webhook_timeout: Duration,
+    pub smtp: Option<(String, u16)>,
+    pub smtp_from: String,
 }
 
 impl QueueOptions {
+    /// What the job kinds need of these options.
+    pub fn kind_options(&self) -> KindOptions {
+        KindOptions {
+            webhook_secret: self.webhook_secret.clone(),
+            webhook_timeout: self.webhook_timeout,
+            smtp: self.smtp.clone(),
+            smtp_from: self.smtp_from.clone(),
+        }
+    }
+
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
@@ -59,6 +71,8 @@ impl QueueOptions {
             visibility_timeout: Duration::from_secs(60),
             webhook_secret: None,
             webhook_timeout: Duration::from_secs(10),
+            smtp: None,
+            smtp_from: "percore@localhost".into(),
         }
     }
 }
@@ -191,10 +205,7 @@ impl Queues {
             stop: AtomicBool::new(false),
         });
         let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(options.workers.max(1) * 2);
-        let kind_options = KindOptions {
-            webhook_secret: options.webhook_secret.clone(),
-            webhook_timeout: options.webhook_timeout,
-        };
+        let kind_options = options.kind_options();
         for n in 0..options.workers {
             let work_rx = work_rx.clone();
             let done = queues.tx.clone();
