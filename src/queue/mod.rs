@@ -12,7 +12,7 @@ pub mod kinds;
 pub mod log;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -311,6 +311,8 @@ struct Manager {
     jobs: HashMap<u64, Job>,
     idempotency: HashMap<(String, String), u64>,
     waiting_per_queue: HashMap<String, usize>,
+    /// Waiting jobs by creation time: the oldest is the first.
+    waiting_by_age: BTreeSet<(u64, u64)>,
     /// Jobs not yet due, by due time.
     timers: BinaryHeap<Reverse<(u64, u64)>>,
     ready: VecDeque<u64>,
@@ -343,6 +345,7 @@ impl Manager {
             jobs: HashMap::new(),
             idempotency: HashMap::new(),
             waiting_per_queue: HashMap::new(),
+            waiting_by_age: BTreeSet::new(),
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
             running: HashMap::new(),
@@ -366,8 +369,9 @@ impl Manager {
                 job.state = State::Queued;
             }
             if matches!(job.state, State::Queued | State::Failed) {
-                *self.waiting_per_queue.entry(job.queue.clone()).or_default() += 1;
-                self.timers.push(Reverse((job.run_at_ms, id)));
+                let run_at_ms = job.run_at_ms;
+                self.mark_waiting(id);
+                self.timers.push(Reverse((run_at_ms, id)));
             }
             self.changed.push(id);
         }
@@ -513,9 +517,9 @@ impl Manager {
             }
             Msg::Deferred(Deferred::Redrive(id), reply) => {
                 let answer = match self.jobs.get(&id).map(|j| (j.state, j.queue.clone())) {
-                    Some((State::Dead, queue)) => {
+                    Some((State::Dead, _)) => {
                         self.record(Record::Redriven { id });
-                        *self.waiting_per_queue.entry(queue).or_default() += 1;
+                        self.mark_waiting(id);
                         self.timers.push(Reverse((0, id)));
                         self.changed.push(id);
                         Answer::Redriven { id }
@@ -575,7 +579,7 @@ impl Manager {
             max_attempts: self.queues.options.max_attempts,
             created_ms: now,
         });
-        *self.waiting_per_queue.entry(queue.clone()).or_default() += 1;
+        self.mark_waiting(id);
         self.timers.push(Reverse((run_at_ms, id)));
         self.changed.push(id);
         Answer::Accepted {
@@ -595,10 +599,7 @@ impl Manager {
             return;
         }
         self.running.remove(&id);
-        let (max_attempts, queue) = {
-            let job = &self.jobs[&id];
-            (job.max_attempts, job.queue.clone())
-        };
+        let max_attempts = self.jobs[&id].max_attempts;
         match outcome {
             Outcome::Succeeded(result) => {
                 self.record(Record::Succeeded { id, result });
@@ -612,7 +613,7 @@ impl Manager {
                     error,
                     retry_at_ms,
                 });
-                *self.waiting_per_queue.entry(queue).or_default() += 1;
+                self.mark_waiting(id);
                 self.timers.push(Reverse((retry_at_ms, id)));
                 self.queues.metrics.retries.fetch_add(1, Relaxed);
             }
@@ -679,10 +680,7 @@ impl Manager {
             match self.work_tx.try_send(work) {
                 Ok(()) => {
                     self.ready.pop_front();
-                    let queue = job.queue.clone();
-                    if let Some(waiting) = self.waiting_per_queue.get_mut(&queue) {
-                        *waiting = waiting.saturating_sub(1);
-                    }
+                    self.mark_dispatched(id);
                     // Not waited for: if this is lost in a crash the attempt runs again.
                     self.record(Record::Started { id, attempt });
                     let deadline = now + self.queues.options.visibility_timeout.as_millis() as u64;
@@ -736,12 +734,31 @@ impl Manager {
         metrics.waiting.store(waiting as u64, Relaxed);
         metrics.running.store(self.running.len() as u64, Relaxed);
         let oldest = self
-            .jobs
-            .values()
-            .filter(|j| matches!(j.state, State::Queued | State::Failed))
-            .map(|j| j.created_ms)
-            .min()
-            .unwrap_or(0);
+            .waiting_by_age
+            .first()
+            .map_or(0, |(created_ms, _)| *created_ms);
         metrics.oldest_waiting_ms.store(oldest, Relaxed);
+    }
+
+    /// Counts a job as waiting (for capacity and the oldest-waiting gauge).
+    fn mark_waiting(&mut self, id: u64) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        if self.waiting_by_age.insert((job.created_ms, id)) {
+            *self.waiting_per_queue.entry(job.queue.clone()).or_default() += 1;
+        }
+    }
+
+    /// A waiting job went to a worker.
+    fn mark_dispatched(&mut self, id: u64) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        if self.waiting_by_age.remove(&(job.created_ms, id)) {
+            if let Some(waiting) = self.waiting_per_queue.get_mut(&job.queue) {
+                *waiting = waiting.saturating_sub(1);
+            }
+        }
     }
 }
