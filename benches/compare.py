@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: percore against its peers, on loopback, with wrk.
+"""Side-by-side benchmark: percore against its peers, on loopback, with wrk (or `percore bench`).
 
 Usage (from the repository root):
 
@@ -8,6 +8,7 @@ Usage (from the repository root):
         [--tests json,plaintext-pipelined] [--pipeline-depth 16]
         [--server-cpu 0] [--client-cpu 1]
         [--out benches/results/latest.json] [--no-build]
+        [--loadgen wrk|percore]
 
 What it does:
   * builds percore (`cargo build --release` at the repo root) and the peers
@@ -26,7 +27,14 @@ What it does:
     percore's requests-per-server-CPU-second ratio against each peer, and
     writes every raw run plus the summary to --out as JSON.
 
-Runs whose wrk output shows socket errors or non-2xx/3xx responses are flagged
+--loadgen percore drives the load with `percore bench` (target/release/percore,
+built with the server) instead of wrk, with the same shape:
+    taskset -c CLIENT_CPU percore bench --cores 1 --cpus CLIENT_CPU -cCONNS -dDURs
+        [--pipeline DEPTH] URL --json FILE
+Its percentiles are per request even when pipelining, and each run also records
+the client's own CPU µs per request.
+
+Runs whose client output shows socket errors or non-2xx/3xx responses are flagged
 and left out of the medians. A target whose binary is missing is reported and
 skipped. CPU time comes in clock ticks (usually 10 ms), so use 10 s runs for
 numbers you mean to quote; --rounds 1 --duration 3 is a smoke test.
@@ -241,6 +249,56 @@ def parse_wrk(out):
     return r
 
 
+def bench_argv(args, port, test, duration, json_path=None):
+    """`percore bench` with the same shape as wrk_argv: one client core on the client CPU."""
+    path, pipelined = TESTS[test]
+    argv = ["taskset", "-c", str(args.client_cpu), binary("percore"), "bench",
+            f"http://127.0.0.1:{port}{path}", "--cores", "1", "--cpus", str(args.client_cpu),
+            "--connections", str(args.connections), "--duration", f"{duration}s"]
+    if pipelined:
+        argv += ["--pipeline", str(args.pipeline_depth)]
+    if json_path:
+        argv += ["--json", json_path]
+    return argv
+
+
+def parse_bench(report):
+    """The fields parse_wrk gives, from `percore bench --json`, plus the client's CPU per request."""
+    e = report["errors"]
+    status = report["status"]
+    lat = report["latency_us"]
+    return {
+        "requests_per_s": report["requests_per_s"],
+        "total_requests": report["requests"],
+        "p50_us": lat["p50"] if report["requests"] else None,
+        "p99_us": lat["p99"] if report["requests"] else None,
+        "socket_errors": {"connect": e["connect"], "read": e["closed"] + e["malformed"],
+                          "write": 0, "timeout": e["timeout"]},
+        "non_2xx_3xx": e["non_2xx"] - status["3xx"],
+        "client_cpu_us_per_req": report["client_cpu_us_per_request"],
+        "bench_elapsed_s": report["duration_s"],
+    }
+
+
+def client_run(args, port, test, duration, logdir, tag, measured=True):
+    """Runs the chosen load generator; returns (argv, completed process, parsed dict or None)."""
+    if args.loadgen == "percore":
+        json_path = os.path.join(logdir, f"{tag}.json") if measured else None
+        argv = bench_argv(args, port, test, duration, json_path)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        parsed = None
+        if measured and os.path.exists(json_path):
+            with open(json_path) as f:
+                parsed = parse_bench(json.load(f))
+        # Exit 1 means no 2xx response: flagged below through the error counts.
+        if p.returncode == 1 and parsed is not None:
+            p = subprocess.CompletedProcess(p.args, 0, p.stdout, p.stderr)
+        return argv, p, parsed
+    argv = wrk_argv(args, port, test, duration, latency=measured)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    return argv, p, parse_wrk(p.stdout) if measured else None
+
+
 def wrk_argv(args, port, test, duration, latency=True):
     path, pipelined = TESTS[test]
     argv = ["taskset", "-c", str(args.client_cpu), "wrk", f"-t{args.wrk_threads}",
@@ -272,18 +330,16 @@ def run_one(args, target, test, rnd, logdir):
             run["error"] = err
             run["server_log_tail"] = tail(logpath)
             return run
-        subprocess.run(wrk_argv(args, port, test, WARMUP_S, latency=False), capture_output=True,
-                       timeout=WARMUP_S + 30)
+        client_run(args, port, test, WARMUP_S, logdir, f"{target}-{test}-r{rnd}-warmup", measured=False)
         if proc.poll() is not None:
             run["error"] = f"server exited with code {proc.returncode} during warm-up"
             run["server_log_tail"] = tail(logpath)
             return run
-        wargv = wrk_argv(args, port, test, args.duration)
-        run["wrk_cmd"] = shlex.join(wargv)
         stat0, ticks0, sched0 = stat_cpu_lines(), proc_cpu_ticks(proc.pid), proc_sched_ns(proc.pid)
         t0 = time.monotonic()
-        w = subprocess.run(wargv, capture_output=True, text=True, timeout=args.duration + 60)
+        wargv, w, parsed = client_run(args, port, test, args.duration, logdir, f"{target}-{test}-r{rnd}")
         t1 = time.monotonic()
+        run["client_cmd"] = shlex.join(wargv)
         alive = proc.poll() is None
         ticks1 = proc_cpu_ticks(proc.pid) if alive else None
         sched1 = proc_sched_ns(proc.pid) if alive else None
@@ -294,16 +350,16 @@ def run_one(args, target, test, rnd, logdir):
     finally:
         stop(proc)
     run["wall_s"] = t1 - t0
-    run["wrk_output"] = w.stdout + (("\n[stderr]\n" + w.stderr) if w.stderr.strip() else "")
+    run["client_output"] = w.stdout + (("\n[stderr]\n" + w.stderr) if w.stderr.strip() else "")
     if w.returncode != 0:
-        run["error"] = f"wrk exited with code {w.returncode}: {w.stderr.strip()[:300]}"
+        run["error"] = f"{args.loadgen} exited with code {w.returncode}: {w.stderr.strip()[:300]}"
         return run
     if not alive:
         run["error"] = f"server exited with code {proc.returncode} during the measured run"
         run["server_log_tail"] = tail(logpath)
         return run
-    run.update(parse_wrk(w.stdout))
-    if TESTS[test][1] and not run["p99_us"]:
+    run.update(parsed or {})
+    if args.loadgen == "wrk" and TESTS[test][1] and not run["p99_us"]:
         # wrk records one latency per pipelined batch and its coordinated-omission
         # correction then breaks the percentiles (they read 0.00us; wg/wrk#236).
         run["p99_note"] = "wrk printed 0: no usable percentiles when pipelining (wg/wrk#236)"
@@ -324,8 +380,8 @@ def run_one(args, target, test, rnd, logdir):
     if sched0 is not None and sched1 is not None:
         run["server_cpu_s_schedstat"] = (sched1 - sched0) / 1e9
     n = run["total_requests"]
-    if not n or run["requests_per_s"] is None:
-        run["error"] = "could not parse wrk output"
+    if not n or run.get("requests_per_s") is None:
+        run["error"] = f"could not parse the {args.loadgen} output"
         return run
     run["cpu_us_per_req"] = run["server_cpu_s"] / n * 1e6
     run["req_per_cpu_s"] = 1e6 / run["cpu_us_per_req"] if run["cpu_us_per_req"] > 0 else None
@@ -360,6 +416,7 @@ def fmt_lat(us):
 
 
 def summarize(runs, tests, targets):
+    """Medians per test and target; percore's ratio of requests per server CPU-second to each peer."""
     summary = {}
     for test in tests:
         st = summary[test] = {}
@@ -374,6 +431,7 @@ def summarize(runs, tests, targets):
                 "median_p99_us": med(r["p99_us"] for r in good),
                 "median_cpu_us_per_req": med(r["cpu_us_per_req"] for r in good),
                 "median_req_per_cpu_s": med(r["req_per_cpu_s"] for r in good),
+                "median_client_cpu_us_per_req": med(r.get("client_cpu_us_per_req") for r in good),
                 "median_cpu_us_per_req_schedstat": med(r.get("cpu_us_per_req_schedstat") for r in good),
                 "server_cpu_other_busy_pct_max": max((r["server_cpu_other_busy_pct"] for r in rs
                                                       if r.get("server_cpu_other_busy_pct") is not None), default=None),
@@ -435,7 +493,11 @@ def table(test, st, targets, runs):
                      and st[t]["server_cpu_other_busy_pct_max"] is not None)
     if load:
         lines += ["", f"CPU busy % server/client (max % of the server CPU busy with anything else): {load}."]
-    if pipelined:
+    client_cpu = ", ".join(f"{t} {st[t]['median_client_cpu_us_per_req']:.2f}" for t in targets
+                           if st[t].get("median_client_cpu_us_per_req") is not None)
+    if client_cpu:
+        lines += ["", f"Client (percore bench) CPU µs per request: {client_cpu}."]
+    if pipelined and not client_cpu:
         lines += ["", "p99 when pipelining is indicative only: wrk records one latency per batch and its "
                   "percentiles often read 0 (wg/wrk#236); — means wrk printed 0."]
     return "\n".join(lines)
@@ -457,6 +519,8 @@ def main():
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(BENCHES, "results", "latest.json"))
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--loadgen", choices=["wrk", "percore"], default="wrk",
+                    help="the client: wrk, or percore's own `percore bench` (one client core)")
     args = ap.parse_args()
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -467,7 +531,9 @@ def main():
     unknown = [t for t in targets if t not in ALL_TARGETS]
     if unknown:
         log(f"note: {unknown} are not known targets; they will be run as peers from benches/peers/target/release")
-    for tool in ("wrk", "taskset"):
+    if args.loadgen == "percore" and "percore" not in targets and not args.no_build:
+        build(["percore"])  # the client binary
+    for tool in (["wrk"] if args.loadgen == "wrk" else []) + ["taskset"]:
         if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode != 0:
             sys.exit(f"{tool} not found (apt-get install -y {'wrk' if tool == 'wrk' else 'util-linux'})")
 
@@ -491,7 +557,9 @@ def main():
         "clk_tck": CLK_TCK,
         "git_rev": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                                   capture_output=True, text=True).stdout.strip() or None,
-        "wrk": (subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines() or [""])[0],
+        "wrk": (subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines() or [""])[0]
+               if args.loadgen == "wrk" else None,
+        "loadgen": args.loadgen,
         "settings": {k: v for k, v in vars(args).items()},
         "targets_run": present,
         "targets_skipped": [t for t in targets if t not in present],
@@ -522,8 +590,9 @@ def main():
     summary = summarize(runs, tests, present)
     print(f"Command: `{cmdline}`")
     print(f"Date: {meta['date']}  ·  uname -r: {meta['uname_r']}  ·  nproc: {meta['nproc']}  ·  "
-          f"git: {meta['git_rev']}  ·  {meta['wrk']}")
-    print(f"Server on CPU {args.server_cpu}, wrk -t{args.wrk_threads} -c{args.connections} on CPU "
+          f"git: {meta['git_rev']}  ·  {meta['wrk'] or 'client: percore bench'}")
+    client = (f"wrk -t{args.wrk_threads}" if args.loadgen == "wrk" else "percore bench --cores 1")
+    print(f"Server on CPU {args.server_cpu}, {client} -c{args.connections} on CPU "
           f"{args.client_cpu}, {args.duration}s runs after {WARMUP_S}s warm-up, {args.rounds} round(s); "
           f"medians over the runs without errors. Pipelined depth {args.pipeline_depth}.")
     if meta["targets_skipped"]:

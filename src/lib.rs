@@ -32,11 +32,17 @@
 //! locked memory; percore raises `RLIMIT_MEMLOCK` to its hard limit, halves
 //! the ring if memory is still short, and otherwise exits with one line
 //! naming the limit and the fix. Linux 6.0+ is needed for multishot receive.
+//!
+//! # The load generator
+//! `percore bench` ([`loadgen`]) has the server's shape: pinned client cores,
+//! each with its own io_uring and connections, closed loop or open loop
+//! (`--rate`, latency from each request's intended send time).
 
 pub mod api;
 pub mod config;
 pub mod http;
 pub mod limit;
+pub mod loadgen;
 pub mod metrics;
 pub mod net;
 pub mod node;

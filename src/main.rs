@@ -19,10 +19,15 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve HTTP: one io core per CPU, each with its own SO_REUSEPORT listener.
     Serve(ServeArgs),
+    /// Load an HTTP/1.1 server from pinned client cores on io_uring: closed loop, or open loop with --rate.
+    #[command(after_help = percore::loadgen::AFTER_HELP)]
+    Bench(percore::loadgen::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,5 +60,6 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(args) => ExitCode::from(percore::loadgen::command(&args)),
     }
 }
