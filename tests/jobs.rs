@@ -560,15 +560,34 @@ fn an_attempt_past_its_visibility_timeout_runs_again() {
     let data = DataDir::new("visibility");
     let receiver = Receiver::start(200);
     receiver.hold.store(true, Ordering::SeqCst);
-    let server = Server::start(&["--data-dir", data.arg(), "--workers", "2", "--job-visibility-timeout", "300ms", "--job-retry-base", "50ms"]);
-    let id = id_of(&submit(&mut server.connect(), "webhook", &webhook_body(&receiver, "{}"), ""));
+    let server = Server::start(&[
+        "--data-dir",
+        data.arg(),
+        "--workers",
+        "2",
+        "--job-visibility-timeout",
+        "300ms",
+        "--job-retry-base",
+        "50ms",
+    ]);
+    let id = id_of(&submit(
+        &mut server.connect(),
+        "webhook",
+        &webhook_body(&receiver, "{}"),
+        "",
+    ));
     // The first attempt hangs at the receiver; after 300 ms it is presumed lost and tried again.
     let deadline = Instant::now() + Duration::from_secs(5);
     while receiver.hits().iter().filter(|h| h.job == id).count() < 2 {
-        assert!(Instant::now() < deadline, "the hung attempt was never retried");
+        assert!(
+            Instant::now() < deadline,
+            "the hung attempt was never retried"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     receiver.hold.store(false, Ordering::SeqCst);
-    let done = wait_for(&server, &id, Duration::from_secs(5), |t| t.contains("\"succeeded\""));
+    let done = wait_for(&server, &id, Duration::from_secs(5), |t| {
+        t.contains("\"succeeded\"")
+    });
     assert!(done.contains("\"attempts\":2"), "{done}");
 }
