@@ -47,7 +47,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::response::ResponseReader;
 use crate::net::bufring::BufRing;
-use crate::runtime::uring::{self, UringError};
+use crate::runtime::uring::{self, split_user_data, user_data, UringError};
 
 const KIND_CONNECT: u64 = 1;
 const KIND_RECV: u64 = 2;
@@ -218,14 +218,6 @@ pub fn thread_cpu_ns() -> u64 {
     let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
     let ticks = field(14).unwrap_or(0) + field(15).unwrap_or(0);
     ticks * 1_000_000_000 / ticks_per_s.max(1) as u64
-}
-
-fn user_data(kind: u64, generation: u32, slot: u32) -> u64 {
-    kind << 56 | u64::from(generation & 0x00ff_ffff) << 32 | u64::from(slot)
-}
-
-fn split_user_data(data: u64) -> (u64, u32, u32) {
-    (data >> 56, (data >> 32) as u32 & 0x00ff_ffff, data as u32)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use crate::http::response::{render_refusal, FileBody};
 use crate::http::{HttpError, Limits};
 use crate::node::Node;
 use crate::queue::{Completion, ReplyTo};
-use crate::runtime::uring::{self, UringError};
+use crate::runtime::uring::{self, split_user_data, user_data, UringError};
 use crossbeam_channel::Receiver;
 
 const KIND_ACCEPT: u64 = 1;
@@ -55,12 +55,13 @@ pub struct CoreOptions {
     pub io_budget: uring::IoBudget,
 }
 
-fn user_data(kind: u64, generation: u32, slot: u32) -> u64 {
-    kind << 56 | u64::from(generation & 0x00ff_ffff) << 32 | u64::from(slot)
-}
-
-fn split_user_data(data: u64) -> (u64, u32, u32) {
-    (data >> 56, (data >> 32) as u32 & 0x00ff_ffff, data as u32)
+impl CoreOptions {
+    /// Unanswered bytes past which a connection stops being read: more
+    /// than any one legal request, so only a client that does not read its
+    /// answers (while pipelining more) gets there.
+    fn pause_reading_above(&self) -> usize {
+        self.limits.max_header_bytes + self.limits.max_body_bytes + 64 * 1024
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,15 +358,9 @@ impl IoCore {
     }
 
     fn on_recv(&mut self, slot: u32, generation: u32, result: i32, flags: u32, now: Instant) {
-        let pause_above =
-            self.options.limits.max_header_bytes + self.options.limits.max_body_bytes + 64 * 1024;
+        let pause_above = self.options.pause_reading_above();
         let limits = self.options.limits;
-        let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.generation == generation)
-        else {
+        let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
             if let Some(bid) = cqueue::buffer_select(flags) {
                 self.buffers.recycle(bid);
             }
@@ -530,12 +525,7 @@ impl IoCore {
 
     fn on_splice(&mut self, kind: u64, slot: u32, generation: u32, result: i32, now: Instant) {
         let limits = self.options.limits;
-        let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.generation == generation)
-        else {
+        let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
             return;
         };
         conn.splice_in_flight = false;
@@ -567,13 +557,8 @@ impl IoCore {
 
     fn on_send(&mut self, slot: u32, generation: u32, result: i32, now: Instant) {
         let limits = self.options.limits;
-        let pause_above = limits.max_header_bytes + limits.max_body_bytes + 64 * 1024;
-        let Some(conn) = self
-            .conns
-            .get_mut(slot as usize)
-            .and_then(Option::as_mut)
-            .filter(|c| c.generation == generation)
-        else {
+        let pause_above = self.options.pause_reading_above();
+        let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
             return;
         };
         conn.send_in_flight = false;
@@ -702,12 +687,7 @@ impl IoCore {
             let ReplyTo {
                 slot, generation, ..
             } = completion.to;
-            let Some(conn) = self
-                .conns
-                .get_mut(slot as usize)
-                .and_then(Option::as_mut)
-                .filter(|c| c.generation == generation)
-            else {
+            let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
                 continue;
             };
             if conn.phase != Phase::Open {
@@ -760,6 +740,14 @@ fn send_entry(conn: &Conn, slot: u32) -> squeue::Entry {
         .flags(libc::MSG_NOSIGNAL)
         .build()
         .user_data(user_data(KIND_SEND, conn.generation, slot))
+}
+
+/// The connection in `slot`, if it is still the one of `generation`.
+fn live_conn(conns: &mut [Option<Conn>], slot: u32, generation: u32) -> Option<&mut Conn> {
+    conns
+        .get_mut(slot as usize)?
+        .as_mut()
+        .filter(|c| c.generation == generation)
 }
 
 /// A pipe for splicing, both ends close-on-exec and non-blocking.

@@ -114,6 +114,19 @@ fn memlock_limit_text() -> String {
     }
 }
 
+/// Packs what a completion must say about its operation into `user_data`:
+/// the kind of operation (8 bits), the generation of the slot it belongs to
+/// (24 bits, so a completion for a slot since reused is recognised) and the
+/// slot (32 bits).
+pub fn user_data(kind: u64, generation: u32, slot: u32) -> u64 {
+    kind << 56 | u64::from(generation & 0x00ff_ffff) << 32 | u64::from(slot)
+}
+
+/// The inverse of [`user_data`]: (kind, generation, slot).
+pub fn split_user_data(data: u64) -> (u64, u32, u32) {
+    (data >> 56, (data >> 32) as u32 & 0x00ff_ffff, data as u32)
+}
+
 /// How much io memory each core asks for: ring depth and receive buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoBudget {
