@@ -5,8 +5,10 @@
 //! touches on the hot path: an io_uring, a `SO_REUSEPORT` listener (the
 //! kernel spreads connections across cores), every connection that listener
 //! accepts, and its metrics. Nothing on the request path takes a lock or
-//! crosses cores. What every core must read (the draining flag, the metrics
-//! registry) lives in [`node::Node`].
+//! crosses cores. What every core must read lives in [`node::Node`]: the
+//! draining flag, the metrics registry, and the read-mostly shared tables the
+//! design allows (the rate limiter's, the static file index, job statuses),
+//! each a lock-free `papaya` map.
 //!
 //! # The request path
 //! multishot accept → multishot receive into a kernel-picked provided buffer
@@ -26,12 +28,31 @@
 //! hyper and a raw epoll floor in the same run; the README has the numbers.
 //! The runtime is behind [`runtime`] and [`net`], so it can be swapped.
 //!
+//! # Answers that come from another thread
+//! Some answers cannot be written on the io core: a job is acknowledged only
+//! once the job manager has fsynced it ([`queue`]). The handler then writes
+//! nothing and leaves [`queue::Deferred`] work; the connection's later
+//! pipelined requests wait, in order; the manager answers through the core's
+//! mailbox (a channel plus the core's eventfd, [`queue::Mailbox`]), and the
+//! core writes the response when it wakes. Large static files are likewise
+//! sent after their head, by splice ([`statics`], [`net::event_loop`]).
+//!
+//! # The layers inside one node
+//! Load balancing: one `SO_REUSEPORT` listener per core ([`net::listener`]),
+//! `/healthz`, `/readyz`, drain on SIGTERM ([`runtime`]). Rate limiting:
+//! GCRA per client across all cores ([`limit`]). Static content like a CDN
+//! edge ([`statics`]). Async processing with a durable job log and worker
+//! threads ([`queue`]). Lightweight payloads: in-place parsing, responses
+//! written straight into the output buffer, no allocation per request
+//! (`tests/alloc.rs`). Caching and sharding are not built yet.
+//!
 //! # Limits that matter at start-up
 //! io_uring must be allowed (`kernel.io_uring_disabled=0`, no seccomp filter
-//! blocking it). Each core pins only its provided-buffer ring (16 KiB) in
-//! locked memory; percore raises `RLIMIT_MEMLOCK` to its hard limit, halves
-//! the ring if memory is still short, and otherwise exits with one line
-//! naming the limit and the fix. Linux 6.0+ is needed for multishot receive.
+//! blocking it). Without `CAP_IPC_LOCK` the kernel charges each core's rings
+//! and provided-buffer ring to `RLIMIT_MEMLOCK`: percore raises the soft
+//! limit to the hard one, sizes its rings to fit what is left
+//! ([`runtime::uring::IoBudget`]), and otherwise exits with one line naming
+//! the limit and the fix. Linux 6.0+ is needed for multishot receive.
 //!
 //! # The load generator
 //! `percore bench` ([`loadgen`]) has the server's shape: pinned client cores,
