@@ -206,7 +206,7 @@ impl Config {
                     Some(toml::Value::Array(items)) => Ok(Some(
                         items
                             .iter()
-                            .map(|v| v.to_string())
+                            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
                             .collect::<Vec<_>>()
                             .join(","),
                     )),
@@ -298,11 +298,11 @@ impl Config {
         };
 
         let rate_limit = rate_limit_rules(args, file.get("rate_limit"))?;
-        let statics = match args
-            .static_dir
-            .clone()
-            .or_else(|| value("static_dir", &None).ok().flatten().map(PathBuf::from))
-        {
+        let static_dir = match &args.static_dir {
+            Some(dir) => Some(dir.clone()),
+            None => value("static_dir", &None)?.map(PathBuf::from),
+        };
+        let statics = match static_dir {
             None => None,
             Some(dir) => {
                 if !dir.is_dir() {
@@ -318,6 +318,15 @@ impl Config {
                             "static_prefix",
                             format!("`{prefix}` must start and end with / like /static/"),
                         ));
+                    }
+                    // Static paths are matched before routes: a prefix covering a
+                    // route (`/`, `/v1/`) would hide /healthz or the API.
+                    let routes = crate::api::routes();
+                    if let Some(hidden) = (0..routes.len())
+                        .map(|i| routes.pattern(i))
+                        .find(|p| p.starts_with(prefix.as_str()))
+                    {
+                        return Err(invalid("static_prefix", format!("`{prefix}` would hide the route {hidden}; choose a prefix no route starts with")));
                     }
                     options.prefix = prefix;
                 }
@@ -828,6 +837,23 @@ mod tests {
         std::fs::write(&path, "colour = 3\n").unwrap();
         let error = Config::resolve(&a).unwrap_err().to_string();
         assert!(error.contains("unknown key `colour`"), "{error}");
+        std::fs::write(&path, "cpus = [\"0\"]\ncores = 1\n").unwrap();
+        assert_eq!(
+            Config::resolve(&a).unwrap().cpus,
+            vec![0],
+            "arrays of strings"
+        );
+        std::fs::write(&path, "static_dir = 3\n").unwrap();
+        assert!(Config::resolve(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("`static_dir`"));
+        let mut covering = a.clone();
+        covering.static_dir = Some(dir.clone());
+        covering.static_prefix = Some("/".into());
+        std::fs::write(&path, "").unwrap();
+        let error = Config::resolve(&covering).unwrap_err().to_string();
+        assert!(error.contains("would hide the route"), "{error}");
         std::fs::write(&path, "cores = true\n").unwrap();
         let error = Config::resolve(&a).unwrap_err().to_string();
         assert!(error.contains("`cores`"), "{error}");

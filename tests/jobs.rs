@@ -591,3 +591,22 @@ fn an_attempt_past_its_visibility_timeout_runs_again() {
     });
     assert!(done.contains("\"attempts\":2"), "{done}");
 }
+
+#[test]
+fn a_client_that_half_closes_still_gets_every_answer() {
+    let data = DataDir::new("half-close");
+    let receiver = Receiver::start(200);
+    let server = Server::start(&["--data-dir", data.arg()]);
+    let mut conn = server.connect();
+    let body = webhook_body(&receiver, "{}");
+    let submission = format!(
+        "POST /v1/jobs/webhook?delay=1h HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.send(format!("{submission}GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    // Done sending: both answers are still owed.
+    conn.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(conn.response().status, 202);
+    assert_eq!(conn.response().body, b"Hello, World!");
+    assert!(conn.closed_within(Duration::from_secs(3)));
+}

@@ -318,6 +318,8 @@ fn fresh_precompressed_siblings_win_and_stale_ones_never_do() {
     site.write("app.css", b"body { color: red }");
     site.write("app.css.br", b"BROTLI-BYTES");
     site.write("app.css.gz", b"GZIP-BYTES");
+    // A compressed file with no original beside it is a file in its own right.
+    site.write("data.tar.gz", b"TARBALL");
     let now = SystemTime::now();
     site.set_mtime("app.css", now - Duration::from_secs(100));
     site.set_mtime("app.css.br", now - Duration::from_secs(50));
@@ -360,6 +362,7 @@ fn fresh_precompressed_siblings_win_and_stale_ones_never_do() {
         404,
         "siblings are not served by their own name"
     );
+    assert_eq!(fetch(&server, "/static/data.tar.gz", "").text(), "TARBALL");
 }
 
 #[test]
@@ -426,6 +429,17 @@ fn traversal_and_hostile_paths_are_refused() {
     fs::write(&outside, b"outside the root").unwrap();
     std::os::unix::fs::symlink(&outside, site.path("escape.txt")).unwrap();
     std::os::unix::fs::symlink(site.path("docs/guide.txt"), site.path("inside.txt")).unwrap();
+    // A precompressed sibling that leads out of the root must not be served either.
+    site.write("app.js", b"let inside = 1;");
+    std::os::unix::fs::symlink(&outside, site.path("app.js.gz")).unwrap();
+    // Newer than app.js, so only the root check can keep it out.
+    let future = SystemTime::now() + Duration::from_secs(100);
+    fs::File::options()
+        .write(true)
+        .open(&outside)
+        .unwrap()
+        .set_modified(future)
+        .unwrap();
     let server = site.serve(&[]);
     for path in [
         "/static/../Cargo.toml",
@@ -466,6 +480,11 @@ fn traversal_and_hostile_paths_are_refused() {
         "0123456789abcdefghij",
         "a symlink within the root works"
     );
+    let js = fetch(&server, "/static/app.js", "Accept-Encoding: gzip\r\n");
+    assert_eq!(
+        (js.header("content-encoding"), js.text().as_str()),
+        (None, "let inside = 1;")
+    );
     let _ = fs::remove_file(&outside);
 }
 
@@ -477,4 +496,34 @@ fn a_missing_static_dir_exits_64() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("`static_dir`"));
+}
+
+#[test]
+fn a_slow_reader_of_a_large_file_gets_all_of_it() {
+    let site = Site::new("slow");
+    let big: Vec<u8> = (0..12_000_000u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 23) as u8)
+        .collect();
+    site.write("big.bin", &big);
+    let server = site.serve(&["--static-inline-max", "1KiB"]);
+    let mut conn = server.connect();
+    conn.send(
+        b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\nGET /json HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    // Stop reading long enough for every socket buffer on the way to fill:
+    // the server must wait for room, not give up.
+    std::thread::sleep(Duration::from_millis(400));
+    let response = conn.response();
+    assert_eq!(response.status, 200);
+    assert!(
+        response.body == big,
+        "the body differs ({} of {} bytes)",
+        response.body.len(),
+        big.len()
+    );
+    assert_eq!(
+        conn.response().status,
+        200,
+        "the request behind the file was answered"
+    );
 }

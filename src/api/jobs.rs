@@ -72,7 +72,10 @@ fn parse_submission(
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64);
-                run_at_ms = Some(now + delay.as_millis() as u64);
+                let due = u64::try_from(delay.as_millis())
+                    .ok()
+                    .and_then(|d| now.checked_add(d));
+                run_at_ms = Some(due.ok_or(format!("delay `{value}` is too long"))?);
             }
             "run_at" => {
                 run_at_ms =

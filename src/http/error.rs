@@ -43,6 +43,8 @@ pub enum HttpError {
     QueueFull { queue: String, capacity: usize },
     #[error("jobs are off: start percore with --data-dir DIR to keep a durable job log")]
     JobsDisabled,
+    #[error("the job log cannot be written, so no job can be accepted; see the server's log")]
+    JobLogUnavailable,
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("the server is shutting down")]
@@ -71,7 +73,8 @@ impl HttpError {
             Self::Draining
             | Self::TooManyConnections { .. }
             | Self::QueueFull { .. }
-            | Self::JobsDisabled => 503,
+            | Self::JobsDisabled
+            | Self::JobLogUnavailable => 503,
             Self::UnsupportedVersion => 505,
         }
     }
@@ -97,6 +100,7 @@ impl HttpError {
             Self::Draining => "draining",
             Self::QueueFull { .. } => "queue_full",
             Self::JobsDisabled => "jobs_disabled",
+            Self::JobLogUnavailable => "job_log_unavailable",
             Self::TooManyConnections { .. } => "too_many_connections",
         }
     }
@@ -112,6 +116,7 @@ impl HttpError {
                 | Self::RateLimited { .. }
                 | Self::QueueFull { .. }
                 | Self::JobsDisabled
+                | Self::JobLogUnavailable
                 | Self::Internal(_)
         )
     }

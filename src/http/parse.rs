@@ -269,12 +269,28 @@ pub fn chunked_extent(buf: &[u8], limits: &Limits) -> Result<Option<usize>, Http
     let mut pos = 0usize;
     let mut body = 0u64;
     loop {
+        match strict_chunk_size_line(&buf[pos..]) {
+            Ok(true) => {}
+            Ok(false) => return partial_chunk_header(buf.len() - pos, limits),
+            Err(error) => return Err(error),
+        }
         let (size_line, size) = match httparse::parse_chunk_size(&buf[pos..]) {
             Ok(Status::Complete(found)) => found,
             Ok(Status::Partial) => return partial_chunk_header(buf.len() - pos, limits),
             Err(_) => return Err(HttpError::Malformed("invalid chunk size line")),
         };
         pos += size_line;
+        // Tiny chunks cost more on the wire than in the body; bound the wire too.
+        if pos
+            > limits
+                .max_body_bytes
+                .saturating_mul(2)
+                .saturating_add(limits.max_header_bytes)
+        {
+            return Err(HttpError::ChunkedBodyTooLarge {
+                limit: limits.max_body_bytes,
+            });
+        }
         if size == 0 {
             return Ok(trailers_end(&buf[pos..], limits)?.map(|t| pos + t));
         }
@@ -316,11 +332,44 @@ fn trailers_end(buf: &[u8], limits: &Limits) -> Result<Option<usize>, HttpError>
                 limit: limits.max_header_bytes,
             });
         }
+        if buf[pos..pos + eol]
+            .iter()
+            .any(|&b| b == b'\n' || b == b'\r')
+        {
+            return Err(HttpError::Malformed("a bare CR or LF in a trailer line"));
+        }
         pos += eol + 2;
         if eol == 0 {
             return Ok(Some(pos));
         }
     }
+}
+
+/// Checks the chunk-size line at the start of `buf` more strictly than
+/// httparse does: hex digits first, then only visible characters, spaces
+/// and tabs (extensions), ended by CRLF. A proxy that reads a bare LF or a
+/// control byte differently could otherwise frame the body differently.
+/// `Ok(false)` means the line is not complete yet.
+fn strict_chunk_size_line(buf: &[u8]) -> Result<bool, HttpError> {
+    const BAD: HttpError = HttpError::Malformed("invalid chunk size line");
+    let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+        return match buf.first() {
+            Some(b) if !b.is_ascii_hexdigit() => Err(BAD),
+            _ => Ok(false),
+        };
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' {
+        return Err(BAD);
+    }
+    let line = &buf[..lf - 1];
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest_ok = line[digits..]
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+    if digits == 0 || !rest_ok {
+        return Err(BAD);
+    }
+    Ok(true)
 }
 
 /// Decodes a complete chunked body (as measured by `chunked_extent`) into `out`.
@@ -482,6 +531,29 @@ mod tests {
             );
         }
         assert!(chunked_extent(b"5\r\nhelloXX0\r\n\r\n", &limits).is_err());
+        // Smuggling shapes: a bare LF, an empty size, a control byte in an extension, a bare LF in a trailer.
+        assert!(chunked_extent(b"5\nhello\r\n0\r\n\r\n", &limits).is_err());
+        assert!(chunked_extent(b"\r\nhello\r\n0\r\n\r\n", &limits).is_err());
+        assert!(chunked_extent(b"5;a\x01b\r\nhello\r\n0\r\n\r\n", &limits).is_err());
+        assert!(chunked_extent(b"5;x\nq\r\nhello\r\n0\r\n\r\n", &limits).is_err());
+        assert!(chunked_extent(b"0\r\nX: a\nb\r\n\r\n", &limits).is_err());
+        // Tiny chunks are bounded on the wire, not just in the body.
+        let tiny = Limits {
+            max_body_bytes: 1000,
+            max_header_bytes: 256,
+            ..limits
+        };
+        let padded = b"1;padding-pad\r\nx\r\n".repeat(200);
+        assert_eq!(
+            chunked_extent(&padded, &tiny).unwrap_err().status(),
+            413,
+            "200 body bytes, 3800 on the wire"
+        );
+        assert_eq!(
+            chunked_extent(&b"1\r\nx\r\n".repeat(100), &tiny),
+            Ok(None),
+            "600 wire bytes are fine"
+        );
         assert!(chunked_extent(b"zz\r\n", &limits).is_err());
         let small = Limits {
             max_body_bytes: 4,

@@ -15,12 +15,12 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use socket2::Socket;
 
 use super::bufring::BufRing;
-use super::session::Session;
+use super::session::{Session, OUTPUT_HIGH_WATER};
 use crate::api::Service;
 use crate::http::response::{render_refusal, FileBody};
 use crate::http::{HttpError, Limits};
 use crate::node::Node;
-use crate::queue::{Completion, ReplyTo};
+use crate::queue::{Answer, Completion, ReplyTo};
 use crate::runtime::uring::{self, split_user_data, user_data, UringError};
 use crossbeam_channel::Receiver;
 
@@ -32,6 +32,10 @@ const KIND_WAKE: u64 = 5;
 const KIND_CANCEL: u64 = 6;
 const KIND_SPLICE_IN: u64 = 7;
 const KIND_SPLICE_OUT: u64 = 8;
+const KIND_SPLICE_POLL: u64 = 9;
+
+/// Kernel worker threads io_uring may use per ring, bounded and unbounded work alike.
+const IOWQ_MAX_WORKERS: u32 = 8;
 
 /// Bytes moved per splice: the default pipe capacity.
 const SPLICE_CHUNK: u64 = 64 * 1024;
@@ -124,6 +128,7 @@ pub struct IoCore {
     inbox: Option<Receiver<Completion>>,
     wake_buf: Box<u64>,
     tick_spec: Box<types::Timespec>,
+    tick_multishot: bool,
     draining: bool,
     drain_deadline: Option<Instant>,
     completions: Vec<(u64, i32, u32)>,
@@ -140,6 +145,11 @@ impl IoCore {
         node: Arc<Node>,
     ) -> Result<Self, UringError> {
         let ring = uring::build_ring(options.io_budget.ring_entries)?;
+        // Splicing file pages runs on io_uring's kernel workers; bound them so
+        // many slow downloads cannot make a core spawn thousands.
+        let _ = ring
+            .submitter()
+            .register_iowq_max_workers(&mut [IOWQ_MAX_WORKERS, IOWQ_MAX_WORKERS]);
         let buffers = register_buffers(&ring, options.io_budget.recv_buffers)?;
         Ok(Self {
             ring,
@@ -158,6 +168,7 @@ impl IoCore {
             inbox,
             wake_buf: Box::new(0),
             tick_spec: Box::new(types::Timespec::from(TICK)),
+            tick_multishot: true,
             draining: false,
             drain_deadline: None,
             completions: Vec::with_capacity(256),
@@ -169,11 +180,7 @@ impl IoCore {
     pub fn run(mut self) -> io::Result<usize> {
         self.arm_accept();
         self.arm_wake();
-        let tick = opcode::Timeout::new(&*self.tick_spec)
-            .flags(types::TimeoutFlags::MULTISHOT)
-            .build()
-            .user_data(user_data(KIND_TICK, 0, 0));
-        self.push(&tick);
+        self.arm_tick();
         loop {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -220,8 +227,22 @@ impl IoCore {
             KIND_ACCEPT => self.on_accept(result, flags, now),
             KIND_RECV => self.on_recv(slot, generation, result, flags, now),
             KIND_SEND => self.on_send(slot, generation, result, now),
-            KIND_SPLICE_IN | KIND_SPLICE_OUT => self.on_splice(kind, slot, generation, result, now),
-            KIND_TICK => self.on_tick(now),
+            KIND_SPLICE_IN | KIND_SPLICE_OUT | KIND_SPLICE_POLL => {
+                self.on_splice(kind, slot, generation, result, now)
+            }
+            KIND_TICK => {
+                if result == -libc::EINVAL && self.tick_multishot {
+                    // Before Linux 6.4 there are no multishot timeouts: tick one at a time.
+                    self.tick_multishot = false;
+                    return self.arm_tick();
+                }
+                // A multishot timeout ends if its completion cannot be posted; a
+                // one-shot one ends every time. Either way, keep ticking.
+                if !cqueue::more(flags) {
+                    self.arm_tick();
+                }
+                self.on_tick(now)
+            }
             KIND_WAKE => self.on_wake(now),
             _ => {}
         }
@@ -243,7 +264,9 @@ impl IoCore {
             return;
         };
         let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
+            // Non-blocking: io_uring then polls a socket that is not ready
+            // instead of parking a kernel worker thread on it.
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build()
             .user_data(user_data(KIND_ACCEPT, 0, 0));
         self.push(&entry);
@@ -382,7 +405,12 @@ impl IoCore {
                 }
                 self.buffers.recycle(bid);
             }
+            // Unanswered bytes pile up only while the session may not answer:
+            // output above high water (the client is not reading) or an answer
+            // pending elsewhere. A slow legal upload is parsed as it comes.
+            let stuck = conn.session.is_blocked() || conn.out.len() >= OUTPUT_HIGH_WATER;
             if conn.phase == Phase::Open
+                && stuck
                 && conn.session.pending_len() > pause_above
                 && conn.recv_armed
             {
@@ -393,7 +421,7 @@ impl IoCore {
             rearm = !more;
         } else if result == 0 {
             // The peer finished sending: answer what it sent, then close.
-            conn.session.close();
+            conn.session.finish_input();
             if conn.phase != Phase::Open {
                 conn.phase = Phase::Closing;
             }
@@ -419,6 +447,17 @@ impl IoCore {
     /// Starts a send if output is waiting; starts closing if the session is done.
     fn flush(&mut self, slot: u32, now: Instant) {
         self.forward_deferred(slot);
+        let pause_above = self.options.pause_reading_above();
+        if let Some(conn) = self.conns[slot as usize].as_ref() {
+            let may_read = conn.phase == Phase::Open && !conn.session.is_blocked();
+            if may_read
+                && conn.recv_paused
+                && !conn.recv_armed
+                && conn.session.pending_len() <= pause_above
+            {
+                self.arm_recv(slot);
+            }
+        }
         let draining = self.draining;
         let Some(conn) = self.conns[slot as usize].as_mut() else {
             return;
@@ -448,7 +487,9 @@ impl IoCore {
             }
         }
         if conn.phase == Phase::Open
-            && (conn.session.is_closing() || (draining && conn.session.is_idle()))
+            && (conn.session.is_closing()
+                || conn.session.is_done()
+                || (draining && conn.session.is_idle()))
         {
             conn.session.close();
             // SAFETY: fd is this connection's open socket.
@@ -477,8 +518,24 @@ impl IoCore {
             slot,
             generation: conn.generation,
         };
-        if let Some(queues) = &self.node.queues {
-            queues.defer(work, Some(reply));
+        let handed_over = self
+            .node
+            .queues
+            .as_ref()
+            .is_some_and(|queues| queues.defer(work, Some(reply)));
+        if !handed_over {
+            // The manager is gone: answer now rather than leave the client waiting.
+            let limits = self.options.limits;
+            let Some(conn) = self.conns[slot as usize].as_mut() else {
+                return;
+            };
+            conn.session.answer(
+                Answer::Rejected(HttpError::JobLogUnavailable),
+                &mut conn.out,
+                &mut self.service,
+            );
+            conn.session
+                .resume(&mut conn.out, &mut self.service, &limits, Instant::now());
         }
     }
 
@@ -532,6 +589,22 @@ impl IoCore {
         let Some(file) = conn.file.as_mut().filter(|_| conn.phase == Phase::Open) else {
             return self.finish_if_closed(slot);
         };
+        if result == -libc::EAGAIN && kind == KIND_SPLICE_OUT {
+            // The socket's send buffer is full (the client reads slowly):
+            // wait until it can take more, then splice again.
+            let poll = opcode::PollAdd::new(types::Fd(conn.fd), libc::POLLOUT as u32)
+                .build()
+                .user_data(user_data(KIND_SPLICE_POLL, conn.generation, slot));
+            conn.splice_in_flight = true;
+            self.push(&poll);
+            return;
+        }
+        if kind == KIND_SPLICE_POLL {
+            if result < 0 {
+                return self.close_now(slot);
+            }
+            return self.splice_next(slot);
+        }
         // An error, the peer gone, or the file shrank under us: the promised
         // length cannot be kept, so the connection must end.
         if result <= 0 {
@@ -638,6 +711,19 @@ impl IoCore {
         unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
         self.cancel_recv(slot);
         self.finish_if_closed(slot);
+    }
+
+    fn arm_tick(&mut self) {
+        let flags = if self.tick_multishot {
+            types::TimeoutFlags::MULTISHOT
+        } else {
+            types::TimeoutFlags::empty()
+        };
+        let tick = opcode::Timeout::new(&*self.tick_spec)
+            .flags(flags)
+            .build()
+            .user_data(user_data(KIND_TICK, 0, 0));
+        self.push(&tick);
     }
 
     fn on_tick(&mut self, now: Instant) {

@@ -36,6 +36,8 @@ pub struct Session {
     file: Option<FileBody>,
     /// A request whose answer another thread will give (a job being made durable).
     awaiting: Option<Awaiting>,
+    /// The peer shut its sending side: answer what it sent, then close.
+    input_finished: bool,
 }
 
 impl Session {
@@ -68,7 +70,8 @@ impl Session {
             return;
         };
         service.render_answer(answer, &awaiting, out);
-        if !awaiting.keep_alive {
+        // While draining the answer says `Connection: close`; keep to it.
+        if !awaiting.keep_alive || service.is_draining() {
             self.close();
         }
     }
@@ -76,6 +79,23 @@ impl Session {
     /// The file body the io layer must send next, after the output written so far.
     pub fn take_file(&mut self) -> Option<FileBody> {
         self.file.take()
+    }
+
+    /// The peer sent its last byte (EOF). Requests already received are
+    /// still answered; [`Self::is_done`] says when nothing more is owed.
+    pub fn finish_input(&mut self) {
+        self.input_finished = true;
+    }
+
+    /// True when the connection owes the peer nothing more and will get no
+    /// more requests: it closed its side and every complete request is answered.
+    pub fn is_done(&self) -> bool {
+        self.input_finished && self.file.is_none() && self.awaiting.is_none()
+    }
+
+    /// True while later requests must wait: a file body or a deferred answer is pending.
+    pub fn is_blocked(&self) -> bool {
+        self.file.is_some() || self.awaiting.is_some()
     }
 
     /// Stops reading requests; whatever is already answered is still sent.

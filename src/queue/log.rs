@@ -55,6 +55,8 @@ pub struct JobLog {
     file: File,
     path: PathBuf,
     pending: Vec<u8>,
+    /// Bytes known to be on disk: a failed commit is cut back to here.
+    durable_len: u64,
 }
 
 impl JobLog {
@@ -62,6 +64,7 @@ impl JobLog {
     pub fn open(dir: &Path) -> io::Result<(Self, Vec<Record>)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("jobs.log");
+        let created = !path.exists();
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -75,11 +78,17 @@ impl JobLog {
             file.set_len(good as u64)?;
             file.sync_data()?;
         }
+        if created {
+            // The new file's name must be durable too, or a power cut could
+            // take the log, and every job acknowledged in it, away.
+            File::open(dir)?.sync_all()?;
+        }
         Ok((
             Self {
                 file,
                 path,
                 pending: Vec::with_capacity(64 * 1024),
+                durable_len: good as u64,
             },
             records,
         ))
@@ -104,14 +113,30 @@ impl JobLog {
     }
 
     /// Writes every staged record and waits until the disk has them.
+    ///
+    /// On failure the staged records are dropped and the file is cut back
+    /// to its last durable length, so a later commit never lands after a
+    /// torn record (which replay would stop at, losing what follows).
     pub fn commit(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        self.file.write_all(&self.pending)?;
-        self.file.sync_data()?;
+        let written = self
+            .file
+            .write_all(&self.pending)
+            .and_then(|()| self.file.sync_data());
+        let staged = self.pending.len() as u64;
         self.pending.clear();
-        Ok(())
+        match written {
+            Ok(()) => {
+                self.durable_len += staged;
+                Ok(())
+            }
+            Err(error) => {
+                let _ = self.file.set_len(self.durable_len);
+                Err(error)
+            }
+        }
     }
 }
 

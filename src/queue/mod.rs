@@ -320,6 +320,8 @@ struct Manager {
     running: HashMap<u64, u64>,
     next_id: u64,
     rng: u64,
+    /// The log failed a commit: accept nothing more.
+    broken: bool,
     replies: Vec<Completion>,
     changed: Vec<u64>,
 }
@@ -351,6 +353,7 @@ impl Manager {
             running: HashMap::new(),
             next_id: 1,
             rng: now_ms() | 1,
+            broken: false,
             replies: Vec::new(),
             changed: Vec::new(),
         }
@@ -477,21 +480,20 @@ impl Manager {
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             }
             self.expire_lost_attempts();
-            self.dispatch();
             if let Err(error) = self.log.commit() {
-                // Nothing staged is acknowledged: fail the waiting submissions.
+                // Nothing staged is durable, so nothing staged is acknowledged;
+                // and a log that failed once is not trusted with more.
                 eprintln!(
-                    "percore: cannot write the job log {}: {error}",
+                    "percore: cannot write the job log {}: {error}; no more jobs are accepted until restart",
                     self.log.path().display()
                 );
+                self.broken = true;
                 for reply in &mut self.replies {
                     if matches!(
                         reply.answer,
                         Answer::Accepted { .. } | Answer::Redriven { .. }
                     ) {
-                        reply.answer = Answer::Rejected(HttpError::Internal(
-                            "the job log could not be written",
-                        ));
+                        reply.answer = Answer::Rejected(HttpError::JobLogUnavailable);
                     }
                 }
             }
@@ -500,6 +502,8 @@ impl Manager {
                     mailbox.deliver(completion);
                 }
             }
+            // Only now, after the commit: a job runs only once its acceptance is durable.
+            self.dispatch();
             self.publish();
             if self.queues.stop.load(Relaxed) {
                 return;
@@ -551,6 +555,9 @@ impl Manager {
             idempotency_key,
             run_at_ms,
         } = submission;
+        if self.broken {
+            return Answer::Rejected(HttpError::JobLogUnavailable);
+        }
         if let Some(key) = &idempotency_key {
             if let Some(&id) = self.idempotency.get(&(queue.clone(), key.clone())) {
                 return Answer::Accepted {

@@ -8,6 +8,7 @@
 //! (one copy of each file per node, not per core). Larger files keep an open
 //! descriptor, sent with splice by the connection's core.
 
+use std::collections::HashSet;
 use std::fs::{File, Metadata};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -126,8 +127,10 @@ impl Index {
         let mut seen_files = Vec::new();
         let mut seen_dirs = vec![String::new()];
         self.walk(&self.root.clone(), "", &mut seen_files, &mut seen_dirs, 0);
+        let seen_files: HashSet<String> = seen_files.into_iter().collect();
         let files = self.files.pin();
         files.retain(|k, _| seen_files.contains(k));
+        let seen_dirs: HashSet<String> = seen_dirs.into_iter().collect();
         let directories = self.directories.pin();
         directories.retain(|d| seen_dirs.contains(d));
         for dir in seen_dirs {
@@ -170,8 +173,7 @@ impl Index {
                     );
                     seen_dirs.push(relative);
                 }
-            } else if metadata.is_file() && !Coding::ALL.iter().any(|c| name.ends_with(c.suffix()))
-            {
+            } else if metadata.is_file() && !is_sibling(dir, name) {
                 self.load(&path, &relative, &metadata);
                 seen_files.push(relative);
             }
@@ -222,7 +224,8 @@ impl Index {
                 continue;
             };
             let sibling = sibling_path(path, *coding);
-            let Ok(meta) = std::fs::metadata(&sibling) else {
+            // A sibling is served as the original's bytes: it must not lead out of the root either.
+            let Some(meta) = self.inside_root(&sibling) else {
                 continue;
             };
             if stamp_of(&meta) == s {
@@ -282,6 +285,15 @@ impl Index {
             })?;
         Ok(())
     }
+}
+
+/// `app.css.gz` beside `app.css` is a precompressed sibling, served only as
+/// `app.css`; `data.tar.gz` with no `data.tar` is a file in its own right.
+fn is_sibling(dir: &Path, name: &str) -> bool {
+    Coding::ALL.iter().any(|coding| {
+        name.strip_suffix(coding.suffix())
+            .is_some_and(|original| !original.is_empty() && dir.join(original).is_file())
+    })
 }
 
 fn stamp_of(metadata: &Metadata) -> (u64, i64, i64, u64) {

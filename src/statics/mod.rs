@@ -69,8 +69,12 @@ impl StaticOptions {
 /// `app.3f9a2b1c.js`, `logo-8c1d4e2f9a.png`: a dot- or dash-separated part of 8+ hex digits.
 fn looks_content_hashed(name: &str) -> bool {
     let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
-    stem.split(['.', '-', '_'])
-        .any(|part| part.len() >= 8 && part.bytes().all(|b| b.is_ascii_hexdigit()))
+    // At least one letter: `report-20240101.pdf` carries a date, not a hash.
+    stem.split(['.', '-', '_']).any(|part| {
+        part.len() >= 8
+            && part.bytes().all(|b| b.is_ascii_hexdigit())
+            && part.bytes().any(|b| b.is_ascii_alphabetic())
+    })
 }
 
 fn glob_matches(glob: &str, text: &str) -> bool {
@@ -351,6 +355,8 @@ mod tests {
     #[test]
     fn immutable_names() {
         let options = StaticOptions::new(PathBuf::from("/tmp"));
+        let dated = options.cache_control_for("report-20240101.pdf");
+        assert!(!dated.contains("immutable"), "a date is not a content hash");
         assert!(options
             .cache_control_for("js/app.3f9a2b1c.js")
             .contains("immutable"));
