@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// Answer 408 and close if a request's headers take longer than this. [default: 10s]
     #[arg(long, env = "PERCORE_HEADER_TIMEOUT", value_name = "DURATION")]
     pub header_timeout: Option<String>,
+    /// Answer 408 and close if a request's body takes longer than this to arrive. [default: 60s]
+    #[arg(long, env = "PERCORE_BODY_TIMEOUT", value_name = "DURATION")]
+    pub body_timeout: Option<String>,
     /// On SIGTERM, how long in-flight requests may take before connections are cut. [default: 10s]
     #[arg(long, env = "PERCORE_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
@@ -172,6 +175,7 @@ pub struct Config {
     pub max_connections_per_core: usize,
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub shutdown_grace: Duration,
     pub limits: Limits,
     /// `None` when no rate limit is configured.
@@ -276,6 +280,11 @@ impl Config {
             "header_timeout",
             value("header_timeout", &args.header_timeout)?,
             Duration::from_secs(10),
+        )?;
+        let body_timeout = duration_field(
+            "body_timeout",
+            value("body_timeout", &args.body_timeout)?,
+            Duration::from_secs(60),
         )?;
         let shutdown_grace = duration_field(
             "shutdown_grace",
@@ -443,6 +452,7 @@ impl Config {
             max_connections_per_core,
             idle_timeout,
             header_timeout,
+            body_timeout,
             shutdown_grace,
             limits: Limits {
                 max_header_bytes,
@@ -460,6 +470,7 @@ const FILE_KEYS: &[&str] = &[
     "max_connections_per_core",
     "idle_timeout",
     "header_timeout",
+    "body_timeout",
     "shutdown_grace",
     "max_header_bytes",
     "max_headers",

@@ -234,3 +234,21 @@ fn a_client_that_never_reads_does_not_grow_memory_without_bound() {
     // The server is still healthy for others.
     assert_eq!(server.get("/json").status, 200);
 }
+
+#[test]
+fn slow_bodies_get_408_and_close() {
+    let server = Server::start(&["--body-timeout", "1s", "--idle-timeout", "30s"]);
+    let mut conn = server.connect();
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n");
+    // Trickle the body a byte at a time, never finishing it.
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(250));
+        let _ = std::io::Write::write_all(&mut conn.stream, b"x");
+    }
+    let response = conn.response();
+    assert_eq!(
+        (response.status, response.error_code().as_str()),
+        (408, "body_timeout")
+    );
+    assert!(conn.closed_within(Duration::from_secs(3)));
+}

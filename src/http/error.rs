@@ -31,6 +31,8 @@ pub enum HttpError {
     UnsupportedVersion,
     #[error("the request headers were not received within {seconds} s")]
     HeaderTimeout { seconds: u64 },
+    #[error("the request body was not received within {seconds} s")]
+    BodyTimeout { seconds: u64 },
     #[error("no route for {path}")]
     NotFound { path: String },
     #[error("method {method} is not allowed here; allowed: {allow}")]
@@ -64,7 +66,7 @@ impl HttpError {
             | Self::BadRequest(_) => 400,
             Self::NotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
-            Self::HeaderTimeout { .. } => 408,
+            Self::HeaderTimeout { .. } | Self::BodyTimeout { .. } => 408,
             Self::BodyTooLarge { .. } | Self::ChunkedBodyTooLarge { .. } => 413,
             Self::HeadersTooLarge { .. } | Self::TooManyHeaders { .. } => 431,
             Self::RateLimited { .. } => 429,
@@ -92,6 +94,7 @@ impl HttpError {
             Self::MissingHost => "missing_host",
             Self::UnsupportedVersion => "unsupported_version",
             Self::HeaderTimeout { .. } => "header_timeout",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BadRequest(_) => "bad_request",

@@ -55,6 +55,7 @@ pub struct CoreOptions {
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub shutdown_grace: Duration,
     pub io_budget: uring::IoBudget,
 }
@@ -735,16 +736,18 @@ impl IoCore {
         }
         let idle_timeout = self.options.idle_timeout;
         let header_timeout = self.options.header_timeout;
+        let body_timeout = self.options.body_timeout;
         for slot in 0..self.conns.len() as u32 {
             let Some(conn) = self.conns[slot as usize].as_mut() else {
                 continue;
             };
             match conn.phase {
                 Phase::Open => {
-                    if conn.session.check_header_timeout(
+                    if conn.session.check_request_timeouts(
                         &mut conn.out,
                         &mut self.service,
                         header_timeout,
+                        body_timeout,
                         now,
                     ) {
                         self.service.metrics.connection_timed_out();

@@ -26,6 +26,8 @@ pub struct Session {
     continue_sent: bool,
     /// When the head of the request in progress began to arrive.
     head_started: Option<Instant>,
+    /// When the body of the request in progress began to be awaited.
+    body_started: Option<Instant>,
     closing: bool,
     /// The peer's address, for rate limiting.
     peer: Option<IpAddr>,
@@ -104,6 +106,7 @@ impl Session {
         self.closing = true;
         self.pending = Vec::new();
         self.head_started = None;
+        self.body_started = None;
     }
 
     /// Handles received bytes: answers every complete request, in order, into `out`.
@@ -150,26 +153,34 @@ impl Session {
         }
     }
 
-    /// Answers the request in progress with 408 if its head is overdue.
-    /// Returns true if it did (the connection then closes).
-    pub fn check_header_timeout(
+    /// Answers the request in progress with 408 if its head or its body is
+    /// overdue (a slowloris on either). Returns true if it did (the
+    /// connection then closes).
+    pub fn check_request_timeouts(
         &mut self,
         out: &mut Vec<u8>,
         service: &mut Service,
-        timeout: Duration,
+        header_timeout: Duration,
+        body_timeout: Duration,
         now: Instant,
     ) -> bool {
-        match self.head_started {
-            Some(started) if now.duration_since(started) >= timeout => {
-                let error = HttpError::HeaderTimeout {
-                    seconds: timeout.as_secs(),
-                };
-                service.reject(&error, out);
-                self.close();
-                true
+        let overdue = |started: Option<Instant>, timeout: Duration| {
+            started.is_some_and(|s| now.duration_since(s) >= timeout)
+        };
+        let error = if overdue(self.head_started, header_timeout) {
+            HttpError::HeaderTimeout {
+                seconds: header_timeout.as_secs(),
             }
-            _ => false,
-        }
+        } else if overdue(self.body_started, body_timeout) {
+            HttpError::BodyTimeout {
+                seconds: body_timeout.as_secs(),
+            }
+        } else {
+            return false;
+        };
+        service.reject(&error, out);
+        self.close();
+        true
     }
 
     /// Answers complete requests at the start of `data`; returns the bytes used.
@@ -233,6 +244,7 @@ impl Session {
                 Framing::Length(n) if waiting.len() >= n => (&waiting[..n], body_start + n),
                 Framing::Length(_) => {
                     self.ask_for_body(head.expect_continue, out);
+                    self.body_started.get_or_insert(now);
                     break;
                 }
                 Framing::Chunked => match parse::chunked_extent(waiting, limits) {
@@ -242,6 +254,7 @@ impl Session {
                     }
                     Ok(None) => {
                         self.ask_for_body(head.expect_continue, out);
+                        self.body_started.get_or_insert(now);
                         break;
                     }
                     Err(error) => {
@@ -254,6 +267,7 @@ impl Session {
             let keep_alive = service.handle(&head, body, &self.rate_headers, out);
             self.continue_sent = false;
             self.admitted = false;
+            self.body_started = None;
             self.file = service.take_file();
             used = end;
             if let Some(awaiting) = service.take_awaiting() {

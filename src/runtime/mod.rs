@@ -128,6 +128,7 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
         max_connections: config.max_connections_per_core,
         idle_timeout: config.idle_timeout,
         header_timeout: config.header_timeout,
+        body_timeout: config.body_timeout,
         shutdown_grace: config.shutdown_grace,
         io_budget: uring::IoBudget::for_this_process(cores),
     };

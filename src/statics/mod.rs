@@ -136,6 +136,20 @@ pub fn decode_path(raw: &str) -> Result<String, &'static str> {
     Ok(text)
 }
 
+/// Percent-encodes a decoded path for a `Location` header: everything but
+/// unreserved characters and `/`.
+fn encode_path(path: &str) -> String {
+    let mut encoded = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
 /// Answers a GET or HEAD under the static prefix. Returns the file body to
 /// send after the head when the answer is too large to hold in memory.
 pub fn serve(
@@ -163,7 +177,7 @@ pub fn serve(
     let entry = match index.lookup(&relative) {
         Lookup::File(entry) => entry,
         Lookup::Directory => {
-            let location = format!("{}{relative}/", options.prefix);
+            let location = format!("{}{}/", options.prefix, encode_path(&relative));
             response.send(
                 301,
                 "text/plain; charset=utf-8",
@@ -350,6 +364,12 @@ mod tests {
         assert!(decode_path("a%zz").is_err());
         assert!(decode_path("%2fetc/passwd").is_err());
         assert!(decode_path(&"a".repeat(2000)).is_err());
+    }
+
+    #[test]
+    fn redirect_locations_are_encoded() {
+        assert_eq!(encode_path("a b/x?y#z/é"), "a%20b/x%3Fy%23z/%C3%A9");
+        assert_eq!(decode_path(&encode_path("a b/x?y")), Ok("a b/x?y".into()));
     }
 
     #[test]
