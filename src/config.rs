@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::http::parse::{Limits, HEADER_SLOTS};
 use crate::limit::{Cidr, KeySource, PathPattern, Policy, Rate, RouteRule, Rules};
+use crate::queue::nats::NatsOptions;
 use crate::queue::QueueOptions;
 use crate::runtime::cpu;
 use crate::statics::StaticOptions;
@@ -158,6 +159,12 @@ pub struct ServeArgs {
     /// How long one webhook delivery may take. [default: 10s]
     #[arg(long, env = "PERCORE_WEBHOOK_TIMEOUT", value_name = "DURATION")]
     pub webhook_timeout: Option<String>,
+    /// Keep jobs on NATS JetStream (shared by every node on the same stream) instead of a local log.
+    #[arg(long, env = "PERCORE_QUEUE", value_name = "nats://HOST:PORT")]
+    pub queue: Option<String>,
+    /// The JetStream stream for jobs with --queue. [default: PERCORE_JOBS]
+    #[arg(long, env = "PERCORE_QUEUE_STREAM", value_name = "NAME")]
+    pub queue_stream: Option<String>,
     /// SMTP relay for e-mail jobs (plain SMTP, no TLS or auth: a relay on a trusted network).
     #[arg(long, env = "PERCORE_SMTP", value_name = "HOST:PORT")]
     pub smtp: Option<String>,
@@ -379,10 +386,35 @@ impl Config {
             .data_dir
             .clone()
             .or(value("data_dir", &None)?.map(PathBuf::from));
-        let queues = match data_dir {
+        let nats = match value("queue", &args.queue)? {
             None => None,
-            Some(dir) => {
-                let mut options = QueueOptions::new(dir);
+            Some(url) => {
+                if !url.starts_with("nats://") || url.len() <= "nats://".len() {
+                    return Err(invalid(
+                        "queue",
+                        format!("`{url}` is not a nats://HOST:PORT URL"),
+                    ));
+                }
+                let stream = value("queue_stream", &args.queue_stream)?
+                    .unwrap_or_else(|| "PERCORE_JOBS".into());
+                if stream.is_empty()
+                    || !stream
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    return Err(invalid(
+                        "queue_stream",
+                        format!("`{stream}` must be letters, digits, `_` or `-`"),
+                    ));
+                }
+                Some(NatsOptions { url, stream })
+            }
+        };
+        let queues = match (data_dir, nats) {
+            (None, None) => None,
+            (dir, nats) => {
+                let mut options = QueueOptions::new(dir.unwrap_or_default());
+                options.nats = nats;
                 if let Some(text) = value("workers", &args.workers)? {
                     options.workers = parse_count("workers", &text, 1, 1024)?;
                 }
@@ -494,6 +526,8 @@ const FILE_KEYS: &[&str] = &[
     "webhook_timeout",
     "smtp",
     "smtp_from",
+    "queue",
+    "queue_stream",
 ];
 
 /// The `[rate_limit]` table of the config file.

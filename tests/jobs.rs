@@ -127,6 +127,110 @@ impl Drop for DataDir {
     }
 }
 
+/// Where a test's jobs live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The local durable log under --data-dir.
+    Local,
+    /// NATS JetStream at 127.0.0.1:4222 (--queue).
+    Nats,
+}
+
+const NATS: &str = "127.0.0.1:4222";
+
+/// NATS tests run whenever NATS is reachable, and must in CI.
+fn nats_ready() -> bool {
+    let reachable =
+        std::net::TcpStream::connect_timeout(&NATS.parse().unwrap(), Duration::from_millis(500))
+            .is_ok();
+    if !reachable {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "NATS JetStream at {NATS} is required when CI=true"
+        );
+        eprintln!("skipped: no NATS at {NATS} (start nats-server -js to run the JetStream tests)");
+    }
+    reachable
+}
+
+/// A test's job store: a data directory, or a JetStream stream deleted afterwards.
+struct Backend {
+    mode: Mode,
+    data: DataDir,
+    stream: String,
+}
+
+impl Backend {
+    fn new(mode: Mode, name: &str) -> Self {
+        let unique = format!("T_{}_{}", name.replace('-', "_"), std::process::id());
+        Self {
+            mode,
+            // Per mode: both modes of a test run at once and must not share a directory.
+            data: DataDir::new(&format!("{name}-{mode:?}")),
+            stream: unique.to_ascii_uppercase(),
+        }
+    }
+
+    fn start(&self, extra: &[&str]) -> Server {
+        let url = format!("nats://{NATS}");
+        let mut args: Vec<&str> = match self.mode {
+            Mode::Local => vec!["--data-dir", self.data.arg()],
+            Mode::Nats => vec!["--queue", &url, "--queue-stream", &self.stream],
+        };
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if self.mode != Mode::Nats {
+            return;
+        }
+        let streams = [
+            self.stream.clone(),
+            format!("{}_DEAD", self.stream),
+            format!("{}_STATUS", self.stream),
+        ];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            if let Ok(client) = async_nats::connect(NATS).await {
+                let js = async_nats::jetstream::new(client);
+                for stream in &streams {
+                    let _ = js.delete_stream(stream).await;
+                }
+            }
+        });
+    }
+}
+
+/// Runs each listed test against the local log and against JetStream.
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(#[test] fn $name() { super::$name(super::Mode::Local) })*
+        }
+        mod jetstream {
+            $(#[test] fn $name() { if super::nats_ready() { super::$name(super::Mode::Nats) } })*
+        }
+    };
+}
+
+in_both_modes!(
+    accepted_before_the_work_is_done_then_delivered_signed,
+    pipelined_requests_behind_a_submission_stay_in_order,
+    idempotency_keys_return_the_same_job,
+    failures_back_off_then_dead_letter_then_redrive,
+    a_4xx_is_not_retried,
+    bad_submissions_are_400_and_nothing_is_queued,
+    kill_9_during_a_burst_loses_no_accepted_job,
+    an_email_job_reaches_the_smtp_relay,
+    a_client_that_half_closes_still_gets_every_answer,
+);
+
 fn submit(conn: &mut Conn, queue: &str, body: &str, extra: &str) -> Response {
     conn.send(format!("POST /v1/jobs/{queue} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}", body.len()).as_bytes());
     conn.response()
@@ -173,12 +277,11 @@ fn jobs_are_off_without_a_data_dir() {
     );
 }
 
-#[test]
-fn accepted_before_the_work_is_done_then_delivered_signed() {
-    let data = DataDir::new("deliver");
+fn accepted_before_the_work_is_done_then_delivered_signed(mode: Mode) {
+    let backend = Backend::new(mode, "deliver");
     let receiver = Receiver::start(200);
     receiver.hold.store(true, Ordering::SeqCst);
-    let server = Server::start(&["--data-dir", data.arg(), "--webhook-secret", SECRET]);
+    let server = backend.start(&["--webhook-secret", SECRET]);
     let mut conn = server.connect();
     let accepted = submit(
         &mut conn,
@@ -215,11 +318,10 @@ fn accepted_before_the_work_is_done_then_delivered_signed() {
     assert_eq!(conn.response().status, 200);
 }
 
-#[test]
-fn pipelined_requests_behind_a_submission_stay_in_order() {
-    let data = DataDir::new("order");
+fn pipelined_requests_behind_a_submission_stay_in_order(mode: Mode) {
+    let backend = Backend::new(mode, "order");
     let receiver = Receiver::start(200);
-    let server = Server::start(&["--data-dir", data.arg()]);
+    let server = backend.start(&[]);
     let mut conn = server.connect();
     let body = webhook_body(&receiver, "1");
     let submission = format!(
@@ -236,11 +338,10 @@ fn pipelined_requests_behind_a_submission_stay_in_order() {
     assert_ne!(id_of(&first), id_of(&third));
 }
 
-#[test]
-fn idempotency_keys_return_the_same_job() {
-    let data = DataDir::new("idempotency");
+fn idempotency_keys_return_the_same_job(mode: Mode) {
+    let backend = Backend::new(mode, "idempotency");
     let receiver = Receiver::start(200);
-    let server = Server::start(&["--data-dir", data.arg()]);
+    let server = backend.start(&[]);
     let mut conn = server.connect();
     let body = webhook_body(&receiver, r#"{"charge": 1}"#);
     let first = submit(&mut conn, "webhook", &body, "Idempotency-Key: pay-123\r\n");
@@ -264,18 +365,10 @@ fn idempotency_keys_return_the_same_job() {
     assert_eq!(deliveries, 1);
 }
 
-#[test]
-fn failures_back_off_then_dead_letter_then_redrive() {
-    let data = DataDir::new("retry");
+fn failures_back_off_then_dead_letter_then_redrive(mode: Mode) {
+    let backend = Backend::new(mode, "retry");
     let receiver = Receiver::start(503);
-    let server = Server::start(&[
-        "--data-dir",
-        data.arg(),
-        "--job-max-attempts",
-        "3",
-        "--job-retry-base",
-        "200ms",
-    ]);
+    let server = backend.start(&["--job-max-attempts", "3", "--job-retry-base", "200ms"]);
     let id = id_of(&submit(
         &mut server.connect(),
         "webhook",
@@ -308,8 +401,11 @@ fn failures_back_off_then_dead_letter_then_redrive() {
         format!("POST /v1/jobs/{id}/redrive HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
             .as_bytes(),
     );
-    assert_eq!(conn.response().status, 202);
-    wait_for(&server, &id, Duration::from_secs(5), |t| {
+    let redriven = conn.response();
+    assert_eq!(redriven.status, 202);
+    // The local log runs the same job again; JetStream runs it as a new job.
+    let again = id_of(&redriven);
+    wait_for(&server, &again, Duration::from_secs(5), |t| {
         t.contains("\"succeeded\"")
     });
     assert!(!server
@@ -317,17 +413,16 @@ fn failures_back_off_then_dead_letter_then_redrive() {
         .text()
         .contains(&format!("\"id\":\"{id}\"")));
     conn.send(
-        format!("POST /v1/jobs/{id}/redrive HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        format!("POST /v1/jobs/{again}/redrive HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
             .as_bytes(),
     );
     assert_eq!(conn.response().status, 400, "only dead jobs are redriven");
 }
 
-#[test]
-fn a_4xx_is_not_retried() {
-    let data = DataDir::new("fatal");
+fn a_4xx_is_not_retried(mode: Mode) {
+    let backend = Backend::new(mode, "fatal");
     let receiver = Receiver::start(410);
-    let server = Server::start(&["--data-dir", data.arg(), "--job-retry-base", "50ms"]);
+    let server = backend.start(&["--job-retry-base", "50ms"]);
     let id = id_of(&submit(
         &mut server.connect(),
         "webhook",
@@ -375,10 +470,9 @@ fn a_full_queue_answers_503_and_delayed_jobs_wait() {
     assert!(metrics.contains("percore_jobs_waiting 2\n"), "{metrics}");
 }
 
-#[test]
-fn bad_submissions_are_400_and_nothing_is_queued() {
-    let data = DataDir::new("bad");
-    let server = Server::start(&["--data-dir", data.arg()]);
+fn bad_submissions_are_400_and_nothing_is_queued(mode: Mode) {
+    let backend = Backend::new(mode, "bad");
+    let server = backend.start(&[]);
     let mut conn = server.connect();
     for (queue, body, extra, expected) in [
         ("webhook", "not json", "", "not valid JSON"),
@@ -413,13 +507,13 @@ fn bad_submissions_are_400_and_nothing_is_queued() {
     assert_eq!(server.get("/v1/jobs/1").status, 404, "nothing was queued");
 }
 
-#[test]
-fn kill_9_during_a_burst_loses_no_accepted_job() {
-    let data = DataDir::new("kill");
+fn kill_9_during_a_burst_loses_no_accepted_job(mode: Mode) {
+    let backend = Backend::new(mode, "kill");
     let receiver = Receiver::start(200);
     // Deliveries are held, so most accepted jobs are still waiting when the process dies.
     receiver.hold.store(true, Ordering::SeqCst);
-    let server = Server::start(&["--data-dir", data.arg(), "--cores", "2"]);
+    // JetStream takes the visibility timeout (ack_wait) from the node that creates the consumer.
+    let server = backend.start(&["--cores", "2", "--job-visibility-timeout", "2s"]);
     let mut accepted = HashSet::new();
     let mut conns: Vec<Conn> = (0..4).map(|_| server.connect()).collect();
     for n in 0..200 {
@@ -440,7 +534,8 @@ fn kill_9_during_a_burst_loses_no_accepted_job() {
         "the burst finished before the kill; the test proved nothing"
     );
 
-    let restarted = Server::start(&["--data-dir", data.arg()]);
+    // Attempts the dead process had started are presumed lost after the visibility timeout.
+    let restarted = backend.start(&["--job-visibility-timeout", "2s"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let delivered: HashSet<String> = receiver.hits().into_iter().map(|h| h.job).collect();
@@ -512,19 +607,11 @@ fn smtp_sink() -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, messages)
 }
 
-#[test]
-fn an_email_job_reaches_the_smtp_relay() {
-    let data = DataDir::new("email");
+fn an_email_job_reaches_the_smtp_relay(mode: Mode) {
+    let backend = Backend::new(mode, "email");
     let (port, messages) = smtp_sink();
     let relay = format!("127.0.0.1:{port}");
-    let server = Server::start(&[
-        "--data-dir",
-        data.arg(),
-        "--smtp",
-        &relay,
-        "--smtp-from",
-        "receipts@shop.example",
-    ]);
+    let server = backend.start(&["--smtp", &relay, "--smtp-from", "receipts@shop.example"]);
     let body =
         r#"{"to": "ada@example.com", "subject": "Your receipt", "text": "Thanks for order 42."}"#;
     let accepted = submit(&mut server.connect(), "email", body, "");
@@ -592,15 +679,14 @@ fn an_attempt_past_its_visibility_timeout_runs_again() {
     assert!(done.contains("\"attempts\":2"), "{done}");
 }
 
-#[test]
-fn a_client_that_half_closes_still_gets_every_answer() {
-    let data = DataDir::new("half-close");
+fn a_client_that_half_closes_still_gets_every_answer(mode: Mode) {
+    let backend = Backend::new(mode, "half-close");
     let receiver = Receiver::start(200);
-    let server = Server::start(&["--data-dir", data.arg()]);
+    let server = backend.start(&[]);
     let mut conn = server.connect();
     let body = webhook_body(&receiver, "{}");
     let submission = format!(
-        "POST /v1/jobs/webhook?delay=1h HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/jobs/webhook HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     conn.send(format!("{submission}GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
@@ -609,4 +695,64 @@ fn a_client_that_half_closes_still_gets_every_answer() {
     assert_eq!(conn.response().status, 202);
     assert_eq!(conn.response().body, b"Hello, World!");
     assert!(conn.closed_within(Duration::from_secs(3)));
+}
+
+#[test]
+fn jetstream_nodes_share_the_work_and_the_statuses() {
+    if !nats_ready() {
+        return;
+    }
+    let backend = Backend::new(Mode::Nats, "shared");
+    let receiver = Receiver::start(200);
+    let first = backend.start(&[]);
+    let second = backend.start(&[]);
+    let mut conn = first.connect();
+    let ids: Vec<String> = (0..10)
+        .map(|n| {
+            id_of(&submit(
+                &mut conn,
+                "webhook",
+                &webhook_body(&receiver, &format!("{n}")),
+                "",
+            ))
+        })
+        .collect();
+    for id in &ids {
+        // Accepted on the first node, visible on the second.
+        wait_for(&second, id, Duration::from_secs(10), |t| {
+            t.contains("\"succeeded\"")
+        });
+    }
+    let delivered: HashSet<String> = receiver.hits().into_iter().map(|h| h.job).collect();
+    assert!(ids.iter().all(|id| delivered.contains(id)));
+}
+
+#[test]
+fn jetstream_a_full_kind_answers_503_and_delays_are_refused() {
+    if !nats_ready() {
+        return;
+    }
+    let backend = Backend::new(Mode::Nats, "full");
+    let receiver = Receiver::start(200);
+    receiver.hold.store(true, Ordering::SeqCst);
+    let server = backend.start(&["--queue-capacity", "2"]);
+    let mut conn = server.connect();
+    let body = webhook_body(&receiver, "{}");
+    assert_eq!(submit(&mut conn, "webhook", &body, "").status, 202);
+    assert_eq!(submit(&mut conn, "webhook", &body, "").status, 202);
+    // Both are unfinished, so both still count against the kind's capacity.
+    let full = submit(&mut conn, "webhook", &body, "");
+    assert_eq!(
+        (full.status, full.error_code().as_str()),
+        (503, "queue_full")
+    );
+    conn.send(format!("POST /v1/jobs/webhook?delay=1s HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    let delayed = conn.response();
+    assert_eq!(delayed.status, 400);
+    assert!(
+        delayed.text().contains("not supported with --queue nats"),
+        "{}",
+        delayed.text()
+    );
+    receiver.hold.store(false, Ordering::SeqCst);
 }

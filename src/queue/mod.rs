@@ -10,6 +10,7 @@
 
 pub mod kinds;
 pub mod log;
+pub mod nats;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -46,6 +47,8 @@ pub struct QueueOptions {
     pub webhook_timeout: Duration,
     pub smtp: Option<(String, u16)>,
     pub smtp_from: String,
+    /// Keep the jobs on NATS JetStream instead of the local log.
+    pub nats: Option<nats::NatsOptions>,
 }
 
 impl QueueOptions {
@@ -73,6 +76,7 @@ impl QueueOptions {
             webhook_timeout: Duration::from_secs(10),
             smtp: None,
             smtp_from: "percore@localhost".into(),
+            nats: None,
         }
     }
 }
@@ -195,7 +199,10 @@ impl Queues {
     /// Opens the log, replays it, and starts the manager and the workers.
     /// `mailboxes[core]` carries answers back to io core `core`.
     pub fn start(options: QueueOptions, mailboxes: Vec<Mailbox>) -> std::io::Result<Arc<Self>> {
-        let (log, records) = JobLog::open(&options.data_dir)?;
+        let log = match options.nats {
+            Some(_) => None,
+            None => Some(JobLog::open(&options.data_dir)?),
+        };
         let (tx, rx) = crossbeam_channel::unbounded();
         let queues = Arc::new(Self {
             tx,
@@ -233,6 +240,11 @@ impl Queues {
                     }
                 })?;
         }
+        let Some((log, records)) = log else {
+            let nats = options.nats.clone().expect("checked above");
+            nats::start(Arc::clone(&queues), nats, rx, mailboxes, work_tx)?;
+            return Ok(queues);
+        };
         let mut manager = Manager::new(Arc::clone(&queues), log, mailboxes, work_tx);
         manager.replay(records);
         std::thread::Builder::new()
@@ -497,6 +509,8 @@ impl Manager {
                     }
                 }
             }
+            // Statuses first, so a client that has its 202 can read its job.
+            self.publish();
             for completion in self.replies.drain(..) {
                 if let Some(mailbox) = self.mailboxes.get(completion.to.core) {
                     mailbox.deliver(completion);

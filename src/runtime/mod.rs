@@ -50,11 +50,8 @@ pub enum ServeError {
         dir: std::path::PathBuf,
         source: io::Error,
     },
-    #[error("cannot open the job log in {}: {source}", dir.display())]
-    Jobs {
-        dir: std::path::PathBuf,
-        source: io::Error,
-    },
+    #[error("cannot start the job system on {place}: {source}")]
+    Jobs { place: String, source: io::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -107,11 +104,12 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
                 mailboxes.push(mailbox);
                 inboxes[core] = Some(inbox);
             }
-            let queues =
-                Queues::start(options.clone(), mailboxes).map_err(|source| ServeError::Jobs {
-                    dir: options.data_dir.clone(),
-                    source,
-                })?;
+            let place = match &options.nats {
+                Some(nats) => format!("{} (stream {})", nats.url, nats.stream),
+                None => options.data_dir.display().to_string(),
+            };
+            let queues = Queues::start(options.clone(), mailboxes)
+                .map_err(|source| ServeError::Jobs { place, source })?;
             Some(queues)
         }
         None => None,
