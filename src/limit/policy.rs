@@ -196,6 +196,14 @@ pub const UNLIMITED_BY_DEFAULT: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// Which policy and cost apply to a request, if any.
 pub(crate) fn policy_for(rules: &Rules, method: &str, path: &str) -> Option<(usize, u64)> {
+    // Match what handlers will serve: `/static/%70rivate` is `/static/private`.
+    let decoded;
+    let path = if path.contains('%') {
+        decoded = percent_decode_lossy(path);
+        decoded.as_str()
+    } else {
+        path
+    };
     for rule in &rules.routes {
         let method_matches = rule.method.as_deref().is_none_or(|m| m == method);
         if method_matches && rule.path.matches(path) {
@@ -206,6 +214,30 @@ pub(crate) fn policy_for(rules: &Rules, method: &str, path: &str) -> Option<(usi
         return None;
     }
     rules.default_policy.map(|p| (p, 1))
+}
+
+/// Percent-decodes for matching only; an invalid escape stays as it is.
+fn percent_decode_lossy(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The client's address: the peer, unless the peer is a trusted proxy, in
@@ -339,6 +371,38 @@ mod tests {
         );
         let garbage = [header("X-Forwarded-For", "not-an-ip")];
         assert_eq!(client_ip(proxy, &garbage, &trusted), proxy);
+    }
+
+    #[test]
+    fn route_rules_see_decoded_paths() {
+        let rules = Rules {
+            policies: vec![Policy {
+                name: "private".into(),
+                rate: Rate::parse("1/s").unwrap(),
+                burst: 1,
+            }],
+            default_policy: None,
+            routes: vec![RouteRule {
+                method: None,
+                path: PathPattern::parse("/static/private/*").unwrap(),
+                policy: Some(0),
+                cost: 1,
+            }],
+            key: KeySource::Ip,
+            trusted_proxies: Vec::new(),
+            exempt: Vec::new(),
+            shadow: false,
+            max_keys: 10,
+        };
+        assert_eq!(
+            policy_for(&rules, "GET", "/static/%70rivate/x"),
+            Some((0, 1))
+        );
+        assert_eq!(
+            policy_for(&rules, "GET", "/static/private/%zz"),
+            Some((0, 1))
+        );
+        assert_eq!(policy_for(&rules, "GET", "/static/public/x"), None);
     }
 
     #[test]
