@@ -52,6 +52,22 @@ pub struct QueueOptions {
 }
 
 impl QueueOptions {
+    /// The delay before retrying after failed attempt `attempt`: exponential
+    /// backoff with jitter, base·2^(attempt-1) capped at `retry_max`, then a
+    /// random point in its upper half so retries of many jobs spread out.
+    /// `rng` is the caller's xorshift64 state.
+    pub fn backoff_ms(&self, attempt: u32, rng: &mut u64) -> u64 {
+        let base = self.retry_base.as_millis() as u64;
+        let ceiling = base
+            .saturating_mul(1 << attempt.saturating_sub(1).min(20))
+            .min(self.retry_max.as_millis() as u64);
+        // xorshift64: jitter needs spread, not cryptographic strength.
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        ceiling / 2 + *rng % (ceiling / 2 + 1)
+    }
+
     /// What the job kinds need of these options.
     pub fn kind_options(&self) -> KindOptions {
         KindOptions {
@@ -646,19 +662,8 @@ impl Manager {
         self.changed.push(id);
     }
 
-    /// Exponential backoff with jitter: base·2^(attempt-1), capped, then a
-    /// random point in its upper half so retries of many jobs spread out.
     fn backoff_ms(&mut self, attempt: u32) -> u64 {
-        let options = &self.queues.options;
-        let base = options.retry_base.as_millis() as u64;
-        let ceiling = base
-            .saturating_mul(1 << attempt.saturating_sub(1).min(20))
-            .min(options.retry_max.as_millis() as u64);
-        // xorshift64: jitter needs spread, not cryptographic strength.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        ceiling / 2 + self.rng % (ceiling / 2 + 1)
+        self.queues.options.backoff_ms(attempt, &mut self.rng)
     }
 
     fn expire_lost_attempts(&mut self) {

@@ -435,15 +435,7 @@ impl Bridge {
     }
 
     fn backoff(&mut self, attempt: u32) -> Duration {
-        let options = &self.queues.options;
-        let base = options.retry_base.as_millis() as u64;
-        let ceiling = base
-            .saturating_mul(1 << attempt.saturating_sub(1).min(20))
-            .min(options.retry_max.as_millis() as u64);
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        Duration::from_millis(ceiling / 2 + self.rng % (ceiling / 2 + 1))
+        Duration::from_millis(self.queues.options.backoff_ms(attempt, &mut self.rng))
     }
 
     async fn update_status(&self, id: u64, change: impl FnOnce(&mut Value)) {
