@@ -159,6 +159,12 @@ pub struct ServeArgs {
     /// How long one webhook delivery may take. [default: 10s]
     #[arg(long, env = "PERCORE_WEBHOOK_TIMEOUT", value_name = "DURATION")]
     pub webhook_timeout: Option<String>,
+    /// How long finished jobs (and their idempotency keys) are kept. [default: 24h]
+    #[arg(long, env = "PERCORE_JOB_RETENTION", value_name = "DURATION")]
+    pub job_retention: Option<String>,
+    /// Compact the local job log once it is larger than this. [default: 64MiB]
+    #[arg(long, env = "PERCORE_JOB_LOG_COMPACT_ABOVE", value_name = "SIZE")]
+    pub job_log_compact_above: Option<String>,
     /// Keep jobs on NATS JetStream (shared by every node on the same stream) instead of a local log.
     #[arg(long, env = "PERCORE_QUEUE", value_name = "nats://HOST:PORT")]
     pub queue: Option<String>,
@@ -450,6 +456,15 @@ impl Config {
                     options.webhook_timeout,
                 )?;
                 options.webhook_secret = value("webhook_secret", &args.webhook_secret)?;
+                options.retention = duration_field(
+                    "job_retention",
+                    value("job_retention", &args.job_retention)?,
+                    options.retention,
+                )?;
+                if let Some(text) = value("job_log_compact_above", &args.job_log_compact_above)? {
+                    options.compact_above =
+                        parse_size("job_log_compact_above", &text, 1024, 1 << 40)? as u64;
+                }
                 if let Some(text) = value("smtp", &args.smtp)? {
                     let parsed = text.rsplit_once(':').and_then(|(host, port)| {
                         Some((
@@ -528,6 +543,8 @@ const FILE_KEYS: &[&str] = &[
     "smtp_from",
     "queue",
     "queue_stream",
+    "job_retention",
+    "job_log_compact_above",
 ];
 
 /// The `[rate_limit]` table of the config file.

@@ -756,3 +756,81 @@ fn jetstream_a_full_kind_answers_503_and_delays_are_refused() {
     );
     receiver.hold.store(false, Ordering::SeqCst);
 }
+
+#[test]
+fn finished_jobs_are_trimmed_and_the_log_compacted() {
+    let data = DataDir::new("retention");
+    let receiver = Receiver::start(200);
+    let args = [
+        "--data-dir",
+        data.arg(),
+        "--job-retention",
+        "1s",
+        "--job-log-compact-above",
+        "1KiB",
+    ];
+    let server = Server::start(&args);
+    let mut conn = server.connect();
+    let body = webhook_body(
+        &receiver,
+        r#"{"padding": "0123456789012345678901234567890123456789"}"#,
+    );
+    let first = id_of(&submit(
+        &mut conn,
+        "webhook",
+        &body,
+        "Idempotency-Key: once\r\n",
+    ));
+    let mut last = first.clone();
+    for _ in 0..30 {
+        last = id_of(&submit(&mut conn, "webhook", &body, ""));
+    }
+    wait_for(&server, &last, Duration::from_secs(10), |t| {
+        t.contains("\"succeeded\"")
+    });
+    let log = data.0.join("jobs.log");
+    let grown = std::fs::metadata(&log).unwrap().len();
+    // A second after finishing they are forgotten, and the next commit compacts the log.
+    std::thread::sleep(Duration::from_millis(1500));
+    let trigger = id_of(&submit(&mut conn, "webhook", &body, ""));
+    wait_for(&server, &trigger, Duration::from_secs(10), |t| {
+        t.contains("\"succeeded\"")
+    });
+    assert_eq!(
+        server.get(&format!("/v1/jobs/{first}")).status,
+        404,
+        "a trimmed job is gone"
+    );
+    let compacted = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        compacted < grown / 2,
+        "log {grown} bytes, after compaction {compacted}"
+    );
+    // The idempotency key went with its job; ids are never reused, even after a restart.
+    let again = id_of(&submit(
+        &mut conn,
+        "webhook",
+        &body,
+        "Idempotency-Key: once\r\n",
+    ));
+    assert_ne!(again, first);
+    wait_for(&server, &again, Duration::from_secs(10), |t| t.contains("\"succeeded\""));
+    drop(conn);
+    server.signal("TERM");
+    let _ = server.wait(Duration::from_secs(10));
+    let hits_before = receiver.hits().len();
+    let restarted = Server::start(&args);
+    let next = id_of(&submit(&mut restarted.connect(), "webhook", &body, ""));
+    assert!(
+        next.parse::<u64>().unwrap() > again.parse::<u64>().unwrap(),
+        "id {next} reused"
+    );
+    wait_for(&restarted, &next, Duration::from_secs(10), |t| {
+        t.contains("\"succeeded\"")
+    });
+    assert_eq!(
+        receiver.hits().len(),
+        hits_before + 1,
+        "finished jobs ran again after the restart"
+    );
+}

@@ -33,6 +33,9 @@ pub enum Record {
     Succeeded {
         id: u64,
         result: Value,
+        /// When it finished (Unix ms), for retention; 0 in logs written before it was kept.
+        #[serde(default)]
+        at_ms: u64,
     },
     Failed {
         id: u64,
@@ -44,8 +47,14 @@ pub enum Record {
         id: u64,
         attempt: u32,
         error: String,
+        #[serde(default)]
+        at_ms: u64,
     },
     Redriven {
+        id: u64,
+    },
+    /// Written by compaction: the next job id, so trimmed ids are never reused.
+    NextId {
         id: u64,
     },
 }
@@ -112,6 +121,40 @@ impl JobLog {
         !self.pending.is_empty()
     }
 
+    /// Bytes of the log on disk.
+    pub fn len(&self) -> u64 {
+        self.durable_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.durable_len == 0
+    }
+
+    /// Replaces the whole log with `records` (compaction): written to a
+    /// temporary file, synced, renamed over the log, and the directory
+    /// synced, so a crash leaves either the old log or the new one.
+    pub fn rewrite(&mut self, records: &[Record]) -> io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_owned();
+        let temporary = dir.join("jobs.log.compacting");
+        // Records staged for the live log stay staged for it.
+        let staged = std::mem::take(&mut self.pending);
+        for record in records {
+            self.stage(record);
+        }
+        let bytes = std::mem::replace(&mut self.pending, staged);
+        let mut file = File::create(&temporary)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &self.path)?;
+        File::open(&dir)?.sync_all()?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        self.durable_len = bytes.len() as u64;
+        Ok(())
+    }
+
     /// Writes every staged record and waits until the disk has them.
     ///
     /// On failure the staged records are dropped and the file is cut back
@@ -174,6 +217,7 @@ mod tests {
         assert!(records.is_empty());
         let first = Record::Started { id: 1, attempt: 1 };
         let second = Record::Succeeded {
+            at_ms: 5,
             id: 1,
             result: serde_json::json!({"ok": true}),
         };

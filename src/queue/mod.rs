@@ -47,6 +47,10 @@ pub struct QueueOptions {
     pub webhook_timeout: Duration,
     pub smtp: Option<(String, u16)>,
     pub smtp_from: String,
+    /// Finished jobs are forgotten this long after they finish.
+    pub retention: Duration,
+    /// The local log is compacted once it is larger than this.
+    pub compact_above: u64,
     /// Keep the jobs on NATS JetStream instead of the local log.
     pub nats: Option<nats::NatsOptions>,
 }
@@ -92,6 +96,8 @@ impl QueueOptions {
             webhook_timeout: Duration::from_secs(10),
             smtp: None,
             smtp_from: "percore@localhost".into(),
+            retention: Duration::from_secs(24 * 3600),
+            compact_above: 64 << 20,
             nats: None,
         }
     }
@@ -329,6 +335,8 @@ struct Job {
     last_error: Option<String>,
     result: Option<Value>,
     run_at_ms: u64,
+    /// When it succeeded or died: kept `retention` after that.
+    finished_at_ms: Option<u64>,
 }
 
 struct Manager {
@@ -341,6 +349,12 @@ struct Manager {
     waiting_per_queue: HashMap<String, usize>,
     /// Waiting jobs by creation time: the oldest is the first.
     waiting_by_age: BTreeSet<(u64, u64)>,
+    /// Finished jobs by finish time: the first is trimmed first.
+    finished: BTreeSet<(u64, u64)>,
+    /// Jobs trimmed since the log was last compacted.
+    trimmed: usize,
+    /// Log size right after the last compaction.
+    compacted_len: u64,
     /// Jobs not yet due, by due time.
     timers: BinaryHeap<Reverse<(u64, u64)>>,
     ready: VecDeque<u64>,
@@ -376,6 +390,9 @@ impl Manager {
             idempotency: HashMap::new(),
             waiting_per_queue: HashMap::new(),
             waiting_by_age: BTreeSet::new(),
+            finished: BTreeSet::new(),
+            trimmed: 0,
+            compacted_len: 0,
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
             running: HashMap::new(),
@@ -438,6 +455,7 @@ impl Manager {
                         last_error: None,
                         result: None,
                         run_at_ms: *run_at_ms,
+                        finished_at_ms: None,
                     },
                 );
             }
@@ -447,10 +465,12 @@ impl Manager {
                     job.attempts = *attempt;
                 }
             }
-            Record::Succeeded { id, result } => {
+            Record::Succeeded { id, result, at_ms } => {
                 if let Some(job) = self.jobs.get_mut(id) {
                     job.state = State::Succeeded;
                     job.result = Some(result.clone());
+                    job.finished_at_ms = Some(*at_ms);
+                    self.finished.insert((*at_ms, *id));
                 }
             }
             Record::Failed {
@@ -466,15 +486,26 @@ impl Manager {
                     job.run_at_ms = *retry_at_ms;
                 }
             }
-            Record::Dead { id, attempt, error } => {
+            Record::Dead {
+                id,
+                attempt,
+                error,
+                at_ms,
+            } => {
                 if let Some(job) = self.jobs.get_mut(id) {
                     job.state = State::Dead;
                     job.attempts = *attempt;
                     job.last_error = Some(error.clone());
+                    job.finished_at_ms = Some(*at_ms);
+                    self.finished.insert((*at_ms, *id));
                 }
             }
+            Record::NextId { id } => self.next_id = self.next_id.max(*id),
             Record::Redriven { id } => {
                 if let Some(job) = self.jobs.get_mut(id) {
+                    if let Some(at_ms) = job.finished_at_ms.take() {
+                        self.finished.remove(&(at_ms, *id));
+                    }
                     job.state = State::Queued;
                     job.attempts = 0;
                     job.run_at_ms = 0;
@@ -508,6 +539,7 @@ impl Manager {
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             }
             self.expire_lost_attempts();
+            self.trim_finished();
             if let Err(error) = self.log.commit() {
                 // Nothing staged is durable, so nothing staged is acknowledged;
                 // and a log that failed once is not trusted with more.
@@ -524,6 +556,9 @@ impl Manager {
                         reply.answer = Answer::Rejected(HttpError::JobLogUnavailable);
                     }
                 }
+            }
+            if !self.broken {
+                self.compact_if_due();
             }
             // Statuses first, so a client that has its 202 can read its job.
             self.publish();
@@ -639,7 +674,11 @@ impl Manager {
         let max_attempts = self.jobs[&id].max_attempts;
         match outcome {
             Outcome::Succeeded(result) => {
-                self.record(Record::Succeeded { id, result });
+                self.record(Record::Succeeded {
+                    id,
+                    result,
+                    at_ms: now_ms(),
+                });
                 self.queues.metrics.succeeded.fetch_add(1, Relaxed);
             }
             Outcome::Retry(error) if attempt < max_attempts => {
@@ -655,7 +694,12 @@ impl Manager {
                 self.queues.metrics.retries.fetch_add(1, Relaxed);
             }
             Outcome::Retry(error) | Outcome::Fatal(error) => {
-                self.record(Record::Dead { id, attempt, error });
+                self.record(Record::Dead {
+                    id,
+                    attempt,
+                    error,
+                    at_ms: now_ms(),
+                });
                 self.queues.metrics.dead.fetch_add(1, Relaxed);
             }
         }
@@ -764,6 +808,94 @@ impl Manager {
             .first()
             .map_or(0, |(created_ms, _)| *created_ms);
         metrics.oldest_waiting_ms.store(oldest, Relaxed);
+    }
+
+    /// Forgets jobs that finished more than `retention` ago: their status,
+    /// their idempotency key and, at the next compaction, their records.
+    fn trim_finished(&mut self) {
+        let Some(cutoff) = now_ms().checked_sub(self.queues.options.retention.as_millis() as u64)
+        else {
+            return;
+        };
+        let statuses = self.queues.statuses.pin();
+        while let Some(&(at_ms, id)) = self.finished.first() {
+            if at_ms > cutoff {
+                break;
+            }
+            self.finished.pop_first();
+            if let Some(job) = self.jobs.remove(&id) {
+                if let Some(key) = job.idempotency_key {
+                    self.idempotency.remove(&(job.queue, key));
+                }
+            }
+            statuses.remove(&id);
+            self.trimmed += 1;
+        }
+    }
+
+    /// Rewrites the log with only the jobs still kept, once it has grown
+    /// past `compact_above` and twice its size after the last compaction.
+    fn compact_if_due(&mut self) {
+        let threshold = self
+            .queues
+            .options
+            .compact_above
+            .max(self.compacted_len.saturating_mul(2));
+        if self.trimmed == 0 || self.log.len() <= threshold || self.log.has_staged() {
+            return;
+        }
+        let mut ids: Vec<u64> = self.jobs.keys().copied().collect();
+        ids.sort_unstable();
+        let mut records = Vec::with_capacity(ids.len() * 2);
+        for id in ids {
+            let job = &self.jobs[&id];
+            records.push(Record::Enqueued {
+                id,
+                queue: job.queue.clone(),
+                payload: job.payload.clone(),
+                idempotency_key: job.idempotency_key.clone(),
+                run_at_ms: job.run_at_ms,
+                max_attempts: job.max_attempts,
+                created_ms: job.created_ms,
+            });
+            let error = || job.last_error.clone().unwrap_or_default();
+            match job.state {
+                State::Queued if job.attempts == 0 => {}
+                State::Queued | State::Running => records.push(Record::Started {
+                    id,
+                    attempt: job.attempts,
+                }),
+                State::Failed => records.push(Record::Failed {
+                    id,
+                    attempt: job.attempts,
+                    error: error(),
+                    retry_at_ms: job.run_at_ms,
+                }),
+                State::Succeeded => records.push(Record::Succeeded {
+                    id,
+                    result: job.result.clone().unwrap_or(Value::Null),
+                    at_ms: job.finished_at_ms.unwrap_or(0),
+                }),
+                State::Dead => records.push(Record::Dead {
+                    id,
+                    attempt: job.attempts,
+                    error: error(),
+                    at_ms: job.finished_at_ms.unwrap_or(0),
+                }),
+            }
+        }
+        // Ids must not be reused after a restart, even if the newest jobs were trimmed.
+        records.push(Record::NextId { id: self.next_id });
+        match self.log.rewrite(&records) {
+            Ok(()) => {
+                self.trimmed = 0;
+                self.compacted_len = self.log.len();
+            }
+            Err(error) => eprintln!(
+                "percore: compacting the job log {} failed (it keeps growing): {error}",
+                self.log.path().display()
+            ),
+        }
     }
 
     /// Counts a job as waiting (for capacity and the oldest-waiting gauge).
