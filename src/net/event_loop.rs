@@ -133,6 +133,8 @@ pub struct IoCore {
     draining: bool,
     drain_deadline: Option<Instant>,
     completions: Vec<(u64, i32, u32)>,
+    /// Completions taken early, while making room to submit.
+    backlog: Vec<(u64, i32, u32)>,
 }
 
 impl IoCore {
@@ -173,6 +175,7 @@ impl IoCore {
             draining: false,
             drain_deadline: None,
             completions: Vec::with_capacity(256),
+            backlog: Vec::new(),
         })
     }
 
@@ -195,6 +198,7 @@ impl IoCore {
             let now = Instant::now();
             loop {
                 let mut completions = std::mem::take(&mut self.completions);
+                completions.append(&mut self.backlog);
                 completions.extend(
                     self.ring
                         .completion()
@@ -254,8 +258,18 @@ impl IoCore {
         // timespec, provided buffers) outlive the operation: see the module docs.
         while unsafe { self.ring.submission().push(entry) }.is_err() {
             // The submission queue is full: hand what is queued to the kernel.
-            if self.ring.submit().is_err() {
-                std::thread::yield_now();
+            match self.ring.submit() {
+                Ok(_) => {}
+                // The completion queue overflowed: make room by taking its
+                // completions now; the loop handles them next.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let reaped = self
+                        .ring
+                        .completion()
+                        .map(|c| (c.user_data(), c.result(), c.flags()));
+                    self.backlog.extend(reaped);
+                }
+                Err(_) => std::thread::yield_now(),
             }
         }
     }
