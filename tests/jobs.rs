@@ -814,7 +814,9 @@ fn finished_jobs_are_trimmed_and_the_log_compacted() {
         "Idempotency-Key: once\r\n",
     ));
     assert_ne!(again, first);
-    wait_for(&server, &again, Duration::from_secs(10), |t| t.contains("\"succeeded\""));
+    wait_for(&server, &again, Duration::from_secs(10), |t| {
+        t.contains("\"succeeded\"")
+    });
     drop(conn);
     server.signal("TERM");
     let _ = server.wait(Duration::from_secs(10));
