@@ -418,6 +418,10 @@ impl Config {
         };
         let queues = match (data_dir, nats) {
             (None, None) => None,
+            (Some(_), Some(_)) => return Err(invalid(
+                "queue",
+                "jobs live either in --data-dir (one node) or on --queue (NATS): set one of them",
+            )),
             (dir, nats) => {
                 let mut options = QueueOptions::new(dir.unwrap_or_default());
                 options.nats = nats;
@@ -916,6 +920,14 @@ mod tests {
         std::fs::write(&path, "").unwrap();
         let error = Config::resolve(&covering).unwrap_err().to_string();
         assert!(error.contains("would hide the route"), "{error}");
+        let mut both = a.clone();
+        both.data_dir = Some(dir.clone());
+        both.queue = Some("nats://127.0.0.1:4222".into());
+        std::fs::write(&path, "").unwrap();
+        assert!(Config::resolve(&both)
+            .unwrap_err()
+            .to_string()
+            .contains("set one of them"));
         std::fs::write(&path, "cores = true\n").unwrap();
         let error = Config::resolve(&a).unwrap_err().to_string();
         assert!(error.contains("`cores`"), "{error}");
