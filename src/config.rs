@@ -98,7 +98,7 @@ pub struct ServeArgs {
     /// Count what would be limited, limit nothing.
     #[arg(long, env = "PERCORE_RATE_LIMIT_SHADOW")]
     pub rate_limit_shadow: bool,
-    /// The most clients tracked at once; past it new clients go untracked until idle ones are dropped. [default: 1000000]
+    /// The most clients tracked at once; past it new clients share one budget until idle ones are dropped. [default: 1000000]
     #[arg(long, env = "PERCORE_RATE_LIMIT_MAX_KEYS", value_name = "N")]
     pub rate_limit_max_keys: Option<String>,
     /// Serve the files under DIR at --static-prefix, like a CDN edge; off unless set.

@@ -259,7 +259,7 @@ impl Service {
         match verdict.outcome {
             // Shadow mode changes nothing a client can see.
             Outcome::ShadowLimited => Ok(()),
-            Outcome::Allowed | Outcome::Untracked => {
+            Outcome::Allowed | Outcome::Overflow => {
                 limiter.write_headers(&verdict, headers);
                 Ok(())
             }

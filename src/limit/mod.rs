@@ -12,7 +12,8 @@
 //! An entry whose TAT is in the past says exactly what a missing entry says
 //! (a full bucket), so a background thread drops those once a second; that is
 //! the whole eviction policy while the table is under `max_keys`. Past it,
-//! new keys are served untracked (and counted) until the sweep makes room.
+//! new keys share one budget per policy ([`OVERFLOW_SHARE`] clients' worth)
+//! until the sweep makes room, so a flood of keys cannot switch limiting off.
 
 pub mod policy;
 
@@ -36,9 +37,14 @@ pub enum Outcome {
     Limited,
     /// Shadow mode: would have been limited, was allowed.
     ShadowLimited,
-    /// The table was full: allowed without being tracked.
-    Untracked,
+    /// The table was full: allowed from the budget untracked clients share.
+    Overflow,
 }
+
+/// While the table is full, clients it cannot track share one budget per
+/// policy this many clients large: a flood of new keys can neither grow the
+/// table nor switch limiting off.
+pub const OVERFLOW_SHARE: u64 = 16;
 
 /// What the response should say about the budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +96,8 @@ pub struct Limiter {
     epoch: Instant,
     evictions: AtomicU64,
     rendered: Vec<RenderedPolicy>,
+    /// Per policy, the budget untracked clients share while the table is full.
+    overflow: Vec<AtomicU64>,
 }
 
 impl Limiter {
@@ -100,6 +108,7 @@ impl Limiter {
             epoch: Instant::now(),
             evictions: AtomicU64::new(0),
             rendered: rules.policies.iter().map(RenderedPolicy::new).collect(),
+            overflow: rules.policies.iter().map(|_| AtomicU64::new(0)).collect(),
             rules,
         })
     }
@@ -160,12 +169,18 @@ impl Limiter {
         // A new entry's TAT of 0 is never after `now_ns`: it reads as a full bucket.
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         let table = self.table.pin();
-        let entry = match table.get(&key) {
-            Some(entry) => entry,
+        let (entry, increment, allowed) = match table.get(&key) {
+            Some(entry) => (entry, increment, Outcome::Allowed),
             None if table.len() >= self.rules.max_keys => {
-                return self.verdict(Outcome::Untracked, policy, now_ns, now_ns + increment, 0);
+                // The shared budget: OVERFLOW_SHARE times the rate and the burst.
+                let shared = (increment / OVERFLOW_SHARE).max(1);
+                (&self.overflow[policy], shared, Outcome::Overflow)
             }
-            None => table.get_or_insert(key, AtomicU64::new(0)),
+            None => (
+                table.get_or_insert(key, AtomicU64::new(0)),
+                increment,
+                Outcome::Allowed,
+            ),
         };
         let mut tat = entry.load(Ordering::Acquire);
         loop {
@@ -182,7 +197,7 @@ impl Limiter {
             // AcqRel: each core's update is ordered after the one it replaced,
             // so the budget is spent exactly once across cores.
             match entry.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return self.verdict(Outcome::Allowed, policy, now_ns, new_tat, 0),
+                Ok(_) => return self.verdict(allowed, policy, now_ns, new_tat, 0),
                 Err(actual) => tat = actual,
             }
         }
@@ -405,11 +420,13 @@ mod tests {
     fn a_million_distinct_keys_stay_within_the_cap() {
         let limiter = Limiter::new(rules("1/s", 1, 50_000));
         let start = Instant::now();
-        let mut untracked = 0;
+        let (mut overflow, mut limited) = (0, 0);
         for key in 0..1_000_000u64 {
             let now = start + Duration::from_micros(key);
-            if limiter.check_key(0, key, 1, now).outcome == Outcome::Untracked {
-                untracked += 1;
+            match limiter.check_key(0, key, 1, now).outcome {
+                Outcome::Overflow => overflow += 1,
+                Outcome::Limited => limited += 1,
+                _ => {}
             }
             if key % 100_000 == 99_999 {
                 limiter.sweep(now);
@@ -421,10 +438,14 @@ mod tests {
             }
         }
         assert!(limiter.tracked_keys() <= 50_000);
+        // Past the cap new keys share 16 clients' budget (16 per second here):
+        // a key flood cannot switch limiting off.
+        assert!(overflow > 0, "the cap was reached");
         assert!(
-            untracked > 0,
-            "the cap was reached and new keys went untracked"
+            overflow <= 16 * 2 + 16 * 10,
+            "the shared budget held: {overflow} allowed"
         );
+        assert!(limited > 900_000, "the flood was limited: {limited}");
         // Once their buckets refill, every entry goes.
         limiter.sweep(start + Duration::from_secs(10));
         assert_eq!(limiter.tracked_keys(), 0);

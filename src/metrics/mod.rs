@@ -17,14 +17,14 @@ use hdrhistogram::Histogram;
 
 use crate::limit::{Limiter, Outcome};
 
-const DECISIONS: [&str; 4] = ["allowed", "limited", "shadow_limited", "untracked"];
+const DECISIONS: [&str; 4] = ["allowed", "limited", "shadow_limited", "overflow"];
 
 fn decision_slot(outcome: Outcome) -> usize {
     match outcome {
         Outcome::Allowed => 0,
         Outcome::Limited => 1,
         Outcome::ShadowLimited => 2,
-        Outcome::Untracked => 3,
+        Outcome::Overflow => 3,
     }
 }
 
