@@ -759,16 +759,16 @@ fn parse_count(
     min: usize,
     max: usize,
 ) -> Result<usize, ConfigError> {
+    whole_number_in(text, min, max).map_err(|message| invalid(field, message))
+}
+
+/// Parses a whole number from `min` to `max`, or says what was wrong (for flags of any command).
+pub fn whole_number_in(text: &str, min: usize, max: usize) -> Result<usize, String> {
     text.trim()
         .parse::<usize>()
         .ok()
         .filter(|n| (min..=max).contains(n))
-        .ok_or_else(|| {
-            invalid(
-                field,
-                format!("`{text}` is not a whole number from {min} to {max}"),
-            )
-        })
+        .ok_or_else(|| format!("`{text}` is not a whole number from {min} to {max}"))
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.

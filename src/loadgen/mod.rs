@@ -30,7 +30,7 @@ use std::time::Duration;
 use clap::Args;
 use thiserror::Error;
 
-use crate::config::parse_duration;
+use crate::config::{parse_duration, whole_number_in};
 use crate::runtime::{self, cpu, uring};
 use client::{ClientCore, CoreResult, Plan, Shared};
 use report::{Curve, Report, RunInfo};
@@ -181,16 +181,7 @@ const MAX_CONNECTIONS_PER_CORE: usize = 65_536;
 const MAX_PIPELINE: usize = 1024;
 
 fn count(flag: &'static str, text: &str, min: usize, max: usize) -> Result<usize, BenchError> {
-    text.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|n| (min..=max).contains(n))
-        .ok_or_else(|| {
-            invalid(
-                flag,
-                format!("`{text}` is not a whole number from {min} to {max}"),
-            )
-        })
+    whole_number_in(text, min, max).map_err(|message| invalid(flag, message))
 }
 
 fn duration(

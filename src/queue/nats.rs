@@ -350,12 +350,7 @@ impl Bridge {
             Ok(info) => (info.stream_sequence, info.delivered.max(1) as u32),
             Err(_) => return,
         };
-        let queue = delivery
-            .subject
-            .as_str()
-            .strip_prefix(self.subject_prefix.as_str())
-            .unwrap_or_default()
-            .to_owned();
+        let queue = self.kind_of(&delivery);
         let Ok(payload) = serde_json::from_slice::<Value>(&delivery.payload) else {
             let _ = delivery.ack_with(AckKind::Term).await;
             return;
@@ -410,12 +405,7 @@ impl Bridge {
             }
             Outcome::Retry(error) | Outcome::Fatal(error) => {
                 let _ = delivery.ack_with(AckKind::Term).await;
-                let queue = delivery
-                    .subject
-                    .as_str()
-                    .strip_prefix(self.subject_prefix.as_str())
-                    .unwrap_or_default()
-                    .to_owned();
+                let queue = self.kind_of(&delivery);
                 let dead_subject = format!("{}{queue}", self.dead_prefix);
                 if let Ok(future) = self
                     .js
@@ -432,6 +422,15 @@ impl Bridge {
                 .await;
             }
         }
+    }
+
+    /// The job kind a delivery is for: its subject after the jobs prefix.
+    fn kind_of(&self, delivery: &jetstream::Message) -> String {
+        let subject = delivery.subject.as_str();
+        subject
+            .strip_prefix(self.subject_prefix.as_str())
+            .unwrap_or_default()
+            .to_owned()
     }
 
     fn backoff(&mut self, attempt: u32) -> Duration {
