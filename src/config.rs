@@ -19,6 +19,7 @@ use crate::queue::nats::NatsOptions;
 use crate::queue::QueueOptions;
 use crate::runtime::cpu;
 use crate::statics::StaticOptions;
+use crate::store::{ShardStrategy, StoreOptions};
 
 /// A value the user must change, with the field it came from.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -127,9 +128,24 @@ pub struct ServeArgs {
     /// Files up to this size are held in memory; larger ones are spliced from disk. [default: 256KiB]
     #[arg(long, env = "PERCORE_STATIC_INLINE_MAX", value_name = "SIZE")]
     pub static_inline_max: Option<String>,
-    /// Directory for the durable job log; jobs (POST /v1/jobs/...) are off unless set.
+    /// Directory for documents (DIR/shards) and the durable job log; without it documents live in a temporary directory removed at exit, and jobs are off unless --queue is set.
     #[arg(long, env = "PERCORE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Shards of a new data directory, spread by a stable hash of collection and key. [default: 4 per io core, at least 16]
+    #[arg(long, env = "PERCORE_SHARDS", value_name = "N")]
+    pub shards: Option<String>,
+    /// Shard by key ranges instead of a hash, e.g. `A-M,N-Z` (one shard per range).
+    #[arg(long, env = "PERCORE_SHARD_RANGES", value_name = "RANGES", conflicts_with = "shards")]
+    pub shard_ranges: Option<String>,
+    /// Bytes of documents each io core caches for the shards it owns. [default: 64MiB]
+    #[arg(long, env = "PERCORE_CACHE_BYTES", value_name = "SIZE")]
+    pub cache_bytes: Option<String>,
+    /// Cached documents expire after this long (writes always refresh them). [default: never]
+    #[arg(long, env = "PERCORE_CACHE_TTL", value_name = "DURATION")]
+    pub cache_ttl: Option<String>,
+    /// Largest document accepted, in compact or sent form. [default: 1MiB]
+    #[arg(long, env = "PERCORE_MAX_DOCUMENT_BYTES", value_name = "SIZE")]
+    pub max_document_bytes: Option<String>,
     /// Worker threads that run jobs. [default: 1]
     #[arg(long, env = "PERCORE_WORKERS", value_name = "N")]
     pub workers: Option<String>,
@@ -195,8 +211,10 @@ pub struct Config {
     pub rate_limit: Option<Rules>,
     /// `None` unless `static_dir` is set.
     pub statics: Option<StaticOptions>,
-    /// `None` unless `data_dir` is set.
+    /// `None` unless `data_dir` or `queue` is set.
     pub queues: Option<QueueOptions>,
+    /// The document store and its cache partitions.
+    pub store: StoreOptions,
 }
 
 impl Config {
@@ -416,14 +434,37 @@ impl Config {
                 Some(NatsOptions { url, stream })
             }
         };
+        let mut store = StoreOptions {
+            dir: data_dir.clone(),
+            ..StoreOptions::default()
+        };
+        if let Some(text) = value("shards", &args.shards)? {
+            store.shard_map = Some(ShardStrategy::Hash {
+                shards: parse_count("shards", &text, 1, 65_536)? as u32,
+            });
+        }
+        if let Some(text) = value("shard_ranges", &args.shard_ranges)? {
+            if store.shard_map.is_some() {
+                return Err(invalid("shard_ranges", "set --shards or --shard-ranges, not both"));
+            }
+            store.shard_map =
+                Some(ShardStrategy::parse_ranges(&text).map_err(|m| invalid("shard_ranges", m))?);
+        }
+        if let Some(text) = value("cache_bytes", &args.cache_bytes)? {
+            store.cache_bytes = parse_size("cache_bytes", &text, 0, 1 << 40)?;
+        }
+        if let Some(text) = value("cache_ttl", &args.cache_ttl)? {
+            store.cache_ttl = Some(duration_field("cache_ttl", Some(text), Duration::ZERO)?);
+        }
+        if let Some(text) = value("max_document_bytes", &args.max_document_bytes)? {
+            store.max_document_bytes = parse_size("max_document_bytes", &text, 2, 64 << 20)?;
+        }
+        // With --queue the jobs live on NATS; --data-dir then holds only documents.
         let queues = match (data_dir, nats) {
             (None, None) => None,
-            (Some(_), Some(_)) => return Err(invalid(
-                "queue",
-                "jobs live either in --data-dir (one node) or on --queue (NATS): set one of them",
-            )),
             (dir, nats) => {
-                let mut options = QueueOptions::new(dir.unwrap_or_default());
+                let local_dir = if nats.is_some() { None } else { dir };
+                let mut options = QueueOptions::new(local_dir.unwrap_or_default());
                 options.nats = nats;
                 if let Some(text) = value("workers", &args.workers)? {
                     options.workers = parse_count("workers", &text, 1, 1024)?;
@@ -496,6 +537,7 @@ impl Config {
 
         Ok(Self {
             queues,
+            store,
             statics,
             rate_limit,
             listen,
@@ -535,6 +577,11 @@ const FILE_KEYS: &[&str] = &[
     "static_refresh",
     "static_inline_max",
     "data_dir",
+    "shards",
+    "shard_ranges",
+    "cache_bytes",
+    "cache_ttl",
+    "max_document_bytes",
     "workers",
     "worker_cpus",
     "queue_capacity",

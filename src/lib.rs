@@ -60,13 +60,19 @@
 //! (`--rate`, latency from each request's intended send time).
 
 pub mod api;
+pub mod cache;
 pub mod config;
+pub mod docs;
 pub mod http;
+pub mod json;
 pub mod limit;
 pub mod loadgen;
+pub mod mailbox;
 pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod queue;
+pub mod rng;
 pub mod runtime;
 pub mod statics;
+pub mod store;

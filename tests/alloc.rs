@@ -5,6 +5,8 @@ use std::cell::Cell;
 use std::time::Instant;
 
 use percore::api::{self, Service};
+use percore::docs::Plane;
+use percore::store::StoreOptions;
 use percore::http::Limits;
 use percore::limit::{KeySource, Limiter, Policy, Rate, Rules};
 use percore::metrics::Registry;
@@ -43,9 +45,11 @@ fn allocations() -> u64 {
 fn service_with(limiter: Option<std::sync::Arc<Limiter>>) -> Service {
     let routes = api::routes();
     let names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
+    let (plane, _inbox) = Plane::detached(StoreOptions::default()).expect("a detached plane");
     Service::new(
         0,
-        Node::new(1, Registry::new(1, &names), limiter, None, None),
+        Node::new(1, Registry::new(1, &names), limiter, None, None, None),
+        plane,
     )
 }
 

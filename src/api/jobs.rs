@@ -27,7 +27,7 @@ pub fn submit(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>)
         Ok(submission) => submission,
         Err(message) => return response.error(&HttpError::BadRequest(message), &mut ctx.scratch),
     };
-    ctx.deferred = Some(Deferred::Submit(submission));
+    ctx.deferred = Some(super::Deferred::Job(Deferred::Submit(submission)));
 }
 
 fn parse_submission(
@@ -124,7 +124,7 @@ pub fn redrive(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>
         return response.error(&HttpError::JobsDisabled, &mut ctx.scratch);
     }
     match job_id(request) {
-        Some(id) => ctx.deferred = Some(Deferred::Redrive(id)),
+        Some(id) => ctx.deferred = Some(super::Deferred::Job(Deferred::Redrive(id))),
         None => response.error(
             &HttpError::NotFound {
                 path: request.path.to_owned(),

@@ -1,7 +1,9 @@
 //! Route handlers and the per-core service that dispatches a parsed request to them.
 
+pub mod docs;
 pub mod jobs;
 pub mod router;
+pub mod techempower;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -16,7 +18,9 @@ use crate::http::{Head, HttpError, Persistence, Response, Version};
 use crate::limit::{Limiter, Outcome};
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
-use crate::queue::{Answer, Deferred};
+use crate::docs::{DataRequest, Gathered, Plane};
+use crate::queue;
+use crate::rng::Rng;
 use crate::statics::{self, Index};
 pub use router::{Match, Params, Router};
 
@@ -47,6 +51,25 @@ pub struct Ctx {
     pub scratch: Vec<u8>,
     /// Set by a handler whose answer another thread will give; it then writes no response.
     pub deferred: Option<Deferred>,
+    /// This core's document plane: its cache partition and the way to every shard.
+    pub plane: Plane,
+    pub rng: Rng,
+}
+
+/// Work a handler leaves for another thread or core, answered later.
+#[derive(Debug)]
+pub enum Deferred {
+    /// For the job manager.
+    Job(queue::Deferred),
+    /// For the document plane.
+    Data(DataRequest),
+}
+
+/// A deferred answer, as it comes back.
+#[derive(Debug)]
+pub enum Answer {
+    Job(queue::Answer),
+    Data(Gathered),
 }
 
 /// A handler writes exactly one response.
@@ -65,7 +88,17 @@ pub fn routes() -> Router<Handler> {
         .add("POST", "/v1/jobs/:queue", jobs::submit)
         .add("GET", "/v1/jobs/:id", jobs::status)
         .add("POST", "/v1/jobs/:id/redrive", jobs::redrive)
-        .add("GET", "/v1/dead", jobs::dead_letters);
+        .add("GET", "/v1/dead", jobs::dead_letters)
+        .add("GET", "/v1/:collection/:key", docs::get)
+        .add("PUT", "/v1/:collection/:key", docs::put)
+        .add("PATCH", "/v1/:collection/:key", docs::patch)
+        .add("DELETE", "/v1/:collection/:key", docs::delete)
+        .add("GET", "/v1/:collection", docs::scan)
+        .add("GET", "/db", techempower::db)
+        .add("GET", "/queries", techempower::queries)
+        .add("GET", "/cached-queries", techempower::cached_queries)
+        .add("GET", "/updates", techempower::updates)
+        .add("GET", "/fortunes", techempower::fortunes);
     router
 }
 
@@ -164,7 +197,7 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(core: usize, node: Arc<Node>) -> Self {
+    pub fn new(core: usize, node: Arc<Node>, plane: Plane) -> Self {
         let metrics = node.metrics.recorder(core);
         Self {
             router: routes(),
@@ -177,6 +210,8 @@ impl Service {
                 node,
                 scratch: Vec::with_capacity(1024),
                 deferred: None,
+                plane,
+                rng: Rng::new(core as u64),
             },
             date: DateCache::new(),
             metrics,
@@ -197,8 +232,16 @@ impl Service {
     pub fn render_answer(&mut self, answer: Answer, awaiting: &Awaiting, out: &mut Vec<u8>) {
         let persistence = persistence(awaiting.keep_alive && !self.is_draining(), awaiting.version);
         let mut response = Response::new(out, self.date.get(), awaiting.head_only, persistence);
+        let answer = match answer {
+            Answer::Job(answer) => answer,
+            Answer::Data(gathered) => {
+                docs::render(gathered, &mut response, &mut self.ctx.scratch);
+                self.metrics.request(Some(awaiting.route), response.status());
+                return;
+            }
+        };
         match answer {
-            Answer::Accepted {
+            queue::Answer::Accepted {
                 id,
                 queue,
                 replayed,
@@ -212,7 +255,7 @@ impl Service {
                 }
                 response.send(202, "application/json", &headers, &body);
             }
-            Answer::Redriven { id } => {
+            queue::Answer::Redriven { id } => {
                 let location = format!("/v1/jobs/{id}");
                 let body = format!("{{\"id\":\"{id}\",\"status\":\"queued\"}}");
                 response.send(
@@ -222,7 +265,7 @@ impl Service {
                     body.as_bytes(),
                 );
             }
-            Answer::Rejected(error) => response.error(&error, &mut self.ctx.scratch),
+            queue::Answer::Rejected(error) => response.error(&error, &mut self.ctx.scratch),
         }
         self.metrics
             .request(Some(awaiting.route), response.status());

@@ -39,6 +39,22 @@ pub enum HttpError {
     MethodNotAllowed { method: String, allow: String },
     #[error("{0}")]
     BadRequest(String),
+    #[error("no document `{key}` in collection `{collection}`")]
+    DocumentNotFound { collection: String, key: String },
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("the document of {size} bytes exceeds the limit of {limit} bytes (--max-document-bytes)")]
+    DocumentTooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    InvalidDocument(String),
+    #[error("{0}")]
+    InvalidFields(String),
+    #[error("{0}")]
+    InvalidKey(String),
+    #[error("Content-Type `{got}` is not accepted here; send {expected}")]
+    UnsupportedMediaType { got: String, expected: &'static str },
+    #[error("the document store cannot serve this request: {0}; nothing was written")]
+    StoreUnavailable(String),
     #[error("too many requests from this client; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("queue `{queue}` is full ({capacity} jobs waiting); retry later")]
@@ -63,8 +79,14 @@ impl HttpError {
             | Self::AmbiguousFraming(_)
             | Self::InvalidContentLength
             | Self::MissingHost
-            | Self::BadRequest(_) => 400,
-            Self::NotFound { .. } => 404,
+            | Self::BadRequest(_)
+            | Self::InvalidDocument(_)
+            | Self::InvalidFields(_)
+            | Self::InvalidKey(_) => 400,
+            Self::NotFound { .. } | Self::DocumentNotFound { .. } => 404,
+            Self::PreconditionFailed(_) => 412,
+            Self::DocumentTooLarge { .. } => 413,
+            Self::UnsupportedMediaType { .. } => 415,
             Self::MethodNotAllowed { .. } => 405,
             Self::HeaderTimeout { .. } | Self::BodyTimeout { .. } => 408,
             Self::BodyTooLarge { .. } | Self::ChunkedBodyTooLarge { .. } => 413,
@@ -76,7 +98,8 @@ impl HttpError {
             | Self::TooManyConnections { .. }
             | Self::QueueFull { .. }
             | Self::JobsDisabled
-            | Self::JobLogUnavailable => 503,
+            | Self::JobLogUnavailable
+            | Self::StoreUnavailable(_) => 503,
             Self::UnsupportedVersion => 505,
         }
     }
@@ -95,7 +118,14 @@ impl HttpError {
             Self::UnsupportedVersion => "unsupported_version",
             Self::HeaderTimeout { .. } => "header_timeout",
             Self::BodyTimeout { .. } => "body_timeout",
-            Self::NotFound { .. } => "not_found",
+            Self::NotFound { .. } | Self::DocumentNotFound { .. } => "not_found",
+            Self::PreconditionFailed(_) => "precondition_failed",
+            Self::DocumentTooLarge { .. } => "document_too_large",
+            Self::InvalidDocument(_) => "invalid_document",
+            Self::InvalidFields(_) => "invalid_fields",
+            Self::InvalidKey(_) => "invalid_key",
+            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Self::StoreUnavailable(_) => "store_unavailable",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BadRequest(_) => "bad_request",
             Self::RateLimited { .. } => "rate_limited",
@@ -116,6 +146,14 @@ impl HttpError {
             Self::NotFound { .. }
                 | Self::MethodNotAllowed { .. }
                 | Self::BadRequest(_)
+                | Self::DocumentNotFound { .. }
+                | Self::PreconditionFailed(_)
+                | Self::DocumentTooLarge { .. }
+                | Self::InvalidDocument(_)
+                | Self::InvalidFields(_)
+                | Self::InvalidKey(_)
+                | Self::UnsupportedMediaType { .. }
+                | Self::StoreUnavailable(_)
                 | Self::RateLimited { .. }
                 | Self::QueueFull { .. }
                 | Self::JobsDisabled

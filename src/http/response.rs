@@ -91,6 +91,11 @@ impl<'a> Response<'a> {
         self.write_head(304, None, headers);
     }
 
+    /// 204 No Content: no body and, as RFC 9110 requires, no length.
+    pub fn no_content(&mut self, headers: &[(&str, &str)]) {
+        self.write_head(204, None, headers);
+    }
+
     fn write_head(&mut self, status: u16, body: Option<(&str, u64)>, headers: &[(&str, &str)]) {
         debug_assert!(!self.written, "a handler wrote two responses");
         self.written = true;
@@ -192,6 +197,7 @@ pub fn status_line(status: u16) -> &'static str {
         408 => "HTTP/1.1 408 Request Timeout\r\n",
         412 => "HTTP/1.1 412 Precondition Failed\r\n",
         413 => "HTTP/1.1 413 Content Too Large\r\n",
+        415 => "HTTP/1.1 415 Unsupported Media Type\r\n",
         416 => "HTTP/1.1 416 Range Not Satisfiable\r\n",
         429 => "HTTP/1.1 429 Too Many Requests\r\n",
         431 => "HTTP/1.1 431 Request Header Fields Too Large\r\n",

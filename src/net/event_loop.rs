@@ -20,7 +20,10 @@ use crate::api::Service;
 use crate::http::response::{render_refusal, FileBody};
 use crate::http::{HttpError, Limits};
 use crate::node::Node;
-use crate::queue::{Answer, Completion, ReplyTo};
+use crate::api::{Answer, Deferred};
+use crate::docs::Plane;
+use crate::mailbox::CoreMsg;
+use crate::queue::ReplyTo;
 use crate::runtime::uring::{self, split_user_data, user_data, UringError};
 use crossbeam_channel::Receiver;
 
@@ -125,8 +128,12 @@ pub struct IoCore {
     options: CoreOptions,
     node: Arc<Node>,
     wake: OwnedFd,
-    /// Answers from the job manager for this core's connections.
-    inbox: Option<Receiver<Completion>>,
+    /// Messages from other threads: job answers, document traffic.
+    inbox: Receiver<CoreMsg>,
+    /// True while finished document answers are being written (no re-entry).
+    delivering: bool,
+    /// This core has no connections left while draining, and said so.
+    drained: bool,
     wake_buf: Box<u64>,
     tick_spec: Box<types::Timespec>,
     tick_multishot: bool,
@@ -143,7 +150,8 @@ impl IoCore {
         core: usize,
         listener: Socket,
         wake: OwnedFd,
-        inbox: Option<Receiver<Completion>>,
+        inbox: Receiver<CoreMsg>,
+        plane: Plane,
         options: CoreOptions,
         node: Arc<Node>,
     ) -> Result<Self, UringError> {
@@ -164,11 +172,13 @@ impl IoCore {
             generations: Vec::new(),
             free: Vec::new(),
             live: 0,
-            service: Service::new(core, Arc::clone(&node)),
+            service: Service::new(core, Arc::clone(&node), plane),
             options,
             node,
             wake,
             inbox,
+            delivering: false,
+            drained: false,
             wake_buf: Box::new(0),
             tick_spec: Box::new(types::Timespec::from(TICK)),
             tick_multishot: true,
@@ -186,6 +196,8 @@ impl IoCore {
         self.arm_wake();
         self.arm_tick();
         loop {
+            // Messages for other cores leave once per turn, one wake-up each.
+            self.service.ctx.plane.flush_outbox();
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e)
@@ -217,7 +229,16 @@ impl IoCore {
             self.service.metrics.finish_batch(now);
             if self.draining {
                 if self.live == 0 && !self.accept_armed {
-                    return Ok(0);
+                    // Other cores may still send operations for this core's
+                    // shards: stay until every core has no connections left.
+                    if !self.drained {
+                        self.drained = true;
+                        self.node.core_drained();
+                    }
+                    if self.node.all_cores_drained() {
+                        self.service.ctx.plane.flush_outbox();
+                        return Ok(0);
+                    }
                 }
                 if self.drain_deadline.is_some_and(|d| now >= d) {
                     return Ok(self.abandon());
@@ -519,39 +540,74 @@ impl IoCore {
         self.finish_if_closed(slot);
     }
 
-    /// Hands work a handler deferred (a job to make durable) to the job
-    /// manager, addressed back to this connection.
+    /// Hands work a handler deferred to the job manager or the document
+    /// plane, addressed back to this connection.
     fn forward_deferred(&mut self, slot: u32) {
-        let Some(work) = self.service.take_deferred() else {
-            return;
-        };
-        let Some(conn) = self.conns[slot as usize].as_ref() else {
-            return;
-        };
-        let reply = ReplyTo {
-            core: self.service.ctx.core,
-            slot,
-            generation: conn.generation,
-        };
-        let handed_over = self
-            .node
-            .queues
-            .as_ref()
-            .is_some_and(|queues| queues.defer(work, Some(reply)));
-        if !handed_over {
-            // The manager is gone: answer now rather than leave the client waiting.
-            let limits = self.options.limits;
-            let Some(conn) = self.conns[slot as usize].as_mut() else {
+        while let Some(work) = self.service.take_deferred() {
+            let Some(conn) = self.conns[slot as usize].as_ref() else {
                 return;
             };
-            conn.session.answer(
-                Answer::Rejected(HttpError::JobLogUnavailable),
-                &mut conn.out,
-                &mut self.service,
-            );
-            conn.session
-                .resume(&mut conn.out, &mut self.service, &limits, Instant::now());
+            let reply = ReplyTo {
+                core: self.service.ctx.core,
+                slot,
+                generation: conn.generation,
+            };
+            match work {
+                Deferred::Data(request) => {
+                    self.service.ctx.plane.start(request, reply, Instant::now());
+                    self.deliver_finished(Instant::now());
+                }
+                Deferred::Job(work) => {
+                    let handed_over = self
+                        .node
+                        .queues
+                        .as_ref()
+                        .is_some_and(|queues| queues.defer(work, Some(reply)));
+                    if !handed_over {
+                        // The manager is gone: answer now rather than leave the client waiting.
+                        let limits = self.options.limits;
+                        let Some(conn) = self.conns[slot as usize].as_mut() else {
+                            return;
+                        };
+                        conn.session.answer(
+                            Answer::Job(crate::queue::Answer::Rejected(HttpError::JobLogUnavailable)),
+                            &mut conn.out,
+                            &mut self.service,
+                        );
+                        conn.session
+                            .resume(&mut conn.out, &mut self.service, &limits, Instant::now());
+                    }
+                }
+            }
         }
+    }
+
+    /// Writes the document answers the plane finished. Not re-entered: an
+    /// answer that lets a pipelined request finish at once is picked up by
+    /// the loop already running.
+    fn deliver_finished(&mut self, now: Instant) {
+        if self.delivering {
+            return;
+        }
+        self.delivering = true;
+        let limits = self.options.limits;
+        while let Some((reply, gathered)) = self.service.ctx.plane.take_finished() {
+            let ReplyTo {
+                slot, generation, ..
+            } = reply;
+            let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
+                continue;
+            };
+            if conn.phase != Phase::Open {
+                continue;
+            }
+            conn.session
+                .answer(Answer::Data(gathered), &mut conn.out, &mut self.service);
+            conn.session
+                .resume(&mut conn.out, &mut self.service, &limits, now);
+            self.flush(slot, now);
+        }
+        self.delivering = false;
     }
 
     /// Moves the next piece of the file body: file → pipe, or pipe → socket.
@@ -786,7 +842,14 @@ impl IoCore {
     fn on_wake(&mut self, now: Instant) {
         self.arm_wake();
         let limits = self.options.limits;
-        while let Some(completion) = self.inbox.as_ref().and_then(|inbox| inbox.try_recv().ok()) {
+        while let Ok(msg) = self.inbox.try_recv() {
+            let completion = match msg {
+                CoreMsg::Job(completion) => completion,
+                CoreMsg::Data(msg) => {
+                    self.service.ctx.plane.on_message(msg, now);
+                    continue;
+                }
+            };
             let ReplyTo {
                 slot, generation, ..
             } = completion.to;
@@ -797,11 +860,12 @@ impl IoCore {
                 continue;
             }
             conn.session
-                .answer(completion.answer, &mut conn.out, &mut self.service);
+                .answer(Answer::Job(completion.answer), &mut conn.out, &mut self.service);
             conn.session
                 .resume(&mut conn.out, &mut self.service, &limits, now);
             self.flush(slot, now);
         }
+        self.deliver_finished(now);
         if !self.node.is_draining() || self.draining {
             return;
         }

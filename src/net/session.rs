@@ -4,11 +4,10 @@ use std::mem::{self, MaybeUninit};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::api::{Awaiting, Service};
+use crate::api::{Answer, Awaiting, Service};
 use crate::http::parse::{self, Framing, Limits, HEADER_SLOTS};
 use crate::http::response::{FileBody, CONTINUE_100};
 use crate::http::HttpError;
-use crate::queue::Answer;
 
 /// Stop answering pipelined requests once this much output is waiting: the
 /// client is not reading, and memory must stay bounded.

@@ -14,7 +14,6 @@ pub mod nats;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -167,26 +166,8 @@ struct Work {
     attempt: u32,
 }
 
-/// One io core's inbox of answers from the manager, with the eventfd that wakes it.
-pub struct Mailbox {
-    tx: Sender<Completion>,
-    wake: OwnedFd,
-}
-
-impl Mailbox {
-    pub fn new(wake: OwnedFd) -> (Self, Receiver<Completion>) {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        (Self { tx, wake }, rx)
-    }
-
-    fn deliver(&self, completion: Completion) {
-        if self.tx.send(completion).is_ok() {
-            let one: u64 = 1;
-            // SAFETY: writing 8 bytes from a u64 to an eventfd this mailbox owns.
-            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        }
-    }
-}
+pub use crate::mailbox::Mailbox;
+use crate::mailbox::CoreMsg;
 
 /// Gauges the manager publishes for `/metrics`.
 #[derive(Default)]
@@ -564,7 +545,7 @@ impl Manager {
             self.publish();
             for completion in self.replies.drain(..) {
                 if let Some(mailbox) = self.mailboxes.get(completion.to.core) {
-                    mailbox.deliver(completion);
+                    mailbox.deliver(CoreMsg::Job(completion));
                 }
             }
             // Only now, after the commit: a job runs only once its acceptance is durable.

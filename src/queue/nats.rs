@@ -243,7 +243,7 @@ impl Bridge {
                 };
                 if let Some(to) = reply {
                     if let Some(mailbox) = self.mailboxes.get(to.core) {
-                        mailbox.deliver(Completion { to, answer });
+                        mailbox.deliver(crate::mailbox::CoreMsg::Job(Completion { to, answer }));
                     }
                 }
             }

@@ -24,7 +24,12 @@ use crate::metrics::Registry;
 use crate::net::event_loop::{CoreOptions, IoCore};
 use crate::net::listener;
 use crate::node::Node;
-use crate::queue::{Completion, Mailbox, Queues};
+use crate::docs::{DataShared, Plane, PlaneCounters};
+use crate::mailbox::{CoreMsg, Mailbox};
+use crate::queue::Queues;
+use crate::store::redb_engine::RedbEngine;
+use crate::store::thread::{OpenShard, StoreCounters};
+use crate::store::{seed, Engine, ShardMap};
 use crate::statics::Index;
 use uring::UringError;
 
@@ -52,6 +57,11 @@ pub enum ServeError {
     },
     #[error("cannot start the job system on {place}: {source}")]
     Jobs { place: String, source: io::Error },
+    #[error("cannot open the document store in {}: {message}", dir.display())]
+    Store {
+        dir: std::path::PathBuf,
+        message: String,
+    },
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -61,6 +71,10 @@ pub struct Server {
     pub addr: SocketAddr,
     pub node: Arc<Node>,
     cores: Vec<(JoinHandle<io::Result<usize>>, OwnedFd)>,
+    /// The document store's directory when it is a temporary one, removed at exit.
+    temporary_dir: Option<std::path::PathBuf>,
+    /// One line describing the store, for the start-up log.
+    pub store_line: String,
 }
 
 /// Binds the listeners and starts every io core; returns once all serve.
@@ -92,34 +106,48 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
         }
         None => None,
     };
-    // Each core's eventfd wakes it for draining and for answers from other threads.
+    // Each core's eventfd wakes it for draining and for messages from other threads.
     let wakes: Vec<OwnedFd> = (0..cores).map(|_| eventfd()).collect::<io::Result<_>>()?;
-    let mut inboxes: Vec<Option<crossbeam_channel::Receiver<Completion>>> =
-        (0..cores).map(|_| None).collect();
+    let mut mailboxes = Vec::with_capacity(cores);
+    let mut inboxes: Vec<Option<crossbeam_channel::Receiver<CoreMsg>>> = Vec::with_capacity(cores);
+    for wake in &wakes {
+        let (mailbox, inbox) = Mailbox::new(wake.try_clone()?);
+        mailboxes.push(mailbox);
+        inboxes.push(Some(inbox));
+    }
+    let store = open_store(config, cores, &mailboxes)?;
     let queues = match &config.queues {
         Some(options) => {
-            let mut mailboxes = Vec::with_capacity(cores);
-            for (core, wake) in wakes.iter().enumerate() {
-                let (mailbox, inbox) = Mailbox::new(wake.try_clone()?);
-                mailboxes.push(mailbox);
-                inboxes[core] = Some(inbox);
-            }
             let place = match &options.nats {
                 Some(nats) => format!("{} (stream {})", nats.url, nats.stream),
                 None => options.data_dir.display().to_string(),
             };
-            let queues = Queues::start(options.clone(), mailboxes)
+            let queues = Queues::start(options.clone(), mailboxes.clone())
                 .map_err(|source| ServeError::Jobs { place, source })?;
             Some(queues)
         }
         None => None,
     };
+    let mut planes: Vec<Option<Plane>> = store
+        .senders
+        .into_iter()
+        .enumerate()
+        .map(|(core, sender)| {
+            Some(Plane::new(
+                core,
+                Arc::clone(&store.shared),
+                sender,
+                mailboxes.clone(),
+            ))
+        })
+        .collect();
     let node = Node::new(
         cores,
         Registry::new(cores, &route_names),
         limiter,
         statics,
         queues,
+        Some(Arc::clone(&store.shared)),
     );
     let options = CoreOptions {
         limits: config.limits,
@@ -140,7 +168,8 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
         .enumerate()
     {
         let wake_for_core = wake.try_clone()?;
-        let inbox = inboxes[core].take();
+        let inbox = inboxes[core].take().expect("one inbox per core");
+        let plane = planes[core].take().expect("one plane per core");
         let options = options.clone();
         let node = Arc::clone(&node);
         let ready = ready_tx.clone();
@@ -151,7 +180,7 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
                     let _ = ready.send(Err(ServeError::Pin { core, cpu, source }));
                     return Ok(0);
                 }
-                match IoCore::new(core, listener, wake_for_core, inbox, options, node) {
+                match IoCore::new(core, listener, wake_for_core, inbox, plane, options, node) {
                     Ok(io_core) => {
                         let _ = ready.send(Ok(()));
                         drop(ready);
@@ -170,6 +199,8 @@ pub fn start(config: &Config) -> Result<Server, ServeError> {
         addr,
         node,
         cores: started,
+        temporary_dir: store.temporary_dir,
+        store_line: store.line,
     };
     for _ in 0..cores {
         match ready_rx.recv() {
@@ -213,8 +244,90 @@ impl Server {
                 .join()
                 .map_err(|_| io::Error::other("an io core panicked"))??;
         }
+        if let Some(dir) = &self.temporary_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         Ok(cut)
     }
+}
+
+/// The opened document store: what the cores share, and each core's store thread.
+struct OpenStore {
+    shared: Arc<DataShared>,
+    /// By core: the sender to that core's store thread.
+    senders: Vec<crossbeam_channel::Sender<crate::store::thread::StoreRequest>>,
+    temporary_dir: Option<std::path::PathBuf>,
+    line: String,
+}
+
+/// Opens (or creates) every shard, seeds the TechEmpower tables if they are
+/// missing, and starts one store thread per io core for the shards it owns.
+fn open_store(config: &Config, cores: usize, mailboxes: &[Mailbox]) -> Result<OpenStore, ServeError> {
+    let options = config.store.clone();
+    let (dir, temporary_dir) = match &options.dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let dir = std::env::temp_dir().join(format!("percore-docs-{}", std::process::id()));
+            (dir.clone(), Some(dir))
+        }
+    };
+    let fail = |message: String| ServeError::Store {
+        dir: dir.clone(),
+        message,
+    };
+    let shards_dir = dir.join("shards");
+    std::fs::create_dir_all(&shards_dir).map_err(|e| fail(e.to_string()))?;
+    let map = ShardMap::load_or_create(&dir, options.shard_map.as_ref(), cores).map_err(&fail)?;
+    let mut open = std::collections::HashMap::new();
+    for shard in 0..map.shards() {
+        let path = shards_dir.join(format!("shard-{shard:04}.redb"));
+        let engine = RedbEngine::open(&path).map_err(|e| fail(e.to_string()))?;
+        let last_version = engine.last_version().map_err(|e| fail(e.to_string()))?;
+        open.insert(
+            shard,
+            OpenShard {
+                shard,
+                engine: Box::new(engine),
+                last_version,
+            },
+        );
+    }
+    let seeded = seed::seed_if_missing(&map, &mut open).map_err(|e| fail(e.to_string()))?;
+    let mut by_core: Vec<Vec<OpenShard>> = (0..cores).map(|_| Vec::new()).collect();
+    for (shard, opened) in open {
+        by_core[map.owner(shard)].push(opened);
+    }
+    let store_counters: Vec<Arc<StoreCounters>> = (0..cores).map(|_| Arc::default()).collect();
+    let mut senders = Vec::with_capacity(cores);
+    for (core, shards) in by_core.into_iter().enumerate() {
+        senders.push(crate::store::thread::start(
+            core,
+            shards,
+            mailboxes[core].clone(),
+            Arc::clone(&store_counters[core]),
+        )?);
+    }
+    let place = match &temporary_dir {
+        Some(dir) => format!("{} (temporary: no --data-dir, removed at exit)", dir.display()),
+        None => dir.display().to_string(),
+    };
+    let mut line = format!("percore: documents in {place}; {map}");
+    if !seeded.is_empty() {
+        line.push_str(&format!("; seeded {}", seeded.join(" and ")));
+    }
+    let shared = Arc::new(DataShared {
+        map,
+        options,
+        cache_counters: (0..cores).map(|_| Arc::default()).collect(),
+        store_counters,
+        plane_counters: (0..cores).map(|_| Arc::<PlaneCounters>::default()).collect(),
+    });
+    Ok(OpenStore {
+        shared,
+        senders,
+        temporary_dir,
+        line,
+    })
 }
 
 fn eventfd() -> io::Result<OwnedFd> {
@@ -281,6 +394,7 @@ pub fn serve(config: &Config) -> Result<(), ServeError> {
         if cores == 1 { "" } else { "s" },
         cpu::format_cpu_list(&config.cpus)
     );
+    println!("{}", server.store_line);
     let _ = io::stdout().flush();
     let signal = wait_for_signal(&signals, None);
     let name = if signal == Some(libc::SIGINT) {

@@ -1,0 +1,492 @@
+//! The document API: `/v1/{collection}/{key}` (GET, PUT, PATCH, DELETE) and scans of `/v1/{collection}`.
+//!
+//! Handlers validate on the core that read the request, then either answer a
+//! cache hit at once (the key's owner is this core) or leave a
+//! [`DataRequest`] for the document plane ([`crate::docs`]), whose gathered
+//! parts [`render`] turns into the response.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Ctx, Deferred, Request};
+use crate::docs::{DataRequest, DocName, Gathered, Op, Part, Plan};
+use crate::http::{HttpError, Response};
+use crate::json::{self, FieldMask};
+use crate::store::thread::{Precondition, StoreOp, StoreOutcome, TagSet};
+use crate::store::{scan_range, storage_key, Stored};
+
+/// Longest collection name, in bytes.
+pub const MAX_COLLECTION: usize = 64;
+/// Longest key, in bytes after percent-decoding.
+pub const MAX_KEY: usize = 512;
+/// Most items one scan returns.
+pub const MAX_SCAN: usize = 1000;
+/// Items a scan returns without `limit`.
+pub const DEFAULT_SCAN: usize = 100;
+/// Collection names the job routes use.
+const RESERVED: [&str; 2] = ["jobs", "dead"];
+
+/// `GET /v1/{collection}/{key}[?fields=a,b.c]`
+pub fn get(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+    let (collection, key) = match names(request) {
+        Ok(names) => names,
+        Err(error) => return response.error(&error, &mut ctx.scratch),
+    };
+    let mask = match query_value(request.query, "fields") {
+        Ok(None) => None,
+        Ok(Some(list)) => match FieldMask::parse(&list) {
+            Ok(mask) => Some(mask),
+            Err(error) => {
+                return response.error(
+                    &HttpError::InvalidFields(format!("`fields`: {error}")),
+                    &mut ctx.scratch,
+                )
+            }
+        },
+        Err(error) => return response.error(&error, &mut ctx.scratch),
+    };
+    let if_none_match = request.header("if-none-match").map(|v| parse_tags(v, true));
+    let plane = &mut ctx.plane;
+    let shard = plane.map().shard_of(collection.as_bytes(), key.as_bytes());
+    let mut storage = std::mem::take(plane.scratch());
+    storage_key(collection, &key, &mut storage);
+    if plane.map().owner(shard) == plane.core() {
+        if let Some(stored) = plane.cached(&storage, mask.as_ref(), Instant::now()) {
+            *plane.scratch() = storage;
+            return render_doc(&stored, if_none_match.as_ref(), response);
+        }
+    }
+    let op = Op::Get {
+        shard,
+        key: storage.clone(),
+        mask,
+        cached: true,
+    };
+    *plane.scratch() = storage;
+    ctx.deferred = Some(Deferred::Data(DataRequest {
+        plan: Plan::Get {
+            if_none_match,
+            name: DocName::new(collection, &key),
+        },
+        ops: vec![op],
+    }));
+}
+
+/// `PUT /v1/{collection}/{key}`: create or replace.
+pub fn put(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+    let result = (|| {
+        let (collection, key) = names(request)?;
+        accept_json(request, false)?;
+        let doc = document(request.body, ctx)?;
+        let cond = precondition(request);
+        Ok(store_op(ctx, collection, &key, |key| StoreOp::Put { key, doc, cond }))
+    })();
+    defer_or_fail(result, Plan::Put, ctx, response);
+}
+
+/// `PATCH /v1/{collection}/{key}`: a JSON merge patch (RFC 7396) of an existing document.
+pub fn patch(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+    let mut name = None;
+    let result = (|| {
+        let (collection, key) = names(request)?;
+        name = Some(DocName::new(collection, &key));
+        accept_json(request, true)?;
+        // Checked here so a malformed patch never reaches the shard.
+        let patch = json::parse_document(request.body, &mut ctx.scratch).map_err(|error| {
+            HttpError::InvalidDocument(format!("the merge patch is not usable: {error}"))
+        })?;
+        let cond = precondition(request);
+        let max_bytes = ctx.plane.options().max_document_bytes;
+        Ok(store_op(ctx, collection, &key, |key| StoreOp::Patch {
+            key,
+            patch: Bytes::from(patch),
+            cond,
+            max_bytes,
+        }))
+    })();
+    let plan = Plan::Patch {
+        name: name.unwrap_or_default(),
+    };
+    defer_or_fail(result, plan, ctx, response);
+}
+
+/// `DELETE /v1/{collection}/{key}`
+pub fn delete(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+    let mut name = None;
+    let result = (|| {
+        let (collection, key) = names(request)?;
+        name = Some(DocName::new(collection, &key));
+        let cond = precondition(request);
+        Ok(store_op(ctx, collection, &key, |key| StoreOp::Delete { key, cond }))
+    })();
+    let plan = Plan::Delete {
+        name: name.unwrap_or_default(),
+    };
+    defer_or_fail(result, plan, ctx, response);
+}
+
+/// `GET /v1/{collection}?limit=N&after=KEY[&fields=...]`: documents in key
+/// order across every shard.
+pub fn scan(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+    let result = (|| {
+        let collection = collection_name(request.params.get("collection").unwrap_or(""))?;
+        let limit = match query_value(request.query, "limit")? {
+            None => DEFAULT_SCAN,
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=MAX_SCAN).contains(&n) => n,
+                _ => {
+                    return Err(HttpError::BadRequest(format!(
+                        "`limit` must be a whole number from 1 to {MAX_SCAN}, got `{text}`"
+                    )))
+                }
+            },
+        };
+        let after = match query_value(request.query, "after")? {
+            None => None,
+            Some(after) => Some(check_key(after.into_bytes())?),
+        };
+        let mask = match query_value(request.query, "fields")? {
+            None => None,
+            Some(list) => Some(
+                FieldMask::parse(&list)
+                    .map_err(|error| HttpError::InvalidFields(format!("`fields`: {error}")))?,
+            ),
+        };
+        let (from, to) = scan_range(collection, after.as_deref());
+        let ops = (0..ctx.plane.map().shards())
+            .map(|shard| Op::Store {
+                shard,
+                op: StoreOp::Scan {
+                    from: from.clone(),
+                    to: to.clone(),
+                    limit,
+                },
+            })
+            .collect();
+        Ok(DataRequest {
+            plan: Plan::Scan {
+                limit,
+                collection_len: collection.len(),
+                mask,
+            },
+            ops,
+        })
+    })();
+    match result {
+        Ok(request) => ctx.deferred = Some(Deferred::Data(request)),
+        Err(error) => response.error(&error, &mut ctx.scratch),
+    }
+}
+
+fn defer_or_fail(result: Result<Op, HttpError>, plan: Plan, ctx: &mut Ctx, response: &mut Response<'_>) {
+    match result {
+        Ok(op) => {
+            ctx.deferred = Some(Deferred::Data(DataRequest { plan, ops: vec![op] }));
+        }
+        Err(error) => response.error(&error, &mut ctx.scratch),
+    }
+}
+
+fn store_op(ctx: &mut Ctx, collection: &str, key: &str, make: impl FnOnce(Vec<u8>) -> StoreOp) -> Op {
+    let shard = ctx.plane.map().shard_of(collection.as_bytes(), key.as_bytes());
+    let mut storage = Vec::with_capacity(collection.len() + key.len() + 1);
+    storage_key(collection, key, &mut storage);
+    Op::Store {
+        shard,
+        op: make(storage),
+    }
+}
+
+/// The validated collection and percent-decoded key of a document route.
+fn names<'r>(request: &Request<'r>) -> Result<(&'r str, String), HttpError> {
+    let collection = collection_name(request.params.get("collection").unwrap_or(""))?;
+    let raw = request.params.get("key").unwrap_or("");
+    let decoded = percent_decode(raw).ok_or_else(|| {
+        HttpError::InvalidKey(format!("key `{raw}` has a malformed percent-escape"))
+    })?;
+    Ok((collection, check_key(decoded)?))
+}
+
+fn collection_name(name: &str) -> Result<&str, HttpError> {
+    if name.is_empty() || name.len() > MAX_COLLECTION {
+        return Err(HttpError::InvalidKey(format!(
+            "a collection name is 1 to {MAX_COLLECTION} bytes"
+        )));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        || name.starts_with('.')
+    {
+        return Err(HttpError::InvalidKey(format!(
+            "collection `{name}` may hold only letters, digits, `_`, `-` and `.` (not first)"
+        )));
+    }
+    if RESERVED.contains(&name) {
+        return Err(HttpError::InvalidKey(format!(
+            "collection name `{name}` is reserved for the job routes"
+        )));
+    }
+    Ok(name)
+}
+
+fn check_key(decoded: Vec<u8>) -> Result<String, HttpError> {
+    if decoded.is_empty() || decoded.len() > MAX_KEY {
+        return Err(HttpError::InvalidKey(format!(
+            "a key is 1 to {MAX_KEY} bytes after percent-decoding, got {}",
+            decoded.len()
+        )));
+    }
+    let key = String::from_utf8(decoded)
+        .map_err(|_| HttpError::InvalidKey("a key must be UTF-8 once percent-decoded".into()))?;
+    if key.chars().any(char::is_control) {
+        return Err(HttpError::InvalidKey(
+            "a key may not hold control characters".into(),
+        ));
+    }
+    Ok(key)
+}
+
+/// Percent-decodes `text`; `None` for a `%` not followed by two hex digits.
+pub fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let value = std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok())?;
+            out.push(value);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The percent-decoded value of `name` in a query string, if present.
+pub fn query_value(query: Option<&str>, name: &str) -> Result<Option<String>, HttpError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    for pair in query.split('&') {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if n == name {
+            let decoded = percent_decode(v).ok_or_else(|| {
+                HttpError::BadRequest(format!("query parameter `{name}` has a malformed percent-escape"))
+            })?;
+            return String::from_utf8(decoded)
+                .map(Some)
+                .map_err(|_| HttpError::BadRequest(format!("query parameter `{name}` is not UTF-8")));
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses bodies declared as something other than JSON. No Content-Type is accepted.
+fn accept_json(request: &Request<'_>, merge_patch: bool) -> Result<(), HttpError> {
+    let Some(value) = request.header("content-type") else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(value);
+    let media = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ok = media == "application/json"
+        || (merge_patch && media == "application/merge-patch+json")
+        || (!merge_patch && media.ends_with("+json"));
+    if ok {
+        Ok(())
+    } else {
+        Err(HttpError::UnsupportedMediaType {
+            got: text.into_owned(),
+            expected: if merge_patch {
+                "application/merge-patch+json or application/json"
+            } else {
+                "application/json"
+            },
+        })
+    }
+}
+
+/// Checks a document body and returns its compact form.
+fn document(body: &[u8], ctx: &mut Ctx) -> Result<Bytes, HttpError> {
+    let limit = ctx.plane.options().max_document_bytes;
+    if body.len() > limit {
+        return Err(HttpError::DocumentTooLarge {
+            size: body.len(),
+            limit,
+        });
+    }
+    json::parse_document(body, &mut ctx.scratch)
+        .map(Bytes::from)
+        .map_err(|error| HttpError::InvalidDocument(error.to_string()))
+}
+
+fn precondition(request: &Request<'_>) -> Precondition {
+    Precondition {
+        if_match: request.header("if-match").map(|v| parse_tags(v, false)),
+        if_none_match: request.header("if-none-match").map(|v| parse_tags(v, true)),
+    }
+}
+
+/// Parses `*` or a list of entity tags. Weak tags count only for `weak`
+/// comparison (If-None-Match); tags that are not ours never match.
+fn parse_tags(value: &[u8], weak: bool) -> TagSet {
+    let text = String::from_utf8_lossy(value);
+    if text.trim() == "*" {
+        return TagSet::Any;
+    }
+    let versions = text
+        .split(',')
+        .filter_map(|tag| {
+            let tag = tag.trim();
+            let (is_weak, tag) = match tag.strip_prefix("W/") {
+                Some(rest) => (true, rest),
+                None => (false, tag),
+            };
+            if is_weak && !weak {
+                return None;
+            }
+            let hex = tag.strip_prefix('"')?.strip_suffix('"')?;
+            u64::from_str_radix(hex, 16).ok()
+        })
+        .collect();
+    TagSet::Versions(versions)
+}
+
+/// The ETag of a version: its hex digits, quoted.
+pub fn etag(version: u64, buf: &mut [u8; 18]) -> &str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = if version == 0 { 1 } else { (64 - version.leading_zeros() as usize).div_ceil(4) };
+    buf[0] = b'"';
+    for i in 0..digits {
+        buf[digits - i] = HEX[((version >> (4 * i)) & 0xf) as usize];
+    }
+    buf[digits + 1] = b'"';
+    std::str::from_utf8(&buf[..digits + 2]).expect("ASCII")
+}
+
+fn render_doc(stored: &Stored, if_none_match: Option<&TagSet>, response: &mut Response<'_>) {
+    let mut buf = [0u8; 18];
+    let tag = etag(stored.version, &mut buf);
+    if if_none_match.is_some_and(|tags| tags.matches_version(stored.version)) {
+        return response.not_modified(&[("ETag", tag)]);
+    }
+    response.send(200, "application/json", &[("ETag", tag)], &stored.doc);
+}
+
+fn store_failure(outcome: StoreOutcome) -> HttpError {
+    match outcome {
+        StoreOutcome::PreconditionFailed { current: Some(version) } => {
+            let mut buf = [0u8; 18];
+            HttpError::PreconditionFailed(format!(
+                "the document's current ETag is {}; it does not satisfy the request's If-Match/If-None-Match",
+                etag(version, &mut buf)
+            ))
+        }
+        StoreOutcome::PreconditionFailed { current: None } => HttpError::PreconditionFailed(
+            "the document does not exist, so If-Match cannot match".into(),
+        ),
+        StoreOutcome::Invalid(message) => HttpError::InvalidDocument(message),
+        StoreOutcome::TooLarge { size, limit } => HttpError::DocumentTooLarge { size, limit },
+        StoreOutcome::Failed(error) => HttpError::StoreUnavailable(error.to_string()),
+        _ => HttpError::Internal("unexpected store outcome"),
+    }
+}
+
+/// Writes the response for a gathered answer.
+pub fn render(gathered: Gathered, response: &mut Response<'_>, scratch: &mut Vec<u8>) {
+    let Gathered { plan, mut parts } = gathered;
+    match plan {
+        Plan::Get {
+            if_none_match,
+            name,
+        } => match parts.pop() {
+            Some(Part::Doc(Some(stored))) => render_doc(&stored, if_none_match.as_ref(), response),
+            Some(Part::Doc(None)) => response.error(&name.not_found(), scratch),
+            Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
+            None => response.error(&HttpError::Internal("no part"), scratch),
+        },
+        Plan::Put | Plan::Patch { .. } => match parts.pop() {
+            Some(Part::Store(StoreOutcome::Written { stored, created })) => {
+                let mut buf = [0u8; 18];
+                let tag = etag(stored.version, &mut buf);
+                response.send(if created { 201 } else { 200 }, "application/json", &[("ETag", tag)], &stored.doc);
+            }
+            Some(Part::Store(StoreOutcome::Missing)) => {
+                let missing = match &plan {
+                    Plan::Patch { name } => name.not_found(),
+                    _ => HttpError::Internal("a PUT cannot miss"),
+                };
+                response.error(&missing, scratch)
+            }
+            Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
+            _ => response.error(&HttpError::Internal("no part"), scratch),
+        },
+        Plan::Delete { name } => match parts.pop() {
+            Some(Part::Store(StoreOutcome::Deleted)) => response.no_content(&[]),
+            Some(Part::Store(StoreOutcome::Missing)) => response.error(&name.not_found(), scratch),
+            Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
+            _ => response.error(&HttpError::Internal("no part"), scratch),
+        },
+        Plan::Scan {
+            limit,
+            collection_len,
+            mask,
+        } => render_scan(parts, limit, collection_len, mask.as_ref(), response, scratch),
+        Plan::Worlds { .. } | Plan::Updates | Plan::Fortunes => {
+            super::techempower::render(plan, parts, response, scratch)
+        }
+    }
+}
+
+fn render_scan(
+    parts: Vec<Part>,
+    limit: usize,
+    collection_len: usize,
+    mask: Option<&FieldMask>,
+    response: &mut Response<'_>,
+    scratch: &mut Vec<u8>,
+) {
+    let mut items: Vec<(Vec<u8>, Stored)> = Vec::new();
+    for part in parts {
+        match part {
+            Part::Store(StoreOutcome::Scanned(found)) => items.extend(found),
+            Part::Store(outcome) => return response.error(&store_failure(outcome), scratch),
+            Part::Doc(_) => return response.error(&HttpError::Internal("unexpected part"), scratch),
+        }
+    }
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let more = items.len() >= limit;
+    items.truncate(limit);
+    let mut body = Vec::with_capacity(64 + items.iter().map(|(k, s)| k.len() + s.doc.len() + 24).sum::<usize>());
+    let mut mask_scratch = Vec::new();
+    body.extend_from_slice(b"{\"items\":[");
+    for (n, (key, stored)) in items.iter().enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        let key = String::from_utf8_lossy(&key[collection_len + 1..]);
+        body.extend_from_slice(b"{\"key\":");
+        json::write_json_string(&key, &mut body);
+        body.extend_from_slice(b",\"doc\":");
+        match mask {
+            None => body.extend_from_slice(&stored.doc),
+            Some(mask) => {
+                if mask.project(&stored.doc, &mut mask_scratch, &mut body).is_err() {
+                    body.extend_from_slice(b"{}");
+                }
+            }
+        }
+        body.push(b'}');
+    }
+    body.extend_from_slice(b"],\"next\":");
+    match items.last().filter(|_| more) {
+        Some((key, _)) => json::write_json_string(&String::from_utf8_lossy(&key[collection_len + 1..]), &mut body),
+        None => body.extend_from_slice(b"null"),
+    }
+    body.push(b'}');
+    response.send(200, "application/json", &[], &body);
+}

@@ -1,0 +1,231 @@
+//! The TechEmpower database tests on the embedded store: `/db`, `/queries`, `/cached-queries`, `/updates`, `/fortunes`.
+//!
+//! As the benchmark's rules ask: `/db` and `/queries` read each row from the
+//! store (never the cache), one read per row; `/cached-queries` reads
+//! through the cache partitions; `/updates` reads and writes each row (as
+//! one read-modify-write on the shard's store thread, committed with its
+//! batch); a count that is missing or not a number means 1, and counts are
+//! clamped to 1..=500; fortunes are read from the store, an extra one is
+//! added at request time, sorted by message and HTML-escaped.
+
+use std::cmp::Ordering;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::{Ctx, Deferred, Request};
+use crate::docs::{DataRequest, Op, Part, Plan};
+use crate::http::{HttpError, Response};
+use crate::store::seed::{FORTUNE, WORLD, WORLD_ROWS};
+use crate::store::thread::{Precondition, StoreOp, StoreOutcome};
+use crate::store::{scan_range, storage_key};
+
+/// `GET /db`: one random World row.
+pub fn db(_: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
+    let ops = vec![world_read(ctx, false)];
+    defer(ctx, Plan::Worlds { array: false }, ops);
+}
+
+/// `GET /queries?queries=N`: N random World rows, each read from the store.
+pub fn queries(request: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
+    let count = count(request.query, "queries");
+    let ops = (0..count).map(|_| world_read(ctx, false)).collect();
+    defer(ctx, Plan::Worlds { array: true }, ops);
+}
+
+/// `GET /cached-queries?count=N`: N random World rows through the cache.
+pub fn cached_queries(request: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
+    let count = count(request.query, "count");
+    let ops = (0..count).map(|_| world_read(ctx, true)).collect();
+    defer(ctx, Plan::Worlds { array: true }, ops);
+}
+
+/// `GET /updates?queries=N`: N random World rows, each given a new random number.
+pub fn updates(request: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
+    let count = count(request.query, "queries");
+    let max_bytes = ctx.plane.options().max_document_bytes;
+    let ops = (0..count)
+        .map(|_| {
+            let id = ctx.rng.between_one_and(WORLD_ROWS);
+            let number = ctx.rng.between_one_and(WORLD_ROWS);
+            let (shard, key) = world_key(ctx, id);
+            Op::Store {
+                shard,
+                op: StoreOp::Patch {
+                    key,
+                    patch: Bytes::from(format!("{{\"randomNumber\":{number}}}")),
+                    cond: Precondition::default(),
+                    max_bytes,
+                },
+            }
+        })
+        .collect();
+    defer(ctx, Plan::Updates, ops);
+}
+
+/// `GET /fortunes`: every fortune plus one, sorted, as an HTML table.
+pub fn fortunes(_: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
+    let (from, to) = scan_range(FORTUNE, None);
+    let ops = (0..ctx.plane.map().shards())
+        .map(|shard| Op::Store {
+            shard,
+            op: StoreOp::Scan {
+                from: from.clone(),
+                to: to.clone(),
+                limit: 1000,
+            },
+        })
+        .collect();
+    defer(ctx, Plan::Fortunes, ops);
+}
+
+fn defer(ctx: &mut Ctx, plan: Plan, ops: Vec<Op>) {
+    ctx.deferred = Some(Deferred::Data(DataRequest { plan, ops }));
+}
+
+/// The benchmark's rule for a count: missing or not a number → 1; clamped to 1..=500.
+pub fn count(query: Option<&str>, name: &str) -> usize {
+    let value = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    });
+    match value.and_then(|v| v.parse::<i64>().ok()) {
+        Some(n) => n.clamp(1, 500) as usize,
+        None => 1,
+    }
+}
+
+fn world_key(ctx: &mut Ctx, id: u32) -> (u32, Vec<u8>) {
+    let mut digits = itoa::Buffer::new();
+    let id = digits.format(id);
+    let shard = ctx.plane.map().shard_of(WORLD.as_bytes(), id.as_bytes());
+    let mut key = Vec::with_capacity(WORLD.len() + 6);
+    storage_key(WORLD, id, &mut key);
+    (shard, key)
+}
+
+fn world_read(ctx: &mut Ctx, cached: bool) -> Op {
+    let id = ctx.rng.between_one_and(WORLD_ROWS);
+    let (shard, key) = world_key(ctx, id);
+    Op::Get {
+        shard,
+        key,
+        mask: None,
+        cached,
+    }
+}
+
+/// Writes the answer of a TechEmpower plan.
+pub fn render(plan: Plan, parts: Vec<Part>, response: &mut Response<'_>, scratch: &mut Vec<u8>) {
+    match plan {
+        Plan::Worlds { array } => {
+            let mut body = Vec::with_capacity(parts.len() * 34 + 2);
+            if array {
+                body.push(b'[');
+            }
+            for (n, part) in parts.into_iter().enumerate() {
+                let doc = match part {
+                    Part::Doc(Some(stored)) => stored.doc,
+                    Part::Doc(None) => {
+                        return response.error(&HttpError::Internal("a World row is missing"), scratch)
+                    }
+                    Part::Store(outcome) => return response.error(&failure(outcome), scratch),
+                };
+                if n > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&doc);
+            }
+            if array {
+                body.push(b']');
+            }
+            response.send(200, "application/json", &[], &body);
+        }
+        Plan::Updates => {
+            let mut body = Vec::with_capacity(parts.len() * 34 + 2);
+            body.push(b'[');
+            for (n, part) in parts.into_iter().enumerate() {
+                let doc = match part {
+                    Part::Store(StoreOutcome::Written { stored, .. }) => stored.doc,
+                    Part::Store(StoreOutcome::Missing) => {
+                        return response.error(&HttpError::Internal("a World row is missing"), scratch)
+                    }
+                    Part::Store(outcome) => return response.error(&failure(outcome), scratch),
+                    Part::Doc(_) => return response.error(&HttpError::Internal("unexpected part"), scratch),
+                };
+                if n > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&doc);
+            }
+            body.push(b']');
+            response.send(200, "application/json", &[], &body);
+        }
+        Plan::Fortunes => {
+            #[derive(Deserialize)]
+            struct Fortune {
+                id: i64,
+                message: String,
+            }
+            let mut fortunes = vec![Fortune {
+                id: 0,
+                message: "Additional fortune added at request time.".into(),
+            }];
+            for part in parts {
+                match part {
+                    Part::Store(StoreOutcome::Scanned(items)) => {
+                        for (_, stored) in items {
+                            match serde_json::from_slice::<Fortune>(&stored.doc) {
+                                Ok(fortune) => fortunes.push(fortune),
+                                Err(_) => {
+                                    return response.error(
+                                        &HttpError::Internal("a Fortune document lacks id or message"),
+                                        scratch,
+                                    )
+                                }
+                            }
+                        }
+                    }
+                    Part::Store(outcome) => return response.error(&failure(outcome), scratch),
+                    Part::Doc(_) => return response.error(&HttpError::Internal("unexpected part"), scratch),
+                }
+            }
+            fortunes.sort_by(|a, b| a.message.cmp(&b.message).then(Ordering::Equal));
+            let mut html = String::with_capacity(2048);
+            html.push_str("<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>");
+            for fortune in &fortunes {
+                html.push_str("<tr><td>");
+                html.push_str(itoa::Buffer::new().format(fortune.id));
+                html.push_str("</td><td>");
+                escape_html(&fortune.message, &mut html);
+                html.push_str("</td></tr>");
+            }
+            html.push_str("</table></body></html>");
+            response.send(200, "text/html; charset=utf-8", &[], html.as_bytes());
+        }
+        _ => response.error(&HttpError::Internal("not a TechEmpower plan"), scratch),
+    }
+}
+
+fn failure(outcome: StoreOutcome) -> HttpError {
+    match outcome {
+        StoreOutcome::Failed(error) => HttpError::StoreUnavailable(error.to_string()),
+        _ => HttpError::Internal("unexpected store outcome"),
+    }
+}
+
+/// Escapes text for an HTML element's content (and attributes).
+pub fn escape_html(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+}

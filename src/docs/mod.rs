@@ -1,0 +1,624 @@
+//! The per-core document plane: sends each operation to its shard's owner core, answers reads from the owner's cache partition, and gathers multi-part answers.
+//!
+//! A request is parsed on whichever core accepted its connection (the
+//! origin). Each of its operations goes to the core that owns the shard
+//! (the owner), as a message unless that is the origin itself. The owner
+//! answers a read from its cache partition, or asks its store thread once
+//! for all concurrent readers of a missing key (single flight); writes go to
+//! the store thread, and their outcomes update the cache before they are
+//! answered. So a write acknowledged on any core is seen by every later read
+//! on every core: all reads and writes of a key pass through its owner, in
+//! the order the store thread applied them. Parts come back to the origin,
+//! which renders the response once all of them are in.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+
+use crate::cache::{Cache, CacheCounters};
+use crate::json::FieldMask;
+use crate::mailbox::{CoreMsg, Mailbox};
+use crate::queue::ReplyTo;
+use crate::store::thread::{StoreOp, StoreOutcome, StoreRequest, TagSet};
+use crate::store::{ShardMap, StoreOptions, Stored};
+
+/// Where one part of a gathered answer goes: the origin core, its gather, the part's index.
+#[derive(Debug, Clone, Copy)]
+pub struct PartAddr {
+    pub core: usize,
+    pub gather: u64,
+    pub part: u32,
+}
+
+/// One operation on one shard, sent from the origin to the owner.
+#[derive(Debug)]
+pub enum Op {
+    /// A read; `cached` answers from (and fills) the owner's cache partition,
+    /// otherwise the store is read (the TechEmpower `/db` rules forbid caching).
+    Get {
+        shard: u32,
+        key: Vec<u8>,
+        mask: Option<FieldMask>,
+        cached: bool,
+    },
+    /// A write or a scan, applied by the owner's store thread.
+    Store { shard: u32, op: StoreOp },
+}
+
+impl Op {
+    fn shard(&self) -> u32 {
+        match self {
+            Self::Get { shard, .. } | Self::Store { shard, .. } => *shard,
+        }
+    }
+}
+
+/// A part of an answer.
+#[derive(Debug, Clone)]
+pub enum Part {
+    /// A read: the document (projected if a mask was asked) with its version.
+    Doc(Option<Stored>),
+    /// What the store thread made of a write or scan.
+    Store(StoreOutcome),
+}
+
+/// Messages between io cores and from store threads.
+#[derive(Debug)]
+pub enum DataMsg {
+    Op { to: PartAddr, op: Op },
+    Part { gather: u64, part: u32, result: Part },
+    Stored { ticket: u64, outcome: StoreOutcome },
+}
+
+/// What to render once every part is in; chosen by the handler.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// GET of one document; `if_none_match` answers 304 on a match.
+    Get {
+        if_none_match: Option<TagSet>,
+        name: DocName,
+    },
+    Put,
+    Patch {
+        name: DocName,
+    },
+    Delete {
+        name: DocName,
+    },
+    /// A scan: one part per shard, merged in key order, at most `limit` items.
+    Scan { limit: usize, collection_len: usize, mask: Option<FieldMask> },
+    /// TechEmpower `/db` (`array: false`), `/queries` and `/cached-queries`.
+    Worlds { array: bool },
+    /// TechEmpower `/updates`.
+    Updates,
+    /// TechEmpower `/fortunes`: one scan part per shard.
+    Fortunes,
+}
+
+/// A document's collection and key, for the 404 that names them.
+#[derive(Debug, Clone, Default)]
+pub struct DocName {
+    collection: Box<str>,
+    key: Box<str>,
+}
+
+impl DocName {
+    pub fn new(collection: &str, key: &str) -> Self {
+        Self {
+            collection: collection.into(),
+            key: key.into(),
+        }
+    }
+
+    pub fn not_found(&self) -> crate::http::HttpError {
+        crate::http::HttpError::DocumentNotFound {
+            collection: self.collection.to_string(),
+            key: self.key.to_string(),
+        }
+    }
+}
+
+/// Work a handler leaves for the plane: the plan and its operations.
+#[derive(Debug)]
+pub struct DataRequest {
+    pub plan: Plan,
+    pub ops: Vec<Op>,
+}
+
+/// Every part of an answer, in order, with the plan to render them by.
+#[derive(Debug)]
+pub struct Gathered {
+    pub plan: Plan,
+    pub parts: Vec<Part>,
+}
+
+/// A document as the cache partition holds it, with projections already made.
+struct CachedDoc {
+    stored: Stored,
+    /// `(canonical field mask, projected body)`.
+    variants: Vec<(Box<str>, Bytes)>,
+}
+
+/// A few bytes of bookkeeping per cached document and projection.
+const ENTRY_OVERHEAD: usize = 64;
+
+impl CachedDoc {
+    fn weight(&self) -> usize {
+        self.stored.doc.len()
+            + self
+                .variants
+                .iter()
+                .map(|(mask, body)| mask.len() + body.len() + ENTRY_OVERHEAD)
+                .sum::<usize>()
+    }
+}
+
+struct Waiter {
+    to: PartAddr,
+    mask: Option<FieldMask>,
+}
+
+enum TicketKind {
+    /// A cache fill for `key`: every reader that missed meanwhile waits on it.
+    Fill { key: Box<[u8]> },
+    /// An uncached read.
+    Read,
+    /// A write of `key`: its outcome updates the cache.
+    Write { key: Box<[u8]> },
+    Scan,
+}
+
+struct Ticket {
+    kind: TicketKind,
+    waiters: Vec<Waiter>,
+}
+
+/// Counters of the plane for `/metrics`, written by its core only.
+#[derive(Debug, Default)]
+pub struct PlaneCounters {
+    /// Operations this core sent to another core.
+    pub forwarded: AtomicU64,
+    /// Cache misses that joined a read already in flight (single flight).
+    pub coalesced: AtomicU64,
+    /// Operations sent to the store thread.
+    pub store_ops: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Relaxed) + 1, Relaxed);
+}
+
+/// What every core's plane shares: the shard map and the limits.
+pub struct DataShared {
+    pub map: ShardMap,
+    pub options: StoreOptions,
+    pub cache_counters: Vec<Arc<CacheCounters>>,
+    pub store_counters: Vec<Arc<crate::store::thread::StoreCounters>>,
+    pub plane_counters: Vec<Arc<PlaneCounters>>,
+}
+
+/// One io core's document plane.
+pub struct Plane {
+    core: usize,
+    shared: Arc<DataShared>,
+    cache: Cache<CachedDoc>,
+    store: Sender<StoreRequest>,
+    /// Every core's mailbox, by core.
+    mailboxes: Vec<Mailbox>,
+    /// Messages to other cores, sent together at the end of a loop turn.
+    outbox: Vec<Vec<DataMsg>>,
+    fills: HashMap<Box<[u8]>, u64>,
+    tickets: HashMap<u64, Ticket>,
+    next_ticket: u64,
+    gathers: HashMap<u64, (ReplyTo, Gathering)>,
+    next_gather: u64,
+    /// Answers complete since the io loop last looked.
+    finished: Vec<(ReplyTo, Gathered)>,
+    counters: Arc<PlaneCounters>,
+    scratch: Vec<u8>,
+    mask_scratch: Vec<u8>,
+}
+
+struct Gathering {
+    plan: Plan,
+    parts: Vec<Option<Part>>,
+    remaining: usize,
+}
+
+impl Plane {
+    pub fn new(core: usize, shared: Arc<DataShared>, store: Sender<StoreRequest>, mailboxes: Vec<Mailbox>) -> Self {
+        let cores = mailboxes.len();
+        let cache = Cache::new(
+            shared.options.cache_bytes,
+            shared.options.cache_ttl,
+            Arc::clone(&shared.cache_counters[core]),
+        );
+        let counters = Arc::clone(&shared.plane_counters[core]);
+        Self {
+            core,
+            shared,
+            cache,
+            store,
+            mailboxes,
+            outbox: (0..cores).map(|_| Vec::new()).collect(),
+            fills: HashMap::new(),
+            tickets: HashMap::new(),
+            next_ticket: 0,
+            gathers: HashMap::new(),
+            next_gather: 0,
+            finished: Vec::new(),
+            counters,
+            scratch: Vec::with_capacity(256),
+            mask_scratch: Vec::new(),
+        }
+    }
+
+    /// A one-core plane with no store thread behind it (every store
+    /// operation fails) and an in-memory shard map, for tests of the request path.
+    pub fn detached(options: StoreOptions) -> std::io::Result<(Self, crossbeam_channel::Receiver<CoreMsg>)> {
+        let shared = Arc::new(DataShared {
+            map: ShardMap::new(1, ShardMap::default_strategy(1), 1),
+            options,
+            cache_counters: vec![Arc::default()],
+            store_counters: vec![Arc::default()],
+            plane_counters: vec![Arc::default()],
+        });
+        let (mailbox, inbox) = Mailbox::detached()?;
+        let (store, _) = crossbeam_channel::unbounded();
+        Ok((Self::new(0, shared, store, vec![mailbox]), inbox))
+    }
+
+    pub fn map(&self) -> &ShardMap {
+        &self.shared.map
+    }
+
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.shared.options
+    }
+
+    /// The fast path for a read of a key this core owns: a cache hit,
+    /// projected if a mask is given, without any message.
+    pub fn cached(&mut self, key: &[u8], mask: Option<&FieldMask>, now: Instant) -> Option<Stored> {
+        let entry = self.cache.get(key, now)?;
+        let stored = match mask {
+            None => entry.stored.clone(),
+            Some(mask) => {
+                let body = project_cached(entry, mask, &mut self.mask_scratch)?;
+                let version = entry.stored.version;
+                let weight = entry.weight();
+                self.cache.reweigh(key, weight);
+                Stored { version, doc: body }
+            }
+        };
+        Some(stored)
+    }
+
+    /// Starts the operations of a request whose answer goes to `reply`.
+    pub fn start(&mut self, request: DataRequest, reply: ReplyTo, now: Instant) {
+        let gather = self.next_gather;
+        self.next_gather += 1;
+        let count = request.ops.len();
+        self.gathers.insert(
+            gather,
+            (
+                reply,
+                Gathering {
+                    plan: request.plan,
+                    parts: (0..count).map(|_| None).collect(),
+                    remaining: count,
+                },
+            ),
+        );
+        if count == 0 {
+            self.fill_part(gather, 0, None);
+            return;
+        }
+        for (index, op) in request.ops.into_iter().enumerate() {
+            let to = PartAddr {
+                core: self.core,
+                gather,
+                part: index as u32,
+            };
+            let owner = self.shared.map.owner(op.shard());
+            if owner == self.core {
+                self.execute(op, to, now);
+            } else {
+                bump(&self.counters.forwarded);
+                self.outbox[owner].push(DataMsg::Op { to, op });
+            }
+        }
+    }
+
+    /// Answers that completed, for the io loop to write.
+    pub fn take_finished(&mut self) -> Option<(ReplyTo, Gathered)> {
+        self.finished.pop()
+    }
+
+    pub fn has_finished(&self) -> bool {
+        !self.finished.is_empty()
+    }
+
+    /// Handles one message from another core or the store thread.
+    pub fn on_message(&mut self, msg: DataMsg, now: Instant) {
+        match msg {
+            DataMsg::Op { to, op } => self.execute(op, to, now),
+            DataMsg::Part { gather, part, result } => self.fill_part(gather, part, Some(result)),
+            DataMsg::Stored { ticket, outcome } => self.on_stored(ticket, outcome, now),
+        }
+    }
+
+    /// Sends the messages queued for other cores, waking each once.
+    pub fn flush_outbox(&mut self) {
+        for (core, messages) in self.outbox.iter_mut().enumerate() {
+            if messages.is_empty() {
+                continue;
+            }
+            let mailbox = &self.mailboxes[core];
+            for msg in messages.drain(..) {
+                mailbox.post(CoreMsg::Data(msg));
+            }
+            mailbox.wake();
+        }
+    }
+
+    /// Runs an operation on the shard this core owns.
+    fn execute(&mut self, op: Op, to: PartAddr, now: Instant) {
+        match op {
+            Op::Get {
+                shard,
+                key,
+                mask,
+                cached: true,
+            } => {
+                if let Some(stored) = self.cached(&key, mask.as_ref(), now) {
+                    self.complete(to, Part::Doc(Some(stored)));
+                    return;
+                }
+                if let Some(&ticket) = self.fills.get(key.as_slice()) {
+                    bump(&self.counters.coalesced);
+                    if let Some(ticket) = self.tickets.get_mut(&ticket) {
+                        ticket.waiters.push(Waiter { to, mask });
+                    }
+                    return;
+                }
+                let key: Box<[u8]> = key.into_boxed_slice();
+                let ticket = self.ask_store(shard, StoreOp::Read { key: key.to_vec() });
+                self.fills.insert(key.clone(), ticket);
+                self.tickets.insert(
+                    ticket,
+                    Ticket {
+                        kind: TicketKind::Fill { key },
+                        waiters: vec![Waiter { to, mask }],
+                    },
+                );
+            }
+            Op::Get {
+                shard,
+                key,
+                mask,
+                cached: false,
+            } => {
+                let ticket = self.ask_store(shard, StoreOp::Read { key });
+                self.tickets.insert(
+                    ticket,
+                    Ticket {
+                        kind: TicketKind::Read,
+                        waiters: vec![Waiter { to, mask }],
+                    },
+                );
+            }
+            Op::Store { shard, op } => {
+                let kind = match &op {
+                    StoreOp::Put { key, .. } | StoreOp::Patch { key, .. } | StoreOp::Delete { key, .. } => {
+                        TicketKind::Write {
+                            key: key.clone().into_boxed_slice(),
+                        }
+                    }
+                    StoreOp::Scan { .. } | StoreOp::Read { .. } => TicketKind::Scan,
+                };
+                let ticket = self.ask_store(shard, op);
+                self.tickets.insert(
+                    ticket,
+                    Ticket {
+                        kind,
+                        waiters: vec![Waiter { to, mask: None }],
+                    },
+                );
+            }
+        }
+    }
+
+    fn ask_store(&mut self, shard: u32, op: StoreOp) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        bump(&self.counters.store_ops);
+        if self.store.send(StoreRequest { ticket, shard, op }).is_err() {
+            // The store thread is gone: answer at once rather than never.
+            self.finish_failed(ticket);
+        }
+        ticket
+    }
+
+    fn finish_failed(&mut self, ticket: u64) {
+        let outcome = StoreOutcome::Failed(crate::store::StoreError::Engine("the store thread stopped".into()));
+        self.outbox_self(ticket, outcome);
+    }
+
+    /// Queues a store outcome to this core itself, handled on the next turn
+    /// (the ticket is not registered yet when the send fails).
+    fn outbox_self(&mut self, ticket: u64, outcome: StoreOutcome) {
+        self.mailboxes[self.core].post(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
+        self.mailboxes[self.core].wake();
+    }
+
+    fn on_stored(&mut self, ticket: u64, outcome: StoreOutcome, now: Instant) {
+        let Some(ticket) = self.tickets.remove(&ticket) else {
+            return;
+        };
+        match ticket.kind {
+            TicketKind::Fill { key } => {
+                self.fills.remove(&key);
+                match outcome {
+                    StoreOutcome::Found(Some(stored)) => {
+                        let entry = CachedDoc {
+                            stored: stored.clone(),
+                            variants: Vec::new(),
+                        };
+                        let weight = entry.weight();
+                        self.cache.insert(&key, entry, weight, now);
+                        for waiter in ticket.waiters {
+                            let part = self.shape(&key, &stored, waiter.mask.as_ref(), now);
+                            self.complete(waiter.to, part);
+                        }
+                    }
+                    other => {
+                        let part = match other {
+                            StoreOutcome::Found(None) => Part::Doc(None),
+                            failed => Part::Store(failed),
+                        };
+                        for waiter in ticket.waiters {
+                            self.complete(waiter.to, part.clone());
+                        }
+                    }
+                }
+            }
+            TicketKind::Read => {
+                for waiter in ticket.waiters {
+                    let part = match &outcome {
+                        StoreOutcome::Found(found) => {
+                            let projected = found.as_ref().map(|stored| match &waiter.mask {
+                                None => stored.clone(),
+                                Some(mask) => project(stored, mask, &mut self.mask_scratch),
+                            });
+                            Part::Doc(projected)
+                        }
+                        other => Part::Store(other.clone()),
+                    };
+                    self.complete(waiter.to, part);
+                }
+            }
+            TicketKind::Write { key } => {
+                match &outcome {
+                    StoreOutcome::Written { stored, .. } => {
+                        let entry = CachedDoc {
+                            stored: stored.clone(),
+                            variants: Vec::new(),
+                        };
+                        let weight = entry.weight();
+                        if !self.cache.insert(&key, entry, weight, now) {
+                            self.cache.remove(&key);
+                        }
+                    }
+                    StoreOutcome::Deleted => {
+                        self.cache.remove(&key);
+                    }
+                    _ => {}
+                }
+                for waiter in ticket.waiters {
+                    self.complete(waiter.to, Part::Store(outcome.clone()));
+                }
+            }
+            TicketKind::Scan => {
+                for waiter in ticket.waiters {
+                    self.complete(waiter.to, Part::Store(outcome.clone()));
+                }
+            }
+        }
+    }
+
+    /// A read's answer for one waiter: the whole document, or its projection (cached as a variant).
+    fn shape(&mut self, key: &[u8], stored: &Stored, mask: Option<&FieldMask>, now: Instant) -> Part {
+        match mask {
+            None => Part::Doc(Some(stored.clone())),
+            Some(mask) => match self.cached(key, Some(mask), now) {
+                Some(projected) => Part::Doc(Some(projected)),
+                None => Part::Doc(Some(project(stored, mask, &mut self.mask_scratch))),
+            },
+        }
+    }
+
+    fn complete(&mut self, to: PartAddr, part: Part) {
+        if to.core == self.core {
+            self.fill_part(to.gather, to.part, Some(part));
+        } else {
+            self.outbox[to.core].push(DataMsg::Part {
+                gather: to.gather,
+                part: to.part,
+                result: part,
+            });
+        }
+    }
+
+    fn fill_part(&mut self, gather: u64, index: u32, part: Option<Part>) {
+        let Some((_, gathering)) = self.gathers.get_mut(&gather) else {
+            return;
+        };
+        if let Some(part) = part {
+            if let Some(slot) = gathering.parts.get_mut(index as usize) {
+                if slot.is_none() {
+                    gathering.remaining -= 1;
+                }
+                *slot = Some(part);
+            }
+        }
+        if gathering.remaining > 0 {
+            return;
+        }
+        let (reply, gathering) = self.gathers.remove(&gather).expect("present");
+        let parts = gathering.parts.into_iter().map(|p| p.expect("every part is in")).collect();
+        self.finished.push((
+            reply,
+            Gathered {
+                plan: gathering.plan,
+                parts,
+            },
+        ));
+    }
+
+    /// Requests whose answers are still being gathered.
+    pub fn in_flight(&self) -> usize {
+        self.gathers.len()
+    }
+
+    /// Scratch space for handlers building keys.
+    pub fn scratch(&mut self) -> &mut Vec<u8> {
+        &mut self.scratch
+    }
+}
+
+/// The projection of a cached document for `mask`, made once and kept as a variant.
+fn project_cached(entry: &mut CachedDoc, mask: &FieldMask, scratch: &mut Vec<u8>) -> Option<Bytes> {
+    let canonical = mask.canonical();
+    if let Some((_, body)) = entry.variants.iter().find(|(m, _)| &**m == canonical) {
+        return Some(body.clone());
+    }
+    let projected = project(&entry.stored, mask, scratch).doc;
+    // Bounded: a client cycling through masks must not grow one entry without end.
+    if entry.variants.len() >= 8 {
+        entry.variants.remove(0);
+    }
+    entry.variants.push((canonical.into(), projected.clone()));
+    Some(projected)
+}
+
+fn project(stored: &Stored, mask: &FieldMask, scratch: &mut Vec<u8>) -> Stored {
+    let mut out = Vec::with_capacity(stored.doc.len().min(256));
+    if mask.project(&stored.doc, scratch, &mut out).is_err() {
+        // Stored documents are valid objects; an error here means a bug, and
+        // answering with nothing is safer than answering with everything.
+        out.clear();
+        out.extend_from_slice(b"{}");
+    }
+    Stored {
+        version: stored.version,
+        doc: Bytes::from(out),
+    }
+}

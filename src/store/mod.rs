@@ -1,0 +1,71 @@
+//! Documents kept in shards: the engine behind a trait, the shard map, and the store threads that make writes durable.
+//!
+//! Every shard is one engine instance (by default one redb file under
+//! `--data-dir/shards/`). Shard `s` belongs to io core `s % cores`; that
+//! core's store thread ([`thread`]) is the only one that touches the
+//! shard's engine, so the order in which it applies a shard's operations is
+//! the order of truth: it checks preconditions, applies merge patches and
+//! commits a whole batch with one fsync (group commit) before it answers any
+//! operation of the batch, reads included, so no client ever sees a write
+//! that could still be lost.
+
+pub mod engine;
+pub mod redb_engine;
+pub mod seed;
+pub mod shardmap;
+pub mod thread;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use engine::{Engine, StoreError, Stored};
+pub use shardmap::{ShardMap, ShardStrategy};
+
+/// Where documents live and how the per-core cache partitions are sized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The shard files' directory; `None` for a temporary one removed at exit.
+    pub dir: Option<PathBuf>,
+    /// The shard map asked for on the command line; `None` keeps the stored one (or the default).
+    pub shard_map: Option<ShardStrategy>,
+    /// Bytes of cached documents per io core.
+    pub cache_bytes: usize,
+    pub cache_ttl: Option<Duration>,
+    pub max_document_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            shard_map: None,
+            cache_bytes: 64 << 20,
+            cache_ttl: None,
+            max_document_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The storage key of a document: collection, NUL, key. Neither part may
+/// contain NUL, so keys of one collection are one contiguous range.
+pub fn storage_key(collection: &str, key: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(collection.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.as_bytes());
+}
+
+/// The storage-key range `[from, to)` of a collection's keys after `after`.
+pub fn scan_range(collection: &str, after: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+    let mut from = Vec::with_capacity(collection.len() + 2 + after.map_or(0, str::len));
+    from.extend_from_slice(collection.as_bytes());
+    from.push(0);
+    if let Some(after) = after {
+        from.extend_from_slice(after.as_bytes());
+        // The smallest key greater than `after`.
+        from.push(0);
+    }
+    let mut to = collection.as_bytes().to_vec();
+    to.push(1);
+    (from, to)
+}

@@ -1,0 +1,94 @@
+//! The embedded default engine: one redb file per shard.
+//!
+//! redb commits copy-on-write B-tree pages and flips a checksummed commit
+//! slot, with one fsync per commit at `Durability::Immediate`; a crash leaves
+//! the last committed state. See `benches/results/engine-choice.md` for why
+//! redb was picked.
+
+use std::path::Path;
+
+use redb::{Database, TableDefinition};
+
+use super::engine::{Change, Engine, StoreError, Stored};
+
+const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LAST_VERSION: &str = "last_version";
+
+pub struct RedbEngine {
+    db: Database,
+    scratch: Vec<u8>,
+}
+
+fn engine_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine(error.to_string())
+}
+
+impl RedbEngine {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Engine(format!("cannot open {}: {e}", path.display())))?;
+        // Create the tables once so readers never meet a missing table.
+        let txn = db.begin_write().map_err(engine_error)?;
+        {
+            txn.open_table(DOCS).map_err(engine_error)?;
+            txn.open_table(META).map_err(engine_error)?;
+        }
+        txn.commit().map_err(engine_error)?;
+        Ok(Self {
+            db,
+            scratch: Vec::with_capacity(1024),
+        })
+    }
+}
+
+impl Engine for RedbEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine_error)?;
+        let table = txn.open_table(DOCS).map_err(engine_error)?;
+        match table.get(key).map_err(engine_error)? {
+            Some(raw) => Ok(Some(Stored::decode(raw.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Stored)>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine_error)?;
+        let table = txn.open_table(DOCS).map_err(engine_error)?;
+        let mut items = Vec::new();
+        for entry in table.range(from..to).map_err(engine_error)?.take(limit) {
+            let (key, value) = entry.map_err(engine_error)?;
+            items.push((key.value().to_vec(), Stored::decode(value.value())?));
+        }
+        Ok(items)
+    }
+
+    fn commit(&mut self, changes: &[Change], last_version: u64) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(engine_error)?;
+        txn.set_durability(redb::Durability::Immediate);
+        {
+            let mut docs = txn.open_table(DOCS).map_err(engine_error)?;
+            for (key, value) in changes {
+                match value {
+                    Some(stored) => {
+                        stored.encode(&mut self.scratch);
+                        docs.insert(key.as_slice(), self.scratch.as_slice())
+                            .map_err(engine_error)?;
+                    }
+                    None => {
+                        docs.remove(key.as_slice()).map_err(engine_error)?;
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(engine_error)?;
+            meta.insert(LAST_VERSION, last_version).map_err(engine_error)?;
+        }
+        txn.commit().map_err(engine_error)
+    }
+
+    fn last_version(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(engine_error)?;
+        let meta = txn.open_table(META).map_err(engine_error)?;
+        Ok(meta.get(LAST_VERSION).map_err(engine_error)?.map_or(0, |v| v.value()))
+    }
+}
