@@ -33,8 +33,10 @@ round, a fresh server process on it each round. put runs in a new directory
 every round.
 
 Each run, like benches/compare.py (whose sampling helpers this imports):
-start the server pinned to --server-cpu, wait for 200 on /json, seed or warm
-the cache, warm up with wrk for 2 s, then
+start the server pinned to --server-cpu, wait for 200 on /json, seed if
+needed, check one GET against the API (200, the seeded document, an ETag of
+quoted lowercase hex; a server that fails it is not run), read every get-hit
+key once, warm up with wrk for 2 s, then
     taskset -c 1 wrk -t1 -c64 -d10s --latency -s benches/docs_{get,put}.lua URL -- ARGS
 sampling the server's utime+stime (/proc/PID/stat, all threads) and the
 machine's steal time (/proc/stat) right before and after; SIGTERM (SIGKILL
@@ -57,6 +59,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -189,6 +192,32 @@ def seed(port, nkeys):
     return for_all_keys(port, "PUT", nkeys, lambda key: seed_doc("k", int(key[1:])), (200, 201))
 
 
+def check_doc(port):
+    """One GET of k000000 checked against the API: 200, the seeded document, a quoted hex ETag.
+    Returns what is wrong, or None."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", doc_path("k000000"))
+        r = conn.getresponse()
+        body = r.read()
+        etag = r.getheader("ETag") or ""
+    except (OSError, http.client.HTTPException) as e:
+        return f"GET {doc_path('k000000')}: {e}"
+    finally:
+        conn.close()
+    if r.status != 200:
+        return f"GET {doc_path('k000000')}: HTTP {r.status} {body[:200]!r}"
+    try:
+        same = json.loads(body) == json.loads(seed_doc("k", 0))
+    except ValueError:
+        same = False
+    if not same:
+        return f"GET {doc_path('k000000')}: body {body[:200]!r} is not the seeded document"
+    if not re.fullmatch(r'"[0-9a-f]+"', etag):
+        return f"GET {doc_path('k000000')}: ETag {etag!r} is not a quoted lowercase hex version"
+    return None
+
+
 def read_all(port, nkeys):
     return for_all_keys(port, "GET", nkeys, None, (200,))
 
@@ -246,6 +275,11 @@ def run_one(args, state, target, test, rnd):
                 run["server_log_tail"] = cmp.tail(logpath)
                 return run
             state["seeded"][(target, test)] = data_dir
+        if spec["keys"] is not None:
+            wrong = check_doc(port)
+            if wrong:
+                run["error"] = f"API check failed: {wrong}"
+                return run
         if spec["warm_cache"]:
             bad = read_all(port, spec["keys"])
             if bad:
@@ -366,7 +400,7 @@ def table(test, st, targets):
         s = st[target]
         steal = "—" if s["steal_pct_min"] is None else f"{s['steal_pct_min']:.1f}–{s['steal_pct_max']:.1f}"
         if target == "percore":
-            r_cpu, r_rps = "1.00 (itself)", "1.00"
+            r_cpu, r_rps = ("1.00 (itself)", "1.00") if s["median_req_per_cpu_s"] else ("—", "—")
         elif "percore_ratio_req_per_cpu_s" in s:
             r_cpu = fmt(s["percore_ratio_req_per_cpu_s"], ".2f") + ("×" if s["percore_ratio_req_per_cpu_s"] else "")
             rr = s["percore_ratio_req_per_cpu_s_per_round"]
@@ -407,7 +441,7 @@ def hit_vs_json(summary):
 # ---------------------------------------------------------------- main
 
 def fs_type(path):
-    r = subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True)
+    r = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", path], capture_output=True, text=True)
     return r.stdout.strip() or None
 
 

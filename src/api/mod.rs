@@ -147,6 +147,9 @@ fn metrics(_: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
     if let Some(queues) = &ctx.node.queues {
         render_queue_metrics(queues, &mut text);
     }
+    if let Some(data) = &ctx.node.data {
+        render_data_metrics(data, &mut text);
+    }
     response.send(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
@@ -421,6 +424,64 @@ impl Service {
         response.error(error, &mut self.ctx.scratch);
         self.metrics.request(None, error.status());
     }
+}
+
+/// The document store's, cache partitions' and plane's counters, per core, in Prometheus text.
+fn render_data_metrics(data: &crate::docs::DataShared, out: &mut String) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let mut family = |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = String>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (core, value) in values.enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{core}\"}} {value}");
+        }
+    };
+    let load = |a: &AtomicU64| a.load(Relaxed).to_string();
+    let caches = &data.cache_counters;
+    let cache_rows: [(&str, &str, &str, fn(&crate::cache::CacheCounters) -> &AtomicU64); 8] = [
+        ("percore_cache_hits_total", "counter", "Reads answered from the core's cache partition.", |c| &c.hits),
+        ("percore_cache_misses_total", "counter", "Reads the cache partition could not answer.", |c| &c.misses),
+        ("percore_cache_inserts_total", "counter", "Documents put into the cache partition.", |c| &c.inserts),
+        ("percore_cache_evictions_total", "counter", "Documents evicted to stay within --cache-bytes.", |c| &c.evictions),
+        ("percore_cache_expirations_total", "counter", "Documents dropped after --cache-ttl.", |c| &c.expirations),
+        ("percore_cache_invalidations_total", "counter", "Cached documents dropped by a delete.", |c| &c.invalidations),
+        ("percore_cache_bytes", "gauge", "Bytes the cache partition holds.", |c| &c.bytes),
+        ("percore_cache_entries", "gauge", "Documents the cache partition holds.", |c| &c.entries),
+    ];
+    for (name, kind, help, field) in cache_rows {
+        family(name, kind, help, &mut caches.iter().map(|c| load(field(c))));
+    }
+    let stores = &data.store_counters;
+    let store_rows: [(&str, &str, fn(&crate::store::thread::StoreCounters) -> &AtomicU64); 4] = [
+        ("percore_store_commits_total", "Durable commits (one fsync each) of the core's shards.", |c| &c.commits),
+        ("percore_store_committed_writes_total", "Document writes and deletes made durable.", |c| &c.committed_writes),
+        ("percore_store_failed_commits_total", "Commits that failed; their writes were refused.", |c| &c.failed_commits),
+        ("percore_store_reads_total", "Documents read from the store (cache misses and uncached reads).", |c| &c.reads),
+    ];
+    for (name, help, field) in store_rows {
+        family(name, "counter", help, &mut stores.iter().map(|c| load(field(c))));
+    }
+    family(
+        "percore_store_commit_seconds_total",
+        "counter",
+        "Time spent committing, fsync included.",
+        &mut stores.iter().map(|c| format!("{:.6}", c.commit_micros.load(Relaxed) as f64 / 1e6)),
+    );
+    let planes = &data.plane_counters;
+    let plane_rows: [(&str, &str, fn(&crate::docs::PlaneCounters) -> &AtomicU64); 3] = [
+        ("percore_data_forwarded_total", "Document operations sent to the core that owns their shard.", |c| &c.forwarded),
+        ("percore_data_coalesced_total", "Cache misses that joined a read already in flight (single flight).", |c| &c.coalesced),
+        ("percore_data_store_ops_total", "Operations sent to the core's store thread.", |c| &c.store_ops),
+    ];
+    for (name, help, field) in plane_rows {
+        family(name, "counter", help, &mut planes.iter().map(|c| load(field(c))));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP percore_shard_map_version Version of the shard map in force.\n# TYPE percore_shard_map_version gauge\npercore_shard_map_version {}\n# HELP percore_shards Shards of the document store.\n# TYPE percore_shards gauge\npercore_shards {}",
+        data.map.version,
+        data.map.shards()
+    );
 }
 
 /// The job system's gauges and counters in Prometheus text.

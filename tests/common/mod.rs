@@ -58,6 +58,14 @@ impl Server {
         }
     }
 
+    /// Starts the server and also returns the second start-up line (the document store's).
+    pub fn start_with_output(args: &[&str]) -> (Self, String) {
+        let mut server = Self::start(args);
+        let mut line = String::new();
+        server.stdout.as_mut().unwrap().read_line(&mut line).unwrap();
+        (server, line)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

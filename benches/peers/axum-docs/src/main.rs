@@ -58,7 +58,7 @@ struct AppState {
 }
 
 /// What the handlers answer with when they fail, as `{"error":..,"message":..}`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum ApiError {
     BadRequest(String),
     NotFound(String),
@@ -125,15 +125,15 @@ fn read_doc(db: &Database, id: &str) -> Result<Option<Doc>, redb::Error> {
 fn write_doc(db: &Database, id: &str, body: &[u8]) -> Result<(u64, bool), redb::Error> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
-    let previous = {
+    let (version, created) = {
         let mut table = txn.open_table(DOCS)?;
         let previous = table.get(id)?.map(|old| old.value().0);
         let version = previous.map_or(1, |v| v + 1);
         table.insert(id, (version, body))?;
-        previous
+        (version, previous.is_none())
     };
     txn.commit()?;
-    Ok((previous.map_or(1, |v| v + 1), previous.is_none()))
+    Ok((version, created))
 }
 
 /// Removes the document in its own durable commit; returns whether it existed.
@@ -172,15 +172,9 @@ async fn get_handler(
             }
         })
         .await;
-    match loaded {
-        Ok(doc) => Ok(doc_response(StatusCode::OK, &doc)),
-        // moka shares the loader's error between the waiters; rebuild ours from it.
-        Err(e) => Err(match &*e {
-            ApiError::BadRequest(m) => ApiError::BadRequest(m.clone()),
-            ApiError::NotFound(m) => ApiError::NotFound(m.clone()),
-            ApiError::Internal(m) => ApiError::Internal(m.clone()),
-        }),
-    }
+    // moka shares the loader's error between the waiters as an Arc; errors are not cached.
+    let doc = loaded.map_err(|e| (*e).clone())?;
+    Ok(doc_response(StatusCode::OK, &doc))
 }
 
 async fn put_handler(
