@@ -34,7 +34,10 @@
 //! nothing and leaves [`queue::Deferred`] work; the connection's later
 //! pipelined requests wait, in order; the manager answers through the core's
 //! mailbox (a channel plus the core's eventfd, [`queue::Mailbox`]), and the
-//! core writes the response when it wakes. Large static files are likewise
+//! core writes the response when it wakes. Document operations take the
+//! same road ([`docs`]): the handler leaves a [`docs::DataRequest`], the
+//! operations go to the cores that own their shards, and the parts come back
+//! through the mailbox to be rendered in order. Large static files are likewise
 //! sent after their head, by splice ([`statics`], [`net::event_loop`]).
 //!
 //! # The layers inside one node
@@ -44,7 +47,11 @@
 //! edge ([`statics`]). Async processing with a durable job log and worker
 //! threads ([`queue`]). Lightweight payloads: in-place parsing, responses
 //! written straight into the output buffer, no allocation per request
-//! (`tests/alloc.rs`). Caching and sharding are not built yet.
+//! (`tests/alloc.rs`), `?fields=` masks ([`json`]). Sharding and caching:
+//! documents live in shards ([`store`]), each owned by one io core, whose
+//! store thread alone touches the shard's engine and whose cache partition
+//! ([`cache`]) holds its documents; requests for another core's shard cross
+//! as messages ([`docs`], [`mailbox`]), never through a lock.
 //!
 //! # Limits that matter at start-up
 //! io_uring must be allowed (`kernel.io_uring_disabled=0`, no seccomp filter

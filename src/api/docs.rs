@@ -5,6 +5,7 @@
 //! [`DataRequest`] for the document plane ([`crate::docs`]), whose gathered
 //! parts [`render`] turns into the response.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -199,13 +200,17 @@ fn store_op(ctx: &mut Ctx, collection: &str, key: &str, make: impl FnOnce(Vec<u8
 }
 
 /// The validated collection and percent-decoded key of a document route.
-fn names<'r>(request: &Request<'r>) -> Result<(&'r str, String), HttpError> {
+/// Borrowed from the request unless the key has percent-escapes.
+fn names<'r>(request: &Request<'r>) -> Result<(&'r str, Cow<'r, str>), HttpError> {
     let collection = collection_name(request.params.get("collection").unwrap_or(""))?;
     let raw = request.params.get("key").unwrap_or("");
+    if !raw.contains('%') {
+        return Ok((collection, Cow::Borrowed(check_key_text(raw)?)));
+    }
     let decoded = percent_decode(raw).ok_or_else(|| {
         HttpError::InvalidKey(format!("key `{raw}` has a malformed percent-escape"))
     })?;
-    Ok((collection, check_key(decoded)?))
+    Ok((collection, Cow::Owned(check_key(decoded)?)))
 }
 
 fn collection_name(name: &str) -> Result<&str, HttpError> {
@@ -240,6 +245,17 @@ fn check_key(decoded: Vec<u8>) -> Result<String, HttpError> {
     }
     let key = String::from_utf8(decoded)
         .map_err(|_| HttpError::InvalidKey("a key must be UTF-8 once percent-decoded".into()))?;
+    check_key_text(&key)?;
+    Ok(key)
+}
+
+fn check_key_text(key: &str) -> Result<&str, HttpError> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(HttpError::InvalidKey(format!(
+            "a key is 1 to {MAX_KEY} bytes after percent-decoding, got {}",
+            key.len()
+        )));
+    }
     if key.chars().any(char::is_control) {
         return Err(HttpError::InvalidKey(
             "a key may not hold control characters".into(),

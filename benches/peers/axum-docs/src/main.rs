@@ -98,10 +98,14 @@ fn not_found(collection: &str, key: &str) -> ApiError {
 }
 
 fn doc_response(status: StatusCode, doc: &Doc) -> Response {
-    let etag = HeaderValue::try_from(format!("\"{:x}\"", doc.version)).expect("hex is a valid header value");
+    let etag = HeaderValue::try_from(format!("\"{:x}\"", doc.version))
+        .expect("hex is a valid header value");
     (
         status,
-        [(CONTENT_TYPE, HeaderValue::from_static("application/json")), (ETAG, etag)],
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (ETAG, etag),
+        ],
         doc.body.clone(),
     )
         .into_response()
@@ -182,19 +186,29 @@ async fn put_handler(
     Path((collection, key)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
     if !value.is_object() {
-        return Err(ApiError::BadRequest("the document must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the document must be a JSON object".into(),
+        ));
     }
     let compact = Bytes::from(serde_json::to_vec(&value).expect("a parsed value serializes"));
     let id = doc_id(&collection, &key);
     let (db, write_id, write_body) = (Arc::clone(&state.db), id.clone(), compact.clone());
-    let (version, created) = tokio::task::spawn_blocking(move || write_doc(&db, &write_id, &write_body)).await??;
-    let doc = Doc { version, body: compact };
+    let (version, created) =
+        tokio::task::spawn_blocking(move || write_doc(&db, &write_id, &write_body)).await??;
+    let doc = Doc {
+        version,
+        body: compact,
+    };
     // After the commit: later reads of this key see the new version.
     state.cache.insert(id, doc.clone()).await;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(doc_response(status, &doc))
 }
 
@@ -233,13 +247,18 @@ fn parse_args() -> Args {
     let mut cache_bytes = DEFAULT_CACHE_BYTES;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().unwrap_or_else(|| usage_exit(&format!("{name} needs a value")));
+        let mut value = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| usage_exit(&format!("{name} needs a value")))
+        };
         match arg.as_str() {
             "--listen" => listen = value("--listen"),
             "--data-dir" => data_dir = Some(PathBuf::from(value("--data-dir"))),
             "--cache-bytes" => {
                 let v = value("--cache-bytes");
-                cache_bytes = v.parse().unwrap_or_else(|_| usage_exit(&format!("bad --cache-bytes {v:?}")));
+                cache_bytes = v
+                    .parse()
+                    .unwrap_or_else(|_| usage_exit(&format!("bad --cache-bytes {v:?}")));
             }
             "-h" | "--help" => {
                 eprintln!("usage: axum-docs --listen ADDR:PORT --data-dir DIR [--cache-bytes N]");
@@ -249,7 +268,9 @@ fn parse_args() -> Args {
         }
     }
     Args {
-        listen: listen.parse().unwrap_or_else(|e| usage_exit(&format!("bad --listen {listen:?}: {e}"))),
+        listen: listen
+            .parse()
+            .unwrap_or_else(|e| usage_exit(&format!("bad --listen {listen:?}: {e}"))),
         data_dir: data_dir.unwrap_or_else(|| usage_exit("--data-dir is required")),
         cache_bytes,
     }
@@ -266,7 +287,8 @@ fn open_db(data_dir: &std::path::Path) -> Result<Database, redb::Error> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -292,7 +314,10 @@ async fn main() {
     };
     let app = Router::new()
         .route("/json", get(json_hello))
-        .route("/v1/{collection}/{key}", get(get_handler).put(put_handler).delete(delete_handler))
+        .route(
+            "/v1/{collection}/{key}",
+            get(get_handler).put(put_handler).delete(delete_handler),
+        )
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
