@@ -51,15 +51,15 @@ impl Mailbox {
 
     /// Queues a message and wakes the core.
     pub fn deliver(&self, msg: CoreMsg) {
-        if self.post(msg) {
+        if self.post(msg).is_ok() {
             self.wake();
         }
     }
 
     /// Queues a message without waking the core; call [`Self::wake`] once
-    /// after a batch. Returns false if the core is gone.
-    pub fn post(&self, msg: CoreMsg) -> bool {
-        self.tx.send(msg).is_ok()
+    /// after a batch. Gives the message back if the core is gone.
+    pub fn post(&self, msg: CoreMsg) -> Result<(), CoreMsg> {
+        self.tx.send(msg).map_err(|error| error.0)
     }
 
     pub fn wake(&self) {

@@ -355,17 +355,28 @@ impl Plane {
         }
     }
 
-    /// Sends the messages queued for other cores, waking each once.
+    /// Sends the messages queued for other cores, waking each once. An
+    /// operation for a core that has stopped (only while shutting down) fails
+    /// at once instead of waiting for an answer that cannot come.
     pub fn flush_outbox(&mut self) {
+        let mut failed = Vec::new();
         for (core, messages) in self.outbox.iter_mut().enumerate() {
             if messages.is_empty() {
                 continue;
             }
             let mailbox = &self.mailboxes[core];
             for msg in messages.drain(..) {
-                mailbox.post(CoreMsg::Data(msg));
+                if let Err(CoreMsg::Data(DataMsg::Op { to, .. })) = mailbox.post(CoreMsg::Data(msg)) {
+                    failed.push((core, to));
+                }
             }
             mailbox.wake();
+        }
+        for (core, to) in failed {
+            let outcome = StoreOutcome::Failed(crate::store::StoreError::Engine(format!(
+                "io core {core}, which owns the shard, has stopped"
+            )));
+            self.fill_part(to.gather, to.part, Some(Part::Store(outcome)));
         }
     }
 
@@ -455,8 +466,7 @@ impl Plane {
     /// Queues a store outcome to this core itself, handled on the next turn
     /// (the ticket is not registered yet when the send fails).
     fn outbox_self(&mut self, ticket: u64, outcome: StoreOutcome) {
-        self.mailboxes[self.core].post(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
-        self.mailboxes[self.core].wake();
+        self.mailboxes[self.core].deliver(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
     }
 
     fn on_stored(&mut self, ticket: u64, outcome: StoreOutcome, now: Instant) {

@@ -185,7 +185,8 @@ impl Worker {
                 self.commit(shard, &mut pending, &mut outcomes);
             }
             for (ticket, outcome) in outcomes.drain(..) {
-                self.owner.post(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
+                // A stopped core needs no answer.
+                let _ = self.owner.post(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
             }
             self.owner.wake();
         }
