@@ -135,7 +135,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PERCORE_SHARDS", value_name = "N")]
     pub shards: Option<String>,
     /// Shard by key ranges instead of a hash, e.g. `A-M,N-Z` (one shard per range).
-    #[arg(long, env = "PERCORE_SHARD_RANGES", value_name = "RANGES", conflicts_with = "shards")]
+    #[arg(
+        long,
+        env = "PERCORE_SHARD_RANGES",
+        value_name = "RANGES",
+        conflicts_with = "shards"
+    )]
     pub shard_ranges: Option<String>,
     /// Bytes of documents each io core caches for the shards it owns. [default: 64MiB]
     #[arg(long, env = "PERCORE_CACHE_BYTES", value_name = "SIZE")]
@@ -445,7 +450,10 @@ impl Config {
         }
         if let Some(text) = value("shard_ranges", &args.shard_ranges)? {
             if store.shard_map.is_some() {
-                return Err(invalid("shard_ranges", "set --shards or --shard-ranges, not both"));
+                return Err(invalid(
+                    "shard_ranges",
+                    "set --shards or --shard-ranges, not both",
+                ));
             }
             store.shard_map =
                 Some(ShardStrategy::parse_ranges(&text).map_err(|m| invalid("shard_ranges", m))?);
@@ -971,10 +979,16 @@ mod tests {
         both.data_dir = Some(dir.clone());
         both.queue = Some("nats://127.0.0.1:4222".into());
         std::fs::write(&path, "").unwrap();
-        assert!(Config::resolve(&both)
-            .unwrap_err()
-            .to_string()
-            .contains("set one of them"));
+        let both = Config::resolve(&both).unwrap();
+        assert_eq!(
+            both.store.dir,
+            Some(dir.clone()),
+            "documents stay in --data-dir"
+        );
+        assert!(
+            both.queues.as_ref().unwrap().nats.is_some(),
+            "jobs go to NATS"
+        );
         std::fs::write(&path, "cores = true\n").unwrap();
         let error = Config::resolve(&a).unwrap_err().to_string();
         assert!(error.contains("`cores`"), "{error}");

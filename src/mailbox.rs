@@ -58,6 +58,8 @@ impl Mailbox {
 
     /// Queues a message without waking the core; call [`Self::wake`] once
     /// after a batch. Gives the message back if the core is gone.
+    // The message comes back only when the core has stopped: size does not matter.
+    #[allow(clippy::result_large_err)]
     pub fn post(&self, msg: CoreMsg) -> Result<(), CoreMsg> {
         self.tx.send(msg).map_err(|error| error.0)
     }

@@ -29,6 +29,6 @@ impl Rng {
 
     /// Uniform in `1..=n`.
     pub fn between_one_and(&mut self, n: u32) -> u32 {
-        ((self.next_u64() >> 32) * u64::from(n) >> 32) as u32 + 1
+        (((self.next_u64() >> 32) * u64::from(n)) >> 32) as u32 + 1
     }
 }

@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use percore::api::{self, Service};
 use percore::docs::Plane;
-use percore::store::StoreOptions;
 use percore::http::Limits;
 use percore::limit::{KeySource, Limiter, Policy, Rate, Rules};
 use percore::metrics::Registry;
 use percore::net::session::Session;
 use percore::node::Node;
+use percore::store::StoreOptions;
 
 /// Counts allocations made by the current thread.
 struct Counting;
@@ -167,4 +167,26 @@ fn rate_limited_requests_allocate_nothing_either() {
         16,
         "every answer carries the limiter's headers"
     );
+}
+
+/// The cache partition's lookups allocate nothing, hit or miss.
+#[test]
+fn cache_hits_and_misses_allocate_nothing() {
+    use percore::cache::{Cache, CacheCounters};
+    let counters = std::sync::Arc::new(CacheCounters::default());
+    let mut cache = Cache::new(1 << 20, Some(std::time::Duration::from_secs(60)), counters);
+    let now = Instant::now();
+    for id in 0..1_000u32 {
+        cache.insert(format!("/item/{id}").as_bytes(), id, 200, now);
+    }
+    let keys: Vec<Vec<u8>> = (0..2_000u32)
+        .map(|id| format!("/item/{id}").into_bytes())
+        .collect();
+    let before = allocations();
+    let mut hits = 0;
+    for key in &keys {
+        hits += usize::from(cache.get(key, now).is_some());
+    }
+    assert_eq!(allocations(), before, "get allocated");
+    assert!(hits > 0 && hits < keys.len());
 }

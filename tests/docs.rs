@@ -31,7 +31,13 @@ impl Drop for DataDir {
     }
 }
 
-fn request(conn: &mut Conn, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+fn request(
+    conn: &mut Conn,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: t\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -46,7 +52,13 @@ fn request(conn: &mut Conn, method: &str, path: &str, headers: &[(&str, &str)], 
 }
 
 fn put(conn: &mut Conn, path: &str, body: &str) -> Response {
-    request(conn, "PUT", path, &[("Content-Type", "application/json")], body)
+    request(
+        conn,
+        "PUT",
+        path,
+        &[("Content-Type", "application/json")],
+        body,
+    )
 }
 
 fn json(response: &Response) -> Value {
@@ -69,11 +81,19 @@ fn metric(server: &Server, name: &str) -> f64 {
 fn create_read_replace_delete() {
     let server = Server::start(&[]);
     let mut conn = server.connect();
-    let created = put(&mut conn, "/v1/users/ann", r#"{ "name": "Ann", "age": 41 }"#);
+    let created = put(
+        &mut conn,
+        "/v1/users/ann",
+        r#"{ "name": "Ann", "age": 41 }"#,
+    );
     assert_eq!(created.status, 201, "{}", created.text());
     let etag = created.header("etag").expect("an ETag").to_owned();
     assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
-    assert_eq!(created.text(), r#"{"name":"Ann","age":41}"#, "stored compact");
+    assert_eq!(
+        created.text(),
+        r#"{"name":"Ann","age":41}"#,
+        "stored compact"
+    );
 
     let read = request(&mut conn, "GET", "/v1/users/ann", &[], "");
     assert_eq!(read.status, 200);
@@ -88,16 +108,29 @@ fn create_read_replace_delete() {
     assert_eq!(replaced.status, 200);
     let new_etag = replaced.header("etag").unwrap().to_owned();
     assert_ne!(new_etag, etag, "a write changes the ETag");
-    assert_eq!(json(&request(&mut conn, "GET", "/v1/users/ann", &[], ""))["age"], 42);
+    assert_eq!(
+        json(&request(&mut conn, "GET", "/v1/users/ann", &[], ""))["age"],
+        42
+    );
 
     let deleted = request(&mut conn, "DELETE", "/v1/users/ann", &[], "");
     assert_eq!(deleted.status, 204);
-    assert!(deleted.header("content-length").is_none(), "204 carries no length");
+    assert!(
+        deleted.header("content-length").is_none(),
+        "204 carries no length"
+    );
     let gone = request(&mut conn, "GET", "/v1/users/ann", &[], "");
     assert_eq!(gone.status, 404);
     assert_eq!(gone.error_code(), "not_found");
-    assert!(gone.text().contains("ann") && gone.text().contains("users"), "{}", gone.text());
-    assert_eq!(request(&mut conn, "DELETE", "/v1/users/ann", &[], "").status, 404);
+    assert!(
+        gone.text().contains("ann") && gone.text().contains("users"),
+        "{}",
+        gone.text()
+    );
+    assert_eq!(
+        request(&mut conn, "DELETE", "/v1/users/ann", &[], "").status,
+        404
+    );
 
     // Created again: a new ETag, never the deleted document's.
     let again = put(&mut conn, "/v1/users/ann", r#"{"name":"Ann"}"#);
@@ -107,7 +140,10 @@ fn create_read_replace_delete() {
 
     // Keys are percent-decoded; the same document by either spelling.
     assert_eq!(put(&mut conn, "/v1/users/a%20b", r#"{"k":1}"#).status, 201);
-    assert_eq!(json(&request(&mut conn, "GET", "/v1/users/a%20b", &[], ""))["k"], 1);
+    assert_eq!(
+        json(&request(&mut conn, "GET", "/v1/users/a%20b", &[], ""))["k"],
+        1
+    );
 }
 
 #[test]
@@ -118,10 +154,26 @@ fn preconditions_make_read_modify_write_safe() {
     let etag = first.header("etag").unwrap().to_owned();
 
     // Not modified for a matching If-None-Match on GET.
-    let cached = request(&mut conn, "GET", "/v1/items/x", &[("If-None-Match", &etag)], "");
+    let cached = request(
+        &mut conn,
+        "GET",
+        "/v1/items/x",
+        &[("If-None-Match", &etag)],
+        "",
+    );
     assert_eq!(cached.status, 304);
     assert_eq!(cached.header("etag"), Some(etag.as_str()));
-    assert_eq!(request(&mut conn, "GET", "/v1/items/x", &[("If-None-Match", "\"ffff\"")], "").status, 200);
+    assert_eq!(
+        request(
+            &mut conn,
+            "GET",
+            "/v1/items/x",
+            &[("If-None-Match", "\"ffff\"")],
+            ""
+        )
+        .status,
+        200
+    );
 
     // A write with the current ETag wins; a second with the same (now stale) one is refused.
     let second = request(
@@ -141,15 +193,44 @@ fn preconditions_make_read_modify_write_safe() {
     );
     assert_eq!(stale.status, 412, "{}", stale.text());
     assert_eq!(stale.error_code(), "precondition_failed");
-    assert!(stale.text().contains(second.header("etag").unwrap().trim_matches('"')), "names the current ETag: {}", stale.text());
-    assert_eq!(json(&request(&mut conn, "GET", "/v1/items/x", &[], ""))["n"], 2, "the refused write changed nothing");
+    assert!(
+        stale
+            .text()
+            .contains(second.header("etag").unwrap().trim_matches('"')),
+        "names the current ETag: {}",
+        stale.text()
+    );
+    assert_eq!(
+        json(&request(&mut conn, "GET", "/v1/items/x", &[], ""))["n"],
+        2,
+        "the refused write changed nothing"
+    );
 
     // Weak tags never match If-Match; a PATCH and a DELETE with a stale tag are refused too.
     let weak = format!("W/{}", second.header("etag").unwrap());
-    let patch = request(&mut conn, "PATCH", "/v1/items/x", &[("If-Match", &weak)], r#"{"n":9}"#);
+    let patch = request(
+        &mut conn,
+        "PATCH",
+        "/v1/items/x",
+        &[("If-Match", &weak)],
+        r#"{"n":9}"#,
+    );
     assert_eq!(patch.status, 412);
-    assert_eq!(request(&mut conn, "DELETE", "/v1/items/x", &[("If-Match", &etag)], "").status, 412);
-    assert_eq!(json(&request(&mut conn, "GET", "/v1/items/x", &[], ""))["n"], 2);
+    assert_eq!(
+        request(
+            &mut conn,
+            "DELETE",
+            "/v1/items/x",
+            &[("If-Match", &etag)],
+            ""
+        )
+        .status,
+        412
+    );
+    assert_eq!(
+        json(&request(&mut conn, "GET", "/v1/items/x", &[], ""))["n"],
+        2
+    );
 
     // If-None-Match: * creates only.
     let exists = request(
@@ -177,10 +258,26 @@ fn preconditions_make_read_modify_write_safe() {
         r#"{"n":6}"#,
     );
     assert_eq!(missing.status, 412);
-    assert_eq!(request(&mut conn, "GET", "/v1/items/z", &[], "").status, 404);
+    assert_eq!(
+        request(&mut conn, "GET", "/v1/items/z", &[], "").status,
+        404
+    );
     // A matching If-Match deletes.
-    let current = request(&mut conn, "GET", "/v1/items/y", &[], "").header("etag").unwrap().to_owned();
-    assert_eq!(request(&mut conn, "DELETE", "/v1/items/y", &[("If-Match", &current)], "").status, 204);
+    let current = request(&mut conn, "GET", "/v1/items/y", &[], "")
+        .header("etag")
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        request(
+            &mut conn,
+            "DELETE",
+            "/v1/items/y",
+            &[("If-Match", &current)],
+            ""
+        )
+        .status,
+        204
+    );
 }
 
 #[test]
@@ -208,18 +305,35 @@ fn merge_patch_follows_rfc_7396() {
         "phoneNumber": "+01-123-456-7890"
     });
     assert_eq!(json(&patched), expected);
-    assert_eq!(json(&request(&mut conn, "GET", "/v1/p/1", &[], "")), expected);
+    assert_eq!(
+        json(&request(&mut conn, "GET", "/v1/p/1", &[], "")),
+        expected
+    );
     assert_ne!(patched.header("etag"), None);
 
     let missing = request(&mut conn, "PATCH", "/v1/p/nope", &[], r#"{"a":1}"#);
     assert_eq!(missing.status, 404);
-    assert_eq!(request(&mut conn, "GET", "/v1/p/nope", &[], "").status, 404, "PATCH does not create");
+    assert_eq!(
+        request(&mut conn, "GET", "/v1/p/nope", &[], "").status,
+        404,
+        "PATCH does not create"
+    );
     let not_object = request(&mut conn, "PATCH", "/v1/p/1", &[], "[1,2]");
     assert_eq!(not_object.status, 400);
-    let form = request(&mut conn, "PATCH", "/v1/p/1", &[("Content-Type", "application/x-www-form-urlencoded")], r#"{"a":1}"#);
+    let form = request(
+        &mut conn,
+        "PATCH",
+        "/v1/p/1",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        r#"{"a":1}"#,
+    );
     assert_eq!(form.status, 415);
     assert_eq!(form.error_code(), "unsupported_media_type");
-    assert_eq!(json(&request(&mut conn, "GET", "/v1/p/1", &[], "")), expected, "refused patches changed nothing");
+    assert_eq!(
+        json(&request(&mut conn, "GET", "/v1/p/1", &[], "")),
+        expected,
+        "refused patches changed nothing"
+    );
 }
 
 #[test]
@@ -233,25 +347,70 @@ fn field_masks_project_documents() {
     );
     for _ in 0..2 {
         // Twice: the second answer comes from the cached projection.
-        let masked = request(&mut conn, "GET", "/v1/products/p1?fields=id,name,price,dims.h,absent,tags.x", &[], "");
+        let masked = request(
+            &mut conn,
+            "GET",
+            "/v1/products/p1?fields=id,name,price,dims.h,absent,tags.x",
+            &[],
+            "",
+        );
         assert_eq!(masked.status, 200);
-        assert_eq!(json(&masked), serde_json::json!({"id":7,"name":"lamp","price":12.5,"dims":{"h":20}}));
+        assert_eq!(
+            json(&masked),
+            serde_json::json!({"id":7,"name":"lamp","price":12.5,"dims":{"h":20}})
+        );
     }
-    let encoded = request(&mut conn, "GET", "/v1/products/p1?fields=dims.d.x%2Cstock", &[], "");
-    assert_eq!(json(&encoded), serde_json::json!({"stock":3,"dims":{"d":{"x":1}}}));
-    let same_set = request(&mut conn, "GET", "/v1/products/p1?fields=stock,dims.d.x,stock", &[], "");
+    let encoded = request(
+        &mut conn,
+        "GET",
+        "/v1/products/p1?fields=dims.d.x%2Cstock",
+        &[],
+        "",
+    );
+    assert_eq!(
+        json(&encoded),
+        serde_json::json!({"stock":3,"dims":{"d":{"x":1}}})
+    );
+    let same_set = request(
+        &mut conn,
+        "GET",
+        "/v1/products/p1?fields=stock,dims.d.x,stock",
+        &[],
+        "",
+    );
     assert_eq!(json(&same_set), json(&encoded));
-    let whole = request(&mut conn, "GET", "/v1/products/p1?fields=dims,dims.w", &[], "");
-    assert_eq!(json(&whole), serde_json::json!({"dims":{"w":10,"h":20,"d":{"x":1}}}));
+    let whole = request(
+        &mut conn,
+        "GET",
+        "/v1/products/p1?fields=dims,dims.w",
+        &[],
+        "",
+    );
+    assert_eq!(
+        json(&whole),
+        serde_json::json!({"dims":{"w":10,"h":20,"d":{"x":1}}})
+    );
 
     for bad in ["", "a,,b", "a.", ".a", "a..b", "name,"] {
-        let refused = request(&mut conn, "GET", &format!("/v1/products/p1?fields={bad}"), &[], "");
+        let refused = request(
+            &mut conn,
+            "GET",
+            &format!("/v1/products/p1?fields={bad}"),
+            &[],
+            "",
+        );
         assert_eq!(refused.status, 400, "fields={bad}");
         assert_eq!(refused.error_code(), "invalid_fields");
     }
     // A write drops every cached projection: the next masked read sees it.
     put(&mut conn, "/v1/products/p1", r#"{"id":8,"name":"desk"}"#);
-    let after = request(&mut conn, "GET", "/v1/products/p1?fields=id,name,price", &[], "");
+    let after = request(
+        &mut conn,
+        "GET",
+        "/v1/products/p1?fields=id,name,price",
+        &[],
+        "",
+    );
     assert_eq!(json(&after), serde_json::json!({"id":8,"name":"desk"}));
 }
 
@@ -259,42 +418,105 @@ fn field_masks_project_documents() {
 fn bad_input_is_refused_and_writes_nothing() {
     let server = Server::start(&["--max-document-bytes", "64"]);
     let mut conn = server.connect();
-    let cases: [(&str, &str, &[(&str, &str)], &str, u16, &str); 9] = [
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a [(&'a str, &'a str)],
+        &'a str,
+        u16,
+        &'a str,
+    );
+    let cases: [Case; 9] = [
         ("PUT", "/v1/c/k", &[], r#"{"a":"#, 400, "invalid_document"),
         ("PUT", "/v1/c/k", &[], r#"[1,2,3]"#, 400, "invalid_document"),
-        ("PUT", "/v1/c/k", &[], r#"{"a":1} trailing"#, 400, "invalid_document"),
+        (
+            "PUT",
+            "/v1/c/k",
+            &[],
+            r#"{"a":1} trailing"#,
+            400,
+            "invalid_document",
+        ),
         ("PUT", "/v1/c/k", &[], "", 400, "invalid_document"),
-        ("PUT", "/v1/c/k", &[], &"{\"a\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}", 413, "document_too_large"),
-        ("PUT", "/v1/c/k", &[("Content-Type", "text/plain")], r#"{"a":1}"#, 415, "unsupported_media_type"),
+        (
+            "PUT",
+            "/v1/c/k",
+            &[],
+            "{\"a\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}",
+            413,
+            "document_too_large",
+        ),
+        (
+            "PUT",
+            "/v1/c/k",
+            &[("Content-Type", "text/plain")],
+            r#"{"a":1}"#,
+            415,
+            "unsupported_media_type",
+        ),
         ("PUT", "/v1/c/a%01b", &[], r#"{"a":1}"#, 400, "invalid_key"),
         ("PUT", "/v1/c$/k", &[], r#"{"a":1}"#, 400, "invalid_key"),
         ("PUT", "/v1/c/bad%zz", &[], r#"{"a":1}"#, 400, "invalid_key"),
     ];
     for (method, path, headers, body, status, code) in cases {
         let response = request(&mut conn, method, path, headers, body);
-        assert_eq!(response.status, status, "{method} {path} {body:?}: {}", response.text());
+        assert_eq!(
+            response.status,
+            status,
+            "{method} {path} {body:?}: {}",
+            response.text()
+        );
         assert_eq!(response.error_code(), code, "{method} {path} {body:?}");
     }
     let long_key = "k".repeat(513);
-    assert_eq!(put(&mut conn, &format!("/v1/c/{long_key}"), r#"{"a":1}"#).status, 400);
-    assert_eq!(put(&mut conn, "/v1/jobs/x", r#"{"a":1}"#).status, 400, "reserved collection");
+    assert_eq!(
+        put(&mut conn, &format!("/v1/c/{long_key}"), r#"{"a":1}"#).status,
+        400
+    );
+    assert_eq!(
+        put(&mut conn, "/v1/jobs/x", r#"{"a":1}"#).status,
+        400,
+        "reserved collection"
+    );
     // The connection survived every refusal, and nothing was written.
     assert_eq!(request(&mut conn, "GET", "/v1/c/k", &[], "").status, 404);
-    assert_eq!(json(&request(&mut conn, "GET", "/v1/c", &[], ""))["items"], serde_json::json!([]));
+    assert_eq!(
+        json(&request(&mut conn, "GET", "/v1/c", &[], ""))["items"],
+        serde_json::json!([])
+    );
     // A patch that would make the document too large is refused whole.
     assert_eq!(put(&mut conn, "/v1/c/k", r#"{"a":1}"#).status, 201);
-    let grown = request(&mut conn, "PATCH", "/v1/c/k", &[], &format!("{{\"b\":\"{}\"}}", "y".repeat(50)));
+    let grown = request(
+        &mut conn,
+        "PATCH",
+        "/v1/c/k",
+        &[],
+        &format!("{{\"b\":\"{}\"}}", "y".repeat(60)),
+    );
     assert_eq!(grown.status, 413, "{}", grown.text());
-    assert_eq!(request(&mut conn, "GET", "/v1/c/k", &[], "").text(), r#"{"a":1}"#);
+    assert_eq!(
+        request(&mut conn, "GET", "/v1/c/k", &[], "").text(),
+        r#"{"a":1}"#
+    );
 }
 
 #[test]
 fn scans_merge_every_shard_in_key_order() {
     let server = Server::start(&["--cores", "2"]);
     let mut conn = server.connect();
-    let mut keys: Vec<String> = (0..57).map(|i| format!("key-{:03}", (i * 37) % 57)).collect();
+    let mut keys: Vec<String> = (0..57)
+        .map(|i| format!("key-{:03}", (i * 37) % 57))
+        .collect();
     for key in &keys {
-        assert_eq!(put(&mut conn, &format!("/v1/scan/{key}"), &format!(r#"{{"k":"{key}","n":1}}"#)).status, 201);
+        assert_eq!(
+            put(
+                &mut conn,
+                &format!("/v1/scan/{key}"),
+                &format!(r#"{{"k":"{key}","n":1}}"#)
+            )
+            .status,
+            201
+        );
     }
     put(&mut conn, "/v1/scan-other/zzz", r#"{"other":true}"#);
     keys.sort();
@@ -310,7 +532,11 @@ fn scans_merge_every_shard_in_key_order() {
         assert!(items.len() <= 10);
         for item in items {
             let key = item["key"].as_str().unwrap().to_owned();
-            assert_eq!(item["doc"], serde_json::json!({"k": key}), "the mask applies to scans");
+            assert_eq!(
+                item["doc"],
+                serde_json::json!({"k": key}),
+                "the mask applies to scans"
+            );
             seen.push(key);
         }
         match page["next"].as_str() {
@@ -318,9 +544,16 @@ fn scans_merge_every_shard_in_key_order() {
             None => break,
         }
     }
-    assert_eq!(seen, keys, "every key once, in order, none from another collection");
+    assert_eq!(
+        seen, keys,
+        "every key once, in order, none from another collection"
+    );
     for bad in ["limit=0", "limit=1001", "limit=x", "after=%01"] {
-        assert_eq!(request(&mut conn, "GET", &format!("/v1/scan?{bad}"), &[], "").status, 400, "{bad}");
+        assert_eq!(
+            request(&mut conn, "GET", &format!("/v1/scan?{bad}"), &[], "").status,
+            400,
+            "{bad}"
+        );
     }
 }
 
@@ -345,7 +578,10 @@ fn writes_are_linearizable_across_cores() {
                     let floor = acked.load(Ordering::SeqCst);
                     let response = request(&mut conn, "GET", "/v1/lin/counter", &[], "");
                     let value = json(&response)["v"].as_u64().unwrap();
-                    assert!(value >= floor, "read {value} after write {floor} was acknowledged");
+                    assert!(
+                        value >= floor,
+                        "read {value} after write {floor} was acknowledged"
+                    );
                     assert!(value >= last, "read {value} after reading {last}");
                     last = value;
                     reads += 1;
@@ -421,9 +657,16 @@ fn kill_9_loses_no_acknowledged_write() {
     for writer in writers {
         writer.join().unwrap();
     }
-    assert!(cut_off.load(Ordering::SeqCst), "the burst ended before the kill; the test proved nothing");
+    assert!(
+        cut_off.load(Ordering::SeqCst),
+        "the burst ended before the kill; the test proved nothing"
+    );
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(acknowledged.len() >= 1000, "only {} writes were acknowledged", acknowledged.len());
+    assert!(
+        acknowledged.len() >= 1000,
+        "only {} writes were acknowledged",
+        acknowledged.len()
+    );
 
     let restarted = Server::start(&["--cores", "2", "--data-dir", data.arg()]);
     let mut conn = restarted.connect();
@@ -434,36 +677,80 @@ fn kill_9_loses_no_acknowledged_write() {
             missing.push(key.clone());
         }
     }
-    assert!(missing.is_empty(), "{} acknowledged writes lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
 
 #[test]
 fn the_shard_map_is_kept_and_a_different_one_refused() {
     let data = DataDir::new("map");
-    let server = Server::start_with_output(&["--data-dir", data.arg(), "--shard-ranges", "A-M,N-Z"]);
-    assert!(server.1.contains("shard map v1: key ranges A-M,N-Z"), "{}", server.1);
-    assert!(server.1.contains("shard 0 [") && server.1.contains("shard 1 [N"), "{}", server.1);
+    let server =
+        Server::start_with_output(&["--data-dir", data.arg(), "--shard-ranges", "A-M,N-Z"]);
+    assert!(
+        server.1.contains("shard map v1: key ranges A-M,N-Z"),
+        "{}",
+        server.1
+    );
+    assert!(
+        server.1.contains("shard 0 [") && server.1.contains("shard 1 [N"),
+        "{}",
+        server.1
+    );
     let mut conn = server.0.connect();
     for key in ["Alice", "Nora", "zed", "0"] {
-        assert_eq!(put(&mut conn, &format!("/v1/people/{key}"), r#"{"x":1}"#).status, 201);
+        assert_eq!(
+            put(&mut conn, &format!("/v1/people/{key}"), r#"{"x":1}"#).status,
+            201
+        );
     }
     drop(conn);
     drop(server);
 
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_percore"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--cores", "1", "--data-dir", data.arg(), "--shards", "4"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--data-dir",
+            data.arg(),
+            "--shards",
+            "4",
+        ])
         .output()
         .unwrap();
     assert!(!refused.status.success());
     let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(said.contains("shard map v1") && said.contains("key ranges A-M,N-Z") && said.contains("4 shards"), "{said}");
+    assert!(
+        said.contains("shard map v1")
+            && said.contains("key ranges A-M,N-Z")
+            && said.contains("4 shards"),
+        "{said}"
+    );
 
-    // Without shard flags the stored map is used, and every document is where it was.
-    let again = Server::start(&["--data-dir", data.arg()]);
+    // Without shard flags the stored map is used, and every document is where
+    // it was, also with more io cores (shards move between cores, not documents between shards).
+    let again = Server::start(&["--data-dir", data.arg(), "--cores", "2"]);
     let mut conn = again.connect();
     let page = json(&request(&mut conn, "GET", "/v1/people", &[], ""));
-    let keys: Vec<&str> = page["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect();
+    let keys: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["key"].as_str().unwrap())
+        .collect();
     assert_eq!(keys, ["0", "Alice", "Nora", "zed"]);
+    for key in keys {
+        assert_eq!(
+            request(&mut conn, "GET", &format!("/v1/people/{key}"), &[], "").status,
+            200
+        );
+    }
 }
 
 #[test]
@@ -481,7 +768,12 @@ fn bad_store_flags_exit_64() {
             .args(args)
             .output()
             .unwrap();
-        assert_eq!(output.status.code(), Some(64), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
@@ -492,26 +784,46 @@ fn the_cache_partition_counts_hits_misses_and_evictions() {
         let server = Server::start(&["--data-dir", data.arg()]);
         let mut conn = server.connect();
         for i in 0..200 {
-            put(&mut conn, &format!("/v1/cache/k{i}"), &format!(r#"{{"i":{i},"pad":"{}"}}"#, "p".repeat(200)));
+            put(
+                &mut conn,
+                &format!("/v1/cache/k{i}"),
+                &format!(r#"{{"i":{i},"pad":"{}"}}"#, "p".repeat(200)),
+            );
         }
     }
     // Restarted, so nothing is cached; 16 KiB holds only some of the 200 documents.
     let server = Server::start(&["--data-dir", data.arg(), "--cache-bytes", "16KiB"]);
     let mut conn = server.connect();
-    assert_eq!(request(&mut conn, "GET", "/v1/cache/k1", &[], "").status, 200);
-    assert_eq!(request(&mut conn, "GET", "/v1/cache/k1", &[], "").status, 200);
+    assert_eq!(
+        request(&mut conn, "GET", "/v1/cache/k1", &[], "").status,
+        200
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/v1/cache/k1", &[], "").status,
+        200
+    );
     assert_eq!(metric(&server, "percore_cache_misses_total"), 1.0);
     assert_eq!(metric(&server, "percore_cache_hits_total"), 1.0);
     for i in 0..200 {
         let response = request(&mut conn, "GET", &format!("/v1/cache/k{i}"), &[], "");
-        assert_eq!(json(&response)["i"], i, "an evicting cache still answers right");
+        assert_eq!(
+            json(&response)["i"],
+            i,
+            "an evicting cache still answers right"
+        );
     }
     assert!(metric(&server, "percore_cache_evictions_total") > 0.0);
     assert!(metric(&server, "percore_cache_bytes") <= 16.0 * 1024.0);
     // Deletes invalidate.
     request(&mut conn, "GET", "/v1/cache/k199", &[], "");
-    assert_eq!(request(&mut conn, "DELETE", "/v1/cache/k199", &[], "").status, 204);
-    assert_eq!(request(&mut conn, "GET", "/v1/cache/k199", &[], "").status, 404);
+    assert_eq!(
+        request(&mut conn, "DELETE", "/v1/cache/k199", &[], "").status,
+        204
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/v1/cache/k199", &[], "").status,
+        404
+    );
     assert!(metric(&server, "percore_store_commits_total") >= 1.0);
 }
 
@@ -523,7 +835,10 @@ fn cached_documents_expire_after_the_ttl() {
     request(&mut conn, "GET", "/v1/ttl/a", &[], "");
     assert_eq!(metric(&server, "percore_cache_expirations_total"), 0.0);
     std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(json(&request(&mut conn, "GET", "/v1/ttl/a", &[], ""))["a"], 1);
+    assert_eq!(
+        json(&request(&mut conn, "GET", "/v1/ttl/a", &[], ""))["a"],
+        1
+    );
     assert_eq!(metric(&server, "percore_cache_expirations_total"), 1.0);
 }
 
@@ -540,13 +855,19 @@ fn concurrent_misses_share_one_read() {
             conn.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
         }
         let bodies: Vec<Value> = conns.iter_mut().map(|c| json(&c.response())).collect();
-        assert!(bodies.iter().all(|b| b == &bodies[0]), "every reader saw the same row");
+        assert!(
+            bodies.iter().all(|b| b == &bodies[0]),
+            "every reader saw the same row"
+        );
         coalesced = metric(&server, "percore_data_coalesced_total");
         if coalesced > 0.0 {
             break;
         }
     }
-    assert!(coalesced > 0.0, "32 simultaneous misses never shared a read");
+    assert!(
+        coalesced > 0.0,
+        "32 simultaneous misses never shared a read"
+    );
     assert!(metric(&server, "percore_store_reads_total") < 5.0 * 32.0);
 }
 
@@ -556,28 +877,50 @@ fn techempower_database_tests() {
     let row_ok = |row: &Value| {
         let id = row["id"].as_u64().unwrap();
         let n = row["randomNumber"].as_u64().unwrap();
-        assert!((1..=10_000).contains(&id) && (1..=10_000).contains(&n), "{row}");
+        assert!(
+            (1..=10_000).contains(&id) && (1..=10_000).contains(&n),
+            "{row}"
+        );
         assert_eq!(row.as_object().unwrap().len(), 2);
     };
     let db = server.get("/db");
     assert_eq!(db.status, 200);
     assert_eq!(db.header("content-type"), Some("application/json"));
     row_ok(&json(&db));
-    for (query, expected) in [("queries=20", 20), ("queries=0", 1), ("queries=foo", 1), ("queries=501", 500), ("", 1), ("queries=-3", 1)] {
+    for (query, expected) in [
+        ("queries=20", 20),
+        ("queries=0", 1),
+        ("queries=foo", 1),
+        ("queries=501", 500),
+        ("", 1),
+        ("queries=-3", 1),
+    ] {
         for path in ["/queries", "/updates"] {
             let rows = json(&server.get(&format!("{path}?{query}")));
-            let rows = rows.as_array().unwrap_or_else(|| panic!("{path}?{query} is not an array"));
+            let rows = rows
+                .as_array()
+                .unwrap_or_else(|| panic!("{path}?{query} is not an array"));
             assert_eq!(rows.len(), expected, "{path}?{query}");
             rows.iter().for_each(row_ok);
         }
-        let cached = json(&server.get(&format!("/cached-queries?{}", query.replace("queries", "count"))));
-        assert_eq!(cached.as_array().unwrap().len(), expected, "/cached-queries?{query}");
+        let cached = json(&server.get(&format!(
+            "/cached-queries?{}",
+            query.replace("queries", "count")
+        )));
+        assert_eq!(
+            cached.as_array().unwrap().len(),
+            expected,
+            "/cached-queries?{query}"
+        );
     }
     // Updates are durable writes: a later read of each row sees its new number.
     let updated = json(&server.get("/updates?queries=10"));
     let mut last: BTreeMap<u64, u64> = BTreeMap::new();
     for row in updated.as_array().unwrap() {
-        last.insert(row["id"].as_u64().unwrap(), row["randomNumber"].as_u64().unwrap());
+        last.insert(
+            row["id"].as_u64().unwrap(),
+            row["randomNumber"].as_u64().unwrap(),
+        );
     }
     for (id, n) in last {
         let stored = json(&server.get(&format!("/v1/World/{id}")));
@@ -586,7 +929,10 @@ fn techempower_database_tests() {
 
     let fortunes = server.get("/fortunes");
     assert_eq!(fortunes.status, 200);
-    assert_eq!(fortunes.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        fortunes.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     let expected = "<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr><tr><td>11</td><td>&lt;script&gt;alert(&quot;This should not be displayed in a browser alert box.&quot;);&lt;/script&gt;</td></tr><tr><td>4</td><td>A bad random number generator: 1, 1, 1, 1, 1, 4.33e+67, 1, 1, 1</td></tr><tr><td>5</td><td>A computer program does what you tell it to do, not what you want it to do.</td></tr><tr><td>2</td><td>A computer scientist is someone who fixes things that aren&#39;t broken.</td></tr><tr><td>8</td><td>A list is only as strong as its weakest link. \u{2014} Donald Knuth</td></tr><tr><td>0</td><td>Additional fortune added at request time.</td></tr><tr><td>3</td><td>After enough decimal places, nobody gives a damn.</td></tr><tr><td>7</td><td>Any program that runs right is obsolete.</td></tr><tr><td>10</td><td>Computers make very fast, very accurate mistakes.</td></tr><tr><td>6</td><td>Emacs is a nice operating system, but I prefer UNIX. \u{2014} Tom Christaensen</td></tr><tr><td>9</td><td>Feature: A bug with seniority.</td></tr><tr><td>1</td><td>fortune: No such file or directory</td></tr><tr><td>12</td><td>\u{30d5}\u{30ec}\u{30fc}\u{30e0}\u{30ef}\u{30fc}\u{30af}\u{306e}\u{30d9}\u{30f3}\u{30c1}\u{30de}\u{30fc}\u{30af}</td></tr></table></body></html>";
     assert_eq!(fortunes.text(), expected);
 }

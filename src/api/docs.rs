@@ -52,7 +52,8 @@ pub fn get(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
     let shard = plane.map().shard_of(collection.as_bytes(), key.as_bytes());
     let mut storage = std::mem::take(plane.scratch());
     storage_key(collection, &key, &mut storage);
-    if plane.map().owner(shard) == plane.core() {
+    let owned_here = plane.map().owner(shard) == plane.core();
+    if owned_here {
         if let Some(stored) = plane.cached(&storage, mask.as_ref(), Instant::now()) {
             *plane.scratch() = storage;
             return render_doc(&stored, if_none_match.as_ref(), response);
@@ -63,6 +64,7 @@ pub fn get(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
         key: storage.clone(),
         mask,
         cached: true,
+        missed: owned_here,
     };
     *plane.scratch() = storage;
     ctx.deferred = Some(Deferred::Data(DataRequest {
@@ -81,7 +83,11 @@ pub fn put(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
         accept_json(request, false)?;
         let doc = document(request.body, ctx)?;
         let cond = precondition(request);
-        Ok(store_op(ctx, collection, &key, |key| StoreOp::Put { key, doc, cond }))
+        Ok(store_op(ctx, collection, &key, |key| StoreOp::Put {
+            key,
+            doc,
+            cond,
+        }))
     })();
     defer_or_fail(result, Plan::Put, ctx, response);
 }
@@ -119,7 +125,10 @@ pub fn delete(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>)
         let (collection, key) = names(request)?;
         name = Some(DocName::new(collection, &key));
         let cond = precondition(request);
-        Ok(store_op(ctx, collection, &key, |key| StoreOp::Delete { key, cond }))
+        Ok(store_op(ctx, collection, &key, |key| StoreOp::Delete {
+            key,
+            cond,
+        }))
     })();
     let plan = Plan::Delete {
         name: name.unwrap_or_default(),
@@ -180,17 +189,33 @@ pub fn scan(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
     }
 }
 
-fn defer_or_fail(result: Result<Op, HttpError>, plan: Plan, ctx: &mut Ctx, response: &mut Response<'_>) {
+fn defer_or_fail(
+    result: Result<Op, HttpError>,
+    plan: Plan,
+    ctx: &mut Ctx,
+    response: &mut Response<'_>,
+) {
     match result {
         Ok(op) => {
-            ctx.deferred = Some(Deferred::Data(DataRequest { plan, ops: vec![op] }));
+            ctx.deferred = Some(Deferred::Data(DataRequest {
+                plan,
+                ops: vec![op],
+            }));
         }
         Err(error) => response.error(&error, &mut ctx.scratch),
     }
 }
 
-fn store_op(ctx: &mut Ctx, collection: &str, key: &str, make: impl FnOnce(Vec<u8>) -> StoreOp) -> Op {
-    let shard = ctx.plane.map().shard_of(collection.as_bytes(), key.as_bytes());
+fn store_op(
+    ctx: &mut Ctx,
+    collection: &str,
+    key: &str,
+    make: impl FnOnce(Vec<u8>) -> StoreOp,
+) -> Op {
+    let shard = ctx
+        .plane
+        .map()
+        .shard_of(collection.as_bytes(), key.as_bytes());
     let mut storage = Vec::with_capacity(collection.len() + key.len() + 1);
     storage_key(collection, key, &mut storage);
     Op::Store {
@@ -272,7 +297,9 @@ pub fn percent_decode(text: &str) -> Option<Vec<u8>> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3)?;
-            let value = std::str::from_utf8(hex).ok().and_then(|h| u8::from_str_radix(h, 16).ok())?;
+            let value = std::str::from_utf8(hex)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())?;
             out.push(value);
             i += 3;
         } else {
@@ -292,11 +319,13 @@ pub fn query_value(query: Option<&str>, name: &str) -> Result<Option<String>, Ht
         let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
         if n == name {
             let decoded = percent_decode(v).ok_or_else(|| {
-                HttpError::BadRequest(format!("query parameter `{name}` has a malformed percent-escape"))
+                HttpError::BadRequest(format!(
+                    "query parameter `{name}` has a malformed percent-escape"
+                ))
             })?;
-            return String::from_utf8(decoded)
-                .map(Some)
-                .map_err(|_| HttpError::BadRequest(format!("query parameter `{name}` is not UTF-8")));
+            return String::from_utf8(decoded).map(Some).map_err(|_| {
+                HttpError::BadRequest(format!("query parameter `{name}` is not UTF-8"))
+            });
         }
     }
     Ok(None)
@@ -308,7 +337,12 @@ fn accept_json(request: &Request<'_>, merge_patch: bool) -> Result<(), HttpError
         return Ok(());
     };
     let text = String::from_utf8_lossy(value);
-    let media = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let ok = media == "application/json"
         || (merge_patch && media == "application/merge-patch+json")
         || (!merge_patch && media.ends_with("+json"));
@@ -375,7 +409,11 @@ fn parse_tags(value: &[u8], weak: bool) -> TagSet {
 /// The ETag of a version: its hex digits, quoted.
 pub fn etag(version: u64, buf: &mut [u8; 18]) -> &str {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = if version == 0 { 1 } else { (64 - version.leading_zeros() as usize).div_ceil(4) };
+    let digits = if version == 0 {
+        1
+    } else {
+        (64 - version.leading_zeros() as usize).div_ceil(4)
+    };
     buf[0] = b'"';
     for i in 0..digits {
         buf[digits - i] = HEX[((version >> (4 * i)) & 0xf) as usize];
@@ -395,7 +433,9 @@ fn render_doc(stored: &Stored, if_none_match: Option<&TagSet>, response: &mut Re
 
 fn store_failure(outcome: StoreOutcome) -> HttpError {
     match outcome {
-        StoreOutcome::PreconditionFailed { current: Some(version) } => {
+        StoreOutcome::PreconditionFailed {
+            current: Some(version),
+        } => {
             let mut buf = [0u8; 18];
             HttpError::PreconditionFailed(format!(
                 "the document's current ETag is {}; it does not satisfy the request's If-Match/If-None-Match",
@@ -429,7 +469,12 @@ pub fn render(gathered: Gathered, response: &mut Response<'_>, scratch: &mut Vec
             Some(Part::Store(StoreOutcome::Written { stored, created })) => {
                 let mut buf = [0u8; 18];
                 let tag = etag(stored.version, &mut buf);
-                response.send(if created { 201 } else { 200 }, "application/json", &[("ETag", tag)], &stored.doc);
+                response.send(
+                    if created { 201 } else { 200 },
+                    "application/json",
+                    &[("ETag", tag)],
+                    &stored.doc,
+                );
             }
             Some(Part::Store(StoreOutcome::Missing)) => {
                 let missing = match &plan {
@@ -451,7 +496,14 @@ pub fn render(gathered: Gathered, response: &mut Response<'_>, scratch: &mut Vec
             limit,
             collection_len,
             mask,
-        } => render_scan(parts, limit, collection_len, mask.as_ref(), response, scratch),
+        } => render_scan(
+            parts,
+            limit,
+            collection_len,
+            mask.as_ref(),
+            response,
+            scratch,
+        ),
         Plan::Worlds { .. } | Plan::Updates | Plan::Fortunes => {
             super::techempower::render(plan, parts, response, scratch)
         }
@@ -471,13 +523,20 @@ fn render_scan(
         match part {
             Part::Store(StoreOutcome::Scanned(found)) => items.extend(found),
             Part::Store(outcome) => return response.error(&store_failure(outcome), scratch),
-            Part::Doc(_) => return response.error(&HttpError::Internal("unexpected part"), scratch),
+            Part::Doc(_) => {
+                return response.error(&HttpError::Internal("unexpected part"), scratch)
+            }
         }
     }
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let more = items.len() >= limit;
     items.truncate(limit);
-    let mut body = Vec::with_capacity(64 + items.iter().map(|(k, s)| k.len() + s.doc.len() + 24).sum::<usize>());
+    let mut body = Vec::with_capacity(
+        64 + items
+            .iter()
+            .map(|(k, s)| k.len() + s.doc.len() + 24)
+            .sum::<usize>(),
+    );
     let mut mask_scratch = Vec::new();
     body.extend_from_slice(b"{\"items\":[");
     for (n, (key, stored)) in items.iter().enumerate() {
@@ -491,7 +550,10 @@ fn render_scan(
         match mask {
             None => body.extend_from_slice(&stored.doc),
             Some(mask) => {
-                if mask.project(&stored.doc, &mut mask_scratch, &mut body).is_err() {
+                if mask
+                    .project(&stored.doc, &mut mask_scratch, &mut body)
+                    .is_err()
+                {
                     body.extend_from_slice(b"{}");
                 }
             }
@@ -500,7 +562,10 @@ fn render_scan(
     }
     body.extend_from_slice(b"],\"next\":");
     match items.last().filter(|_| more) {
-        Some((key, _)) => json::write_json_string(&String::from_utf8_lossy(&key[collection_len + 1..]), &mut body),
+        Some((key, _)) => json::write_json_string(
+            &String::from_utf8_lossy(&key[collection_len + 1..]),
+            &mut body,
+        ),
         None => body.extend_from_slice(b"null"),
     }
     body.push(b'}');

@@ -12,13 +12,13 @@ use std::time::Instant;
 use httparse::Header;
 use serde::Serialize;
 
+use crate::docs::{DataRequest, Gathered, Plane};
 use crate::http::date::DateCache;
 use crate::http::response::FileBody;
 use crate::http::{Head, HttpError, Persistence, Response, Version};
 use crate::limit::{Limiter, Outcome};
 use crate::metrics::CoreMetrics;
 use crate::node::Node;
-use crate::docs::{DataRequest, Gathered, Plane};
 use crate::queue;
 use crate::rng::Rng;
 use crate::statics::{self, Index};
@@ -239,7 +239,8 @@ impl Service {
             Answer::Job(answer) => answer,
             Answer::Data(gathered) => {
                 docs::render(gathered, &mut response, &mut self.ctx.scratch);
-                self.metrics.request(Some(awaiting.route), response.status());
+                self.metrics
+                    .request(Some(awaiting.route), response.status());
                 return;
             }
         };
@@ -426,55 +427,139 @@ impl Service {
     }
 }
 
+/// Picks one counter out of a set of counters.
+type Field<C> = fn(&C) -> &std::sync::atomic::AtomicU64;
+
 /// The document store's, cache partitions' and plane's counters, per core, in Prometheus text.
 fn render_data_metrics(data: &crate::docs::DataShared, out: &mut String) {
     use std::fmt::Write as _;
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    let mut family = |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = String>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (core, value) in values.enumerate() {
-            let _ = writeln!(out, "{name}{{core=\"{core}\"}} {value}");
-        }
-    };
+    let mut family =
+        |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = String>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (core, value) in values.enumerate() {
+                let _ = writeln!(out, "{name}{{core=\"{core}\"}} {value}");
+            }
+        };
     let load = |a: &AtomicU64| a.load(Relaxed).to_string();
     let caches = &data.cache_counters;
-    let cache_rows: [(&str, &str, &str, fn(&crate::cache::CacheCounters) -> &AtomicU64); 8] = [
-        ("percore_cache_hits_total", "counter", "Reads answered from the core's cache partition.", |c| &c.hits),
-        ("percore_cache_misses_total", "counter", "Reads the cache partition could not answer.", |c| &c.misses),
-        ("percore_cache_inserts_total", "counter", "Documents put into the cache partition.", |c| &c.inserts),
-        ("percore_cache_evictions_total", "counter", "Documents evicted to stay within --cache-bytes.", |c| &c.evictions),
-        ("percore_cache_expirations_total", "counter", "Documents dropped after --cache-ttl.", |c| &c.expirations),
-        ("percore_cache_invalidations_total", "counter", "Cached documents dropped by a delete.", |c| &c.invalidations),
-        ("percore_cache_bytes", "gauge", "Bytes the cache partition holds.", |c| &c.bytes),
-        ("percore_cache_entries", "gauge", "Documents the cache partition holds.", |c| &c.entries),
+    let cache_rows: [(&str, &str, &str, Field<crate::cache::CacheCounters>); 8] = [
+        (
+            "percore_cache_hits_total",
+            "counter",
+            "Reads answered from the core's cache partition.",
+            |c| &c.hits,
+        ),
+        (
+            "percore_cache_misses_total",
+            "counter",
+            "Reads the cache partition could not answer.",
+            |c| &c.misses,
+        ),
+        (
+            "percore_cache_inserts_total",
+            "counter",
+            "Documents put into the cache partition.",
+            |c| &c.inserts,
+        ),
+        (
+            "percore_cache_evictions_total",
+            "counter",
+            "Documents evicted to stay within --cache-bytes.",
+            |c| &c.evictions,
+        ),
+        (
+            "percore_cache_expirations_total",
+            "counter",
+            "Documents dropped after --cache-ttl.",
+            |c| &c.expirations,
+        ),
+        (
+            "percore_cache_invalidations_total",
+            "counter",
+            "Cached documents dropped by a delete, or replaced by a write too large to cache.",
+            |c| &c.invalidations,
+        ),
+        (
+            "percore_cache_bytes",
+            "gauge",
+            "Bytes the cache partition holds.",
+            |c| &c.bytes,
+        ),
+        (
+            "percore_cache_entries",
+            "gauge",
+            "Documents the cache partition holds.",
+            |c| &c.entries,
+        ),
     ];
     for (name, kind, help, field) in cache_rows {
         family(name, kind, help, &mut caches.iter().map(|c| load(field(c))));
     }
     let stores = &data.store_counters;
-    let store_rows: [(&str, &str, fn(&crate::store::thread::StoreCounters) -> &AtomicU64); 4] = [
-        ("percore_store_commits_total", "Durable commits (one fsync each) of the core's shards.", |c| &c.commits),
-        ("percore_store_committed_writes_total", "Document writes and deletes made durable.", |c| &c.committed_writes),
-        ("percore_store_failed_commits_total", "Commits that failed; their writes were refused.", |c| &c.failed_commits),
-        ("percore_store_reads_total", "Documents read from the store (cache misses and uncached reads).", |c| &c.reads),
+    let store_rows: [(&str, &str, Field<crate::store::thread::StoreCounters>); 4] = [
+        (
+            "percore_store_commits_total",
+            "Durable commits (one fsync each) of the core's shards.",
+            |c| &c.commits,
+        ),
+        (
+            "percore_store_committed_writes_total",
+            "Document writes and deletes made durable.",
+            |c| &c.committed_writes,
+        ),
+        (
+            "percore_store_failed_commits_total",
+            "Commits that failed; their writes were refused.",
+            |c| &c.failed_commits,
+        ),
+        (
+            "percore_store_reads_total",
+            "Documents read from the store (cache misses and uncached reads).",
+            |c| &c.reads,
+        ),
     ];
     for (name, help, field) in store_rows {
-        family(name, "counter", help, &mut stores.iter().map(|c| load(field(c))));
+        family(
+            name,
+            "counter",
+            help,
+            &mut stores.iter().map(|c| load(field(c))),
+        );
     }
     family(
         "percore_store_commit_seconds_total",
         "counter",
         "Time spent committing, fsync included.",
-        &mut stores.iter().map(|c| format!("{:.6}", c.commit_micros.load(Relaxed) as f64 / 1e6)),
+        &mut stores
+            .iter()
+            .map(|c| format!("{:.6}", c.commit_micros.load(Relaxed) as f64 / 1e6)),
     );
     let planes = &data.plane_counters;
-    let plane_rows: [(&str, &str, fn(&crate::docs::PlaneCounters) -> &AtomicU64); 3] = [
-        ("percore_data_forwarded_total", "Document operations sent to the core that owns their shard.", |c| &c.forwarded),
-        ("percore_data_coalesced_total", "Cache misses that joined a read already in flight (single flight).", |c| &c.coalesced),
-        ("percore_data_store_ops_total", "Operations sent to the core's store thread.", |c| &c.store_ops),
+    let plane_rows: [(&str, &str, Field<crate::docs::PlaneCounters>); 3] = [
+        (
+            "percore_data_forwarded_total",
+            "Document operations sent to the core that owns their shard.",
+            |c| &c.forwarded,
+        ),
+        (
+            "percore_data_coalesced_total",
+            "Cache misses that joined a read already in flight (single flight).",
+            |c| &c.coalesced,
+        ),
+        (
+            "percore_data_store_ops_total",
+            "Operations sent to the core's store thread.",
+            |c| &c.store_ops,
+        ),
     ];
     for (name, help, field) in plane_rows {
-        family(name, "counter", help, &mut planes.iter().map(|c| load(field(c))));
+        family(
+            name,
+            "counter",
+            help,
+            &mut planes.iter().map(|c| load(field(c))),
+        );
     }
     let _ = writeln!(
         out,

@@ -114,6 +114,7 @@ fn world_read(ctx: &mut Ctx, cached: bool) -> Op {
         key,
         mask: None,
         cached,
+        missed: false,
     }
 }
 
@@ -129,7 +130,8 @@ pub fn render(plan: Plan, parts: Vec<Part>, response: &mut Response<'_>, scratch
                 let doc = match part {
                     Part::Doc(Some(stored)) => stored.doc,
                     Part::Doc(None) => {
-                        return response.error(&HttpError::Internal("a World row is missing"), scratch)
+                        return response
+                            .error(&HttpError::Internal("a World row is missing"), scratch)
                     }
                     Part::Store(outcome) => return response.error(&failure(outcome), scratch),
                 };
@@ -150,10 +152,13 @@ pub fn render(plan: Plan, parts: Vec<Part>, response: &mut Response<'_>, scratch
                 let doc = match part {
                     Part::Store(StoreOutcome::Written { stored, .. }) => stored.doc,
                     Part::Store(StoreOutcome::Missing) => {
-                        return response.error(&HttpError::Internal("a World row is missing"), scratch)
+                        return response
+                            .error(&HttpError::Internal("a World row is missing"), scratch)
                     }
                     Part::Store(outcome) => return response.error(&failure(outcome), scratch),
-                    Part::Doc(_) => return response.error(&HttpError::Internal("unexpected part"), scratch),
+                    Part::Doc(_) => {
+                        return response.error(&HttpError::Internal("unexpected part"), scratch)
+                    }
                 };
                 if n > 0 {
                     body.push(b',');
@@ -181,7 +186,9 @@ pub fn render(plan: Plan, parts: Vec<Part>, response: &mut Response<'_>, scratch
                                 Ok(fortune) => fortunes.push(fortune),
                                 Err(_) => {
                                     return response.error(
-                                        &HttpError::Internal("a Fortune document lacks id or message"),
+                                        &HttpError::Internal(
+                                            "a Fortune document lacks id or message",
+                                        ),
                                         scratch,
                                     )
                                 }
@@ -189,7 +196,9 @@ pub fn render(plan: Plan, parts: Vec<Part>, response: &mut Response<'_>, scratch
                         }
                     }
                     Part::Store(outcome) => return response.error(&failure(outcome), scratch),
-                    Part::Doc(_) => return response.error(&HttpError::Internal("unexpected part"), scratch),
+                    Part::Doc(_) => {
+                        return response.error(&HttpError::Internal("unexpected part"), scratch)
+                    }
                 }
             }
             fortunes.sort_by(|a, b| a.message.cmp(&b.message).then(Ordering::Equal));

@@ -44,6 +44,8 @@ pub enum Op {
         key: Vec<u8>,
         mask: Option<FieldMask>,
         cached: bool,
+        /// The origin is the owner and has just missed the cache: do not look again.
+        missed: bool,
     },
     /// A write or a scan, applied by the owner's store thread.
     Store { shard: u32, op: StoreOp },
@@ -69,9 +71,19 @@ pub enum Part {
 /// Messages between io cores and from store threads.
 #[derive(Debug)]
 pub enum DataMsg {
-    Op { to: PartAddr, op: Op },
-    Part { gather: u64, part: u32, result: Part },
-    Stored { ticket: u64, outcome: StoreOutcome },
+    Op {
+        to: PartAddr,
+        op: Op,
+    },
+    Part {
+        gather: u64,
+        part: u32,
+        result: Part,
+    },
+    Stored {
+        ticket: u64,
+        outcome: StoreOutcome,
+    },
 }
 
 /// What to render once every part is in; chosen by the handler.
@@ -90,9 +102,15 @@ pub enum Plan {
         name: DocName,
     },
     /// A scan: one part per shard, merged in key order, at most `limit` items.
-    Scan { limit: usize, collection_len: usize, mask: Option<FieldMask> },
+    Scan {
+        limit: usize,
+        collection_len: usize,
+        mask: Option<FieldMask>,
+    },
     /// TechEmpower `/db` (`array: false`), `/queries` and `/cached-queries`.
-    Worlds { array: bool },
+    Worlds {
+        array: bool,
+    },
     /// TechEmpower `/updates`.
     Updates,
     /// TechEmpower `/fortunes`: one scan part per shard.
@@ -164,11 +182,15 @@ struct Waiter {
 
 enum TicketKind {
     /// A cache fill for `key`: every reader that missed meanwhile waits on it.
-    Fill { key: Box<[u8]> },
+    Fill {
+        key: Box<[u8]>,
+    },
     /// An uncached read.
     Read,
     /// A write of `key`: its outcome updates the cache.
-    Write { key: Box<[u8]> },
+    Write {
+        key: Box<[u8]>,
+    },
     Scan,
 }
 
@@ -230,7 +252,12 @@ struct Gathering {
 }
 
 impl Plane {
-    pub fn new(core: usize, shared: Arc<DataShared>, store: Sender<StoreRequest>, mailboxes: Vec<Mailbox>) -> Self {
+    pub fn new(
+        core: usize,
+        shared: Arc<DataShared>,
+        store: Sender<StoreRequest>,
+        mailboxes: Vec<Mailbox>,
+    ) -> Self {
         let cores = mailboxes.len();
         let cache = Cache::new(
             shared.options.cache_bytes,
@@ -259,7 +286,9 @@ impl Plane {
 
     /// A one-core plane with no store thread behind it (every store
     /// operation fails) and an in-memory shard map, for tests of the request path.
-    pub fn detached(options: StoreOptions) -> std::io::Result<(Self, crossbeam_channel::Receiver<CoreMsg>)> {
+    pub fn detached(
+        options: StoreOptions,
+    ) -> std::io::Result<(Self, crossbeam_channel::Receiver<CoreMsg>)> {
         let shared = Arc::new(DataShared {
             map: ShardMap::new(1, ShardMap::default_strategy(1), 1),
             options,
@@ -350,7 +379,11 @@ impl Plane {
     pub fn on_message(&mut self, msg: DataMsg, now: Instant) {
         match msg {
             DataMsg::Op { to, op } => self.execute(op, to, now),
-            DataMsg::Part { gather, part, result } => self.fill_part(gather, part, Some(result)),
+            DataMsg::Part {
+                gather,
+                part,
+                result,
+            } => self.fill_part(gather, part, Some(result)),
             DataMsg::Stored { ticket, outcome } => self.on_stored(ticket, outcome, now),
         }
     }
@@ -366,7 +399,8 @@ impl Plane {
             }
             let mailbox = &self.mailboxes[core];
             for msg in messages.drain(..) {
-                if let Err(CoreMsg::Data(DataMsg::Op { to, .. })) = mailbox.post(CoreMsg::Data(msg)) {
+                if let Err(CoreMsg::Data(DataMsg::Op { to, .. })) = mailbox.post(CoreMsg::Data(msg))
+                {
                     failed.push((core, to));
                 }
             }
@@ -388,10 +422,13 @@ impl Plane {
                 key,
                 mask,
                 cached: true,
+                missed,
             } => {
-                if let Some(stored) = self.cached(&key, mask.as_ref(), now) {
-                    self.complete(to, Part::Doc(Some(stored)));
-                    return;
+                if !missed {
+                    if let Some(stored) = self.cached(&key, mask.as_ref(), now) {
+                        self.complete(to, Part::Doc(Some(stored)));
+                        return;
+                    }
                 }
                 if let Some(&ticket) = self.fills.get(key.as_slice()) {
                     bump(&self.counters.coalesced);
@@ -416,6 +453,7 @@ impl Plane {
                 key,
                 mask,
                 cached: false,
+                ..
             } => {
                 let ticket = self.ask_store(shard, StoreOp::Read { key });
                 self.tickets.insert(
@@ -428,11 +466,11 @@ impl Plane {
             }
             Op::Store { shard, op } => {
                 let kind = match &op {
-                    StoreOp::Put { key, .. } | StoreOp::Patch { key, .. } | StoreOp::Delete { key, .. } => {
-                        TicketKind::Write {
-                            key: key.clone().into_boxed_slice(),
-                        }
-                    }
+                    StoreOp::Put { key, .. }
+                    | StoreOp::Patch { key, .. }
+                    | StoreOp::Delete { key, .. } => TicketKind::Write {
+                        key: key.clone().into_boxed_slice(),
+                    },
                     StoreOp::Scan { .. } | StoreOp::Read { .. } => TicketKind::Scan,
                 };
                 let ticket = self.ask_store(shard, op);
@@ -459,7 +497,9 @@ impl Plane {
     }
 
     fn finish_failed(&mut self, ticket: u64) {
-        let outcome = StoreOutcome::Failed(crate::store::StoreError::Engine("the store thread stopped".into()));
+        let outcome = StoreOutcome::Failed(crate::store::StoreError::Engine(
+            "the store thread stopped".into(),
+        ));
         self.outbox_self(ticket, outcome);
     }
 
@@ -545,7 +585,13 @@ impl Plane {
     }
 
     /// A read's answer for one waiter: the whole document, or its projection (cached as a variant).
-    fn shape(&mut self, key: &[u8], stored: &Stored, mask: Option<&FieldMask>, now: Instant) -> Part {
+    fn shape(
+        &mut self,
+        key: &[u8],
+        stored: &Stored,
+        mask: Option<&FieldMask>,
+        now: Instant,
+    ) -> Part {
         match mask {
             None => Part::Doc(Some(stored.clone())),
             Some(mask) => match self.cached(key, Some(mask), now) {
@@ -583,7 +629,11 @@ impl Plane {
             return;
         }
         let (reply, gathering) = self.gathers.remove(&gather).expect("present");
-        let parts = gathering.parts.into_iter().map(|p| p.expect("every part is in")).collect();
+        let parts = gathering
+            .parts
+            .into_iter()
+            .map(|p| p.expect("every part is in"))
+            .collect();
         self.finished.push((
             reply,
             Gathered {

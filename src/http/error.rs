@@ -43,7 +43,9 @@ pub enum HttpError {
     DocumentNotFound { collection: String, key: String },
     #[error("{0}")]
     PreconditionFailed(String),
-    #[error("the document of {size} bytes exceeds the limit of {limit} bytes (--max-document-bytes)")]
+    #[error(
+        "the document of {size} bytes exceeds the limit of {limit} bytes (--max-document-bytes)"
+    )]
     DocumentTooLarge { size: usize, limit: usize },
     #[error("{0}")]
     InvalidDocument(String),

@@ -17,12 +17,12 @@ use socket2::Socket;
 use super::bufring::BufRing;
 use super::session::{Session, OUTPUT_HIGH_WATER};
 use crate::api::Service;
-use crate::http::response::{render_refusal, FileBody};
-use crate::http::{HttpError, Limits};
-use crate::node::Node;
 use crate::api::{Answer, Deferred};
 use crate::docs::Plane;
+use crate::http::response::{render_refusal, FileBody};
+use crate::http::{HttpError, Limits};
 use crate::mailbox::CoreMsg;
+use crate::node::Node;
 use crate::queue::ReplyTo;
 use crate::runtime::uring::{self, split_user_data, user_data, UringError};
 use crossbeam_channel::Receiver;
@@ -570,12 +570,18 @@ impl IoCore {
                             return;
                         };
                         conn.session.answer(
-                            Answer::Job(crate::queue::Answer::Rejected(HttpError::JobLogUnavailable)),
+                            Answer::Job(crate::queue::Answer::Rejected(
+                                HttpError::JobLogUnavailable,
+                            )),
                             &mut conn.out,
                             &mut self.service,
                         );
-                        conn.session
-                            .resume(&mut conn.out, &mut self.service, &limits, Instant::now());
+                        conn.session.resume(
+                            &mut conn.out,
+                            &mut self.service,
+                            &limits,
+                            Instant::now(),
+                        );
                     }
                 }
             }
@@ -859,8 +865,11 @@ impl IoCore {
             if conn.phase != Phase::Open {
                 continue;
             }
-            conn.session
-                .answer(Answer::Job(completion.answer), &mut conn.out, &mut self.service);
+            conn.session.answer(
+                Answer::Job(completion.answer),
+                &mut conn.out,
+                &mut self.service,
+            );
             conn.session
                 .resume(&mut conn.out, &mut self.service, &limits, now);
             self.flush(slot, now);

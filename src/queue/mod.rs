@@ -166,8 +166,8 @@ struct Work {
     attempt: u32,
 }
 
-pub use crate::mailbox::Mailbox;
 use crate::mailbox::CoreMsg;
+pub use crate::mailbox::Mailbox;
 
 /// Gauges the manager publishes for `/metrics`.
 #[derive(Default)]

@@ -19,18 +19,18 @@ use thiserror::Error;
 
 use crate::api;
 use crate::config::Config;
+use crate::docs::{DataShared, Plane, PlaneCounters};
 use crate::limit::Limiter;
+use crate::mailbox::{CoreMsg, Mailbox};
 use crate::metrics::Registry;
 use crate::net::event_loop::{CoreOptions, IoCore};
 use crate::net::listener;
 use crate::node::Node;
-use crate::docs::{DataShared, Plane, PlaneCounters};
-use crate::mailbox::{CoreMsg, Mailbox};
 use crate::queue::Queues;
+use crate::statics::Index;
 use crate::store::redb_engine::RedbEngine;
 use crate::store::thread::{OpenShard, StoreCounters};
 use crate::store::{seed, Engine, ShardMap};
-use crate::statics::Index;
 use uring::UringError;
 
 /// Why the server could not start or run.
@@ -262,7 +262,11 @@ struct OpenStore {
 
 /// Opens (or creates) every shard, seeds the TechEmpower tables if they are
 /// missing, and starts one store thread per io core for the shards it owns.
-fn open_store(config: &Config, cores: usize, mailboxes: &[Mailbox]) -> Result<OpenStore, ServeError> {
+fn open_store(
+    config: &Config,
+    cores: usize,
+    mailboxes: &[Mailbox],
+) -> Result<OpenStore, ServeError> {
     let options = config.store.clone();
     let (dir, temporary_dir) = match &options.dir {
         Some(dir) => (dir.clone(), None),
@@ -308,7 +312,10 @@ fn open_store(config: &Config, cores: usize, mailboxes: &[Mailbox]) -> Result<Op
         )?);
     }
     let place = match &temporary_dir {
-        Some(dir) => format!("{} (temporary: no --data-dir, removed at exit)", dir.display()),
+        Some(dir) => format!(
+            "{} (temporary: no --data-dir, removed at exit)",
+            dir.display()
+        ),
         None => dir.display().to_string(),
     };
     let mut line = format!("percore: documents in {place}; {map}");
@@ -320,7 +327,9 @@ fn open_store(config: &Config, cores: usize, mailboxes: &[Mailbox]) -> Result<Op
         options,
         cache_counters: (0..cores).map(|_| Arc::default()).collect(),
         store_counters,
-        plane_counters: (0..cores).map(|_| Arc::<PlaneCounters>::default()).collect(),
+        plane_counters: (0..cores)
+            .map(|_| Arc::<PlaneCounters>::default())
+            .collect(),
     });
     Ok(OpenStore {
         shared,

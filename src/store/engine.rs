@@ -23,7 +23,9 @@ impl Stored {
 
     pub fn decode(raw: &[u8]) -> Result<Self, StoreError> {
         if raw.len() < 8 {
-            return Err(StoreError::Corrupt("a stored value is shorter than its version"));
+            return Err(StoreError::Corrupt(
+                "a stored value is shorter than its version",
+            ));
         }
         let (version, doc) = raw.split_at(8);
         Ok(Self {
@@ -49,7 +51,12 @@ pub type Change = (Vec<u8>, Option<Stored>);
 pub trait Engine: Send {
     fn get(&self, key: &[u8]) -> Result<Option<Stored>, StoreError>;
     /// Keys in `[from, to)` in byte order, at most `limit` of them.
-    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Stored)>, StoreError>;
+    fn scan(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Stored)>, StoreError>;
     /// Applies every change in one durable commit, recording `last_version`
     /// as the highest version issued. Returns only once it is on disk.
     fn commit(&mut self, changes: &[Change], last_version: u64) -> Result<(), StoreError>;

@@ -60,7 +60,12 @@ impl Engine for RedbEngine {
         }
     }
 
-    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Stored)>, StoreError> {
+    fn scan(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Stored)>, StoreError> {
         let txn = self.db.begin_read().map_err(engine_error)?;
         let table = txn.open_table(DOCS).map_err(engine_error)?;
         let mut items = Vec::new();
@@ -90,7 +95,8 @@ impl Engine for RedbEngine {
                 }
             }
             let mut meta = txn.open_table(META).map_err(engine_error)?;
-            meta.insert(LAST_VERSION, last_version).map_err(engine_error)?;
+            meta.insert(LAST_VERSION, last_version)
+                .map_err(engine_error)?;
         }
         txn.commit().map_err(engine_error)
     }
@@ -98,6 +104,9 @@ impl Engine for RedbEngine {
     fn last_version(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(engine_error)?;
         let meta = txn.open_table(META).map_err(engine_error)?;
-        Ok(meta.get(LAST_VERSION).map_err(engine_error)?.map_or(0, |v| v.value()))
+        Ok(meta
+            .get(LAST_VERSION)
+            .map_err(engine_error)?
+            .map_or(0, |v| v.value()))
     }
 }

@@ -35,13 +35,19 @@ pub const FORTUNES: [&str; 12] = [
 
 /// Writes whichever table is missing (judged by its first row). Returns
 /// what it seeded, for the start-up log.
-pub fn seed_if_missing(map: &ShardMap, shards: &mut HashMap<u32, OpenShard>) -> Result<Vec<&'static str>, StoreError> {
+pub fn seed_if_missing(
+    map: &ShardMap,
+    shards: &mut HashMap<u32, OpenShard>,
+) -> Result<Vec<&'static str>, StoreError> {
     let mut seeded = Vec::new();
     let mut rng = Rng::new(0);
     let mut rows: Vec<(&'static str, String, String)> = Vec::new();
     if missing(map, shards, WORLD, "1")? {
         for id in 1..=WORLD_ROWS {
-            let doc = format!("{{\"id\":{id},\"randomNumber\":{}}}", rng.between_one_and(WORLD_ROWS));
+            let doc = format!(
+                "{{\"id\":{id},\"randomNumber\":{}}}",
+                rng.between_one_and(WORLD_ROWS)
+            );
             rows.push((WORLD, id.to_string(), doc));
         }
         seeded.push(WORLD);
@@ -56,7 +62,9 @@ pub fn seed_if_missing(map: &ShardMap, shards: &mut HashMap<u32, OpenShard>) -> 
     let mut changes: HashMap<u32, Vec<Change>> = HashMap::new();
     for (collection, key, doc) in rows {
         let shard = map.shard_of(collection.as_bytes(), key.as_bytes());
-        let open = shards.get_mut(&shard).expect("every shard is open at start-up");
+        let open = shards
+            .get_mut(&shard)
+            .expect("every shard is open at start-up");
         open.last_version += 1;
         let mut storage = Vec::new();
         storage_key(collection, &key, &mut storage);
@@ -69,13 +77,20 @@ pub fn seed_if_missing(map: &ShardMap, shards: &mut HashMap<u32, OpenShard>) -> 
         ));
     }
     for (shard, changes) in changes {
-        let open = shards.get_mut(&shard).expect("every shard is open at start-up");
+        let open = shards
+            .get_mut(&shard)
+            .expect("every shard is open at start-up");
         open.engine.commit(&changes, open.last_version)?;
     }
     Ok(seeded)
 }
 
-fn missing(map: &ShardMap, shards: &HashMap<u32, OpenShard>, collection: &str, key: &str) -> Result<bool, StoreError> {
+fn missing(
+    map: &ShardMap,
+    shards: &HashMap<u32, OpenShard>,
+    collection: &str,
+    key: &str,
+) -> Result<bool, StoreError> {
     let shard = map.shard_of(collection.as_bytes(), key.as_bytes());
     let mut storage = Vec::new();
     storage_key(collection, key, &mut storage);

@@ -118,7 +118,11 @@ impl ShardMap {
 
     /// Reads the map stored in `dir`, or stores `wanted` (or the default)
     /// there for a new directory. Errs if `wanted` differs from the stored map.
-    pub fn load_or_create(dir: &Path, wanted: Option<&ShardStrategy>, cores: usize) -> Result<Self, String> {
+    pub fn load_or_create(
+        dir: &Path,
+        wanted: Option<&ShardStrategy>,
+        cores: usize,
+    ) -> Result<Self, String> {
         let path = dir.join(MAP_FILE);
         match fs::read(&path) {
             Ok(raw) => {
@@ -138,7 +142,9 @@ impl ShardMap {
                 Ok(Self::new(stored.version, stored.strategy, cores))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let strategy = wanted.cloned().unwrap_or_else(|| Self::default_strategy(cores));
+                let strategy = wanted
+                    .cloned()
+                    .unwrap_or_else(|| Self::default_strategy(cores));
                 let file = MapFile {
                     version: 1,
                     strategy,
@@ -192,17 +198,31 @@ fn describe(strategy: &ShardStrategy) -> String {
 impl fmt::Display for ShardMap {
     /// One line for the start-up log: the version, the strategy, and which core owns which shards.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "shard map v{}: {}", self.version, describe(&self.strategy))?;
+        write!(
+            f,
+            "shard map v{}: {}",
+            self.version,
+            describe(&self.strategy)
+        )?;
         if let ShardStrategy::Ranges { bounds, .. } = &self.strategy {
             let mut low = "\u{2212}\u{221e}".to_owned();
-            for (shard, bound) in bounds.iter().chain(std::iter::once(&"+\u{221e}".to_owned())).enumerate() {
+            for (shard, bound) in bounds
+                .iter()
+                .chain(std::iter::once(&"+\u{221e}".to_owned()))
+                .enumerate()
+            {
                 write!(f, "; shard {shard} [{low}, {bound})")?;
                 low = bound.clone();
             }
         }
         for core in 0..self.cores as usize {
             let owned: Vec<String> = self.owned_by(core).map(|s| s.to_string()).collect();
-            write!(f, "; core {core} owns shard{} {}", if owned.len() == 1 { "" } else { "s" }, owned.join(","))?;
+            write!(
+                f,
+                "; core {core} owns shard{} {}",
+                if owned.len() == 1 { "" } else { "s" },
+                owned.join(",")
+            )?;
         }
         Ok(())
     }
@@ -246,7 +266,10 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| n > 700 && n < 1300), "{seen:?}");
         assert_eq!(map.owner(5), 1);
-        assert_eq!(map.owned_by(0).collect::<Vec<_>>(), vec![0, 2, 4, 6, 8, 10, 12, 14]);
+        assert_eq!(
+            map.owned_by(0).collect::<Vec<_>>(),
+            vec![0, 2, 4, 6, 8, 10, 12, 14]
+        );
     }
 
     #[test]
@@ -269,13 +292,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("percore-map-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let first = ShardMap::load_or_create(&dir, Some(&ShardStrategy::Hash { shards: 8 }), 2).unwrap();
+        let first =
+            ShardMap::load_or_create(&dir, Some(&ShardStrategy::Hash { shards: 8 }), 2).unwrap();
         assert_eq!(first.shards(), 8);
         let again = ShardMap::load_or_create(&dir, None, 4).unwrap();
         assert_eq!(again.shards(), 8);
         assert_eq!(again.version, 1);
-        let error = ShardMap::load_or_create(&dir, Some(&ShardStrategy::Hash { shards: 4 }), 2).unwrap_err();
-        assert!(error.contains("8 shards") && error.contains("4 shards"), "{error}");
+        let error = ShardMap::load_or_create(&dir, Some(&ShardStrategy::Hash { shards: 4 }), 2)
+            .unwrap_err();
+        assert!(
+            error.contains("8 shards") && error.contains("4 shards"),
+            "{error}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

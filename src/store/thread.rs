@@ -69,12 +69,30 @@ impl Precondition {
 /// One operation on one shard.
 #[derive(Debug)]
 pub enum StoreOp {
-    Read { key: Vec<u8> },
-    Put { key: Vec<u8>, doc: Bytes, cond: Precondition },
+    Read {
+        key: Vec<u8>,
+    },
+    Put {
+        key: Vec<u8>,
+        doc: Bytes,
+        cond: Precondition,
+    },
     /// A JSON merge patch (RFC 7396) on an existing document.
-    Patch { key: Vec<u8>, patch: Bytes, cond: Precondition, max_bytes: usize },
-    Delete { key: Vec<u8>, cond: Precondition },
-    Scan { from: Vec<u8>, to: Vec<u8>, limit: usize },
+    Patch {
+        key: Vec<u8>,
+        patch: Bytes,
+        cond: Precondition,
+        max_bytes: usize,
+    },
+    Delete {
+        key: Vec<u8>,
+        cond: Precondition,
+    },
+    Scan {
+        from: Vec<u8>,
+        to: Vec<u8>,
+        limit: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -88,14 +106,22 @@ pub struct StoreRequest {
 #[derive(Debug, Clone)]
 pub enum StoreOutcome {
     Found(Option<Stored>),
-    Written { stored: Stored, created: bool },
+    Written {
+        stored: Stored,
+        created: bool,
+    },
     Deleted,
     /// PATCH or DELETE of a document that does not exist.
     Missing,
-    PreconditionFailed { current: Option<u64> },
+    PreconditionFailed {
+        current: Option<u64>,
+    },
     /// The patched document is not a valid document.
     Invalid(String),
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        size: usize,
+        limit: usize,
+    },
     Scanned(Vec<(Vec<u8>, Stored)>),
     Failed(StoreError),
 }
@@ -173,7 +199,8 @@ impl Worker {
                     // A scan reads committed state only: commit what is pending first.
                     self.commit(shard, &mut pending, &mut outcomes);
                 }
-                let outcome = self.apply(request.shard, request.op, pending.entry(shard).or_default());
+                let outcome =
+                    self.apply(request.shard, request.op, pending.entry(shard).or_default());
                 let index = outcomes.len();
                 outcomes.push((request.ticket, outcome));
                 if let Some(p) = pending.get_mut(&shard) {
@@ -186,7 +213,9 @@ impl Worker {
             }
             for (ticket, outcome) in outcomes.drain(..) {
                 // A stopped core needs no answer.
-                let _ = self.owner.post(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
+                let _ = self
+                    .owner
+                    .post(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
             }
             self.owner.wake();
         }
@@ -194,7 +223,12 @@ impl Worker {
 
     /// Makes one shard's pending writes durable; on failure every outcome
     /// that saw them becomes a failure.
-    fn commit(&mut self, shard: u32, pending: &mut HashMap<u32, Pending>, outcomes: &mut [(u64, StoreOutcome)]) {
+    fn commit(
+        &mut self,
+        shard: u32,
+        pending: &mut HashMap<u32, Pending>,
+        outcomes: &mut [(u64, StoreOutcome)],
+    ) {
         let Some(mut p) = pending.remove(&shard) else {
             return;
         };
@@ -217,14 +251,23 @@ impl Worker {
             Ok(()) => {
                 let c = &self.counters;
                 c.commits.store(c.commits.load(Relaxed) + 1, Relaxed);
-                c.committed_writes.store(c.committed_writes.load(Relaxed) + changes.len() as u64, Relaxed);
-                c.commit_micros
-                    .store(c.commit_micros.load(Relaxed) + started.elapsed().as_micros() as u64, Relaxed);
+                c.committed_writes.store(
+                    c.committed_writes.load(Relaxed) + changes.len() as u64,
+                    Relaxed,
+                );
+                c.commit_micros.store(
+                    c.commit_micros.load(Relaxed) + started.elapsed().as_micros() as u64,
+                    Relaxed,
+                );
             }
             Err(error) => {
-                eprintln!("percore: shard {shard}: commit failed, {} write(s) refused: {error}", changes.len());
+                eprintln!(
+                    "percore: shard {shard}: commit failed, {} write(s) refused: {error}",
+                    changes.len()
+                );
                 let c = &self.counters;
-                c.failed_commits.store(c.failed_commits.load(Relaxed) + 1, Relaxed);
+                c.failed_commits
+                    .store(c.failed_commits.load(Relaxed) + 1, Relaxed);
                 for &index in &p.dependents {
                     outcomes[index].1 = StoreOutcome::Failed(error.clone());
                 }
@@ -232,17 +275,30 @@ impl Worker {
         }
     }
 
-    fn current(&self, shard: u32, key: &[u8], pending: &Pending) -> Result<Option<Stored>, StoreError> {
+    fn current(
+        &self,
+        shard: u32,
+        key: &[u8],
+        pending: &Pending,
+    ) -> Result<Option<Stored>, StoreError> {
         if let Some(value) = pending.overlay.get(key) {
             return Ok(value.clone());
         }
         match self.shards.get(&shard) {
             Some(open) => open.engine.get(key),
-            None => Err(StoreError::Engine(format!("shard {shard} is not open on this core"))),
+            None => Err(StoreError::Engine(format!(
+                "shard {shard} is not open on this core"
+            ))),
         }
     }
 
-    fn write(&mut self, shard: u32, key: Vec<u8>, doc: Option<Bytes>, pending: &mut Pending) -> Option<Stored> {
+    fn write(
+        &mut self,
+        shard: u32,
+        key: Vec<u8>,
+        doc: Option<Bytes>,
+        pending: &mut Pending,
+    ) -> Option<Stored> {
         let open = self.shards.get_mut(&shard)?;
         let stored = doc.map(|doc| {
             open.last_version += 1;
@@ -251,7 +307,11 @@ impl Worker {
                 doc,
             }
         });
-        if pending.overlay.insert(key.clone(), stored.clone()).is_none() {
+        if pending
+            .overlay
+            .insert(key.clone(), stored.clone())
+            .is_none()
+        {
             pending.order.push(key);
         }
         stored
@@ -259,7 +319,9 @@ impl Worker {
 
     fn apply(&mut self, shard: u32, op: StoreOp, pending: &mut Pending) -> StoreOutcome {
         if !self.shards.contains_key(&shard) {
-            return StoreOutcome::Failed(StoreError::Engine(format!("shard {shard} is not open on this core")));
+            return StoreOutcome::Failed(StoreError::Engine(format!(
+                "shard {shard} is not open on this core"
+            )));
         }
         match op {
             StoreOp::Read { key } => {
@@ -270,10 +332,12 @@ impl Worker {
                     Err(error) => StoreOutcome::Failed(error),
                 }
             }
-            StoreOp::Scan { from, to, limit } => match self.shards[&shard].engine.scan(&from, &to, limit) {
-                Ok(items) => StoreOutcome::Scanned(items),
-                Err(error) => StoreOutcome::Failed(error),
-            },
+            StoreOp::Scan { from, to, limit } => {
+                match self.shards[&shard].engine.scan(&from, &to, limit) {
+                    Ok(items) => StoreOutcome::Scanned(items),
+                    Err(error) => StoreOutcome::Failed(error),
+                }
+            }
             StoreOp::Put { key, doc, cond } => {
                 let current = match self.current(shard, &key, pending) {
                     Ok(current) => current,
@@ -281,7 +345,9 @@ impl Worker {
                 };
                 let current_version = current.as_ref().map(|s| s.version);
                 if !cond.allows(current_version) {
-                    return StoreOutcome::PreconditionFailed { current: current_version };
+                    return StoreOutcome::PreconditionFailed {
+                        current: current_version,
+                    };
                 }
                 match self.write(shard, key, Some(doc), pending) {
                     Some(stored) => StoreOutcome::Written {
@@ -311,10 +377,15 @@ impl Worker {
                     };
                 }
                 let mut scratch = Vec::new();
-                let merged = match crate::json::merge_patch(Some(&current.doc), &patch, &mut scratch) {
-                    Ok(merged) => merged,
-                    Err(error) => return StoreOutcome::Invalid(error.to_string()),
-                };
+                let merged =
+                    match crate::json::merge_patch(Some(&current.doc), &patch, &mut scratch) {
+                        Ok(merged) => merged,
+                        // The stored document itself would not parse: the server's fault, not the client's.
+                        Err(error @ crate::json::JsonError::Stored { .. }) => {
+                            return StoreOutcome::Failed(StoreError::Engine(error.to_string()))
+                        }
+                        Err(error) => return StoreOutcome::Invalid(error.to_string()),
+                    };
                 if merged.len() > max_bytes {
                     return StoreOutcome::TooLarge {
                         size: merged.len(),
@@ -322,7 +393,10 @@ impl Worker {
                     };
                 }
                 match self.write(shard, key, Some(Bytes::from(merged)), pending) {
-                    Some(stored) => StoreOutcome::Written { stored, created: false },
+                    Some(stored) => StoreOutcome::Written {
+                        stored,
+                        created: false,
+                    },
                     None => StoreOutcome::Failed(StoreError::Engine("shard vanished".into())),
                 }
             }

@@ -62,7 +62,12 @@ impl Server {
     pub fn start_with_output(args: &[&str]) -> (Self, String) {
         let mut server = Self::start(args);
         let mut line = String::new();
-        server.stdout.as_mut().unwrap().read_line(&mut line).unwrap();
+        server
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_line(&mut line)
+            .unwrap();
         (server, line)
     }
 
@@ -223,7 +228,7 @@ impl Conn {
                 (n.trim().to_owned(), v.trim().to_owned())
             })
             .collect();
-        let length: usize = if head_request || status == 100 || status == 304 {
+        let length: usize = if head_request || status == 100 || status == 204 || status == 304 {
             0
         } else {
             headers
