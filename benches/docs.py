@@ -30,7 +30,9 @@ of compact JSON in collection `bench`):
 Each get test's data directory is seeded once per target per invocation (PUTs
 from a Python client on 8 keep-alive connections) and then reused by every
 round, a fresh server process on it each round. put runs in a new directory
-every round.
+every round. Before each run the harness waits (up to --quiet-wait s) until
+the machine is quiet (at most --quiet-pct % busy over a second): on a shared
+machine, a build or a test suite running beside the benchmark skews it.
 
 Each run, like benches/compare.py (whose sampling helpers this imports):
 start the server pinned to --server-cpu, wait for 200 on /json, seed if
@@ -248,15 +250,40 @@ def data_dir_for(args, state, target, test, rnd, spec):
     return state["seeded"][key], False
 
 
+def machine_busy_pct(interval=1.0):
+    """How busy the whole machine is (% of all CPUs, idle and iowait excluded) over interval seconds."""
+    before = cmp.stat_cpu_lines()
+    time.sleep(interval)
+    busy, total = cmp.busy_ticks(before, cmp.stat_cpu_lines(), "cpu")
+    return 100.0 * busy / total if total else 0.0
+
+
+def wait_quiet(limit_s, threshold_pct):
+    """Waits (at most limit_s) until the machine is quiet before a run: on a shared machine a
+    build or test suite next to the benchmark skews both targets. Returns (waited s, last busy %)."""
+    t0 = time.monotonic()
+    busy = machine_busy_pct()
+    while busy > threshold_pct and time.monotonic() - t0 < limit_s:
+        busy = machine_busy_pct()
+    return time.monotonic() - t0, busy
+
+
 def run_one(args, state, target, test, rnd):
     spec = state["specs"][test]
+    if args.quiet_wait > 0:
+        waited, busy = wait_quiet(args.quiet_wait, args.quiet_pct)
+        if busy > args.quiet_pct:
+            log(f"   machine still {busy:.0f}% busy after waiting {waited:.0f} s: running anyway")
+    else:
+        waited, busy = 0.0, None
     port = cmp.free_port()
     data_dir, needs_seed = data_dir_for(args, state, target, test, rnd, spec)
     argv = ["taskset", "-c", str(args.server_cpu)] + server_argv(
         target, port, args.server_cpu, data_dir, spec["cache_bytes"])
     logpath = os.path.join(state["logdir"], f"{target}-{test}-r{rnd}.log")
     run = {"round": rnd, "test": test, "target": target, "port": port, "data_dir": data_dir,
-           "server_cmd": shlex.join(argv), "ok": False, "flags": []}
+           "server_cmd": shlex.join(argv), "ok": False, "flags": [],
+           "quiet_wait_s": waited, "machine_busy_pct_before": busy}
     with open(logpath, "wb") as logf:
         proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
@@ -462,6 +489,10 @@ def main():
     ap.add_argument("--data-parent", default=None,
                     help="where the data directories go (default: the system temp dir); "
                          "a tmpfs makes fsync free, so keep it on a disk")
+    ap.add_argument("--quiet-wait", type=float, default=60,
+                    help="before each run, wait up to this many seconds for the machine to be quiet (0: don't)")
+    ap.add_argument("--quiet-pct", type=float, default=10,
+                    help="quiet means at most this %% of all CPUs busy over one second")
     ap.add_argument("--json", dest="json_out", default=None, help="write every raw run and the summary here")
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()

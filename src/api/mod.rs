@@ -232,9 +232,16 @@ impl Service {
     }
 
     /// Writes the deferred answer for a request that was awaiting it.
-    pub fn render_answer(&mut self, answer: Answer, awaiting: &Awaiting, out: &mut Vec<u8>) {
+    pub fn render_answer(
+        &mut self,
+        answer: Answer,
+        awaiting: &Awaiting,
+        headers: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         let persistence = persistence(awaiting.keep_alive && !self.is_draining(), awaiting.version);
-        let mut response = Response::new(out, self.date.get(), awaiting.head_only, persistence);
+        let mut response = Response::new(out, self.date.get(), awaiting.head_only, persistence)
+            .with_extra_headers(headers);
         let answer = match answer {
             Answer::Job(answer) => answer,
             Answer::Data(gathered) => {

@@ -70,7 +70,9 @@ impl Session {
         let Some(awaiting) = self.awaiting.take() else {
             return;
         };
-        service.render_answer(answer, &awaiting, out);
+        // The rate limiter's header lines of this request are still in
+        // `rate_headers`: no later request is admitted while it waits.
+        service.render_answer(answer, &awaiting, &self.rate_headers, out);
         // While draining the answer says `Connection: close`; keep to it.
         if !awaiting.keep_alive || service.is_draining() {
             self.close();
