@@ -3,33 +3,12 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Conn, Response, Server};
+use common::{Conn, DataDir, Response, Server};
 use serde_json::Value;
-
-struct DataDir(PathBuf);
-
-impl DataDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("percore-docs-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn request(
     conn: &mut Conn,
@@ -608,7 +587,7 @@ fn writes_are_linearizable_across_cores() {
 
 #[test]
 fn kill_9_loses_no_acknowledged_write() {
-    let data = DataDir::new("kill");
+    let data = DataDir::new("docs-kill");
     let server = Server::start(&["--cores", "2", "--data-dir", data.arg()]);
     let addr = server.addr;
     let acknowledged = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
@@ -687,7 +666,7 @@ fn kill_9_loses_no_acknowledged_write() {
 
 #[test]
 fn the_shard_map_is_kept_and_a_different_one_refused() {
-    let data = DataDir::new("map");
+    let data = DataDir::new("docs-map");
     let server =
         Server::start_with_output(&["--data-dir", data.arg(), "--shard-ranges", "A-M,N-Z"]);
     assert!(
@@ -779,7 +758,7 @@ fn bad_store_flags_exit_64() {
 
 #[test]
 fn the_cache_partition_counts_hits_misses_and_evictions() {
-    let data = DataDir::new("cache");
+    let data = DataDir::new("docs-cache");
     {
         let server = Server::start(&["--data-dir", data.arg()]);
         let mut conn = server.connect();

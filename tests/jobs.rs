@@ -5,12 +5,11 @@ mod common;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Conn, Response, Server};
+use common::{Conn, DataDir, Response, Server};
 
 const SECRET: &str = "test-secret";
 
@@ -107,26 +106,6 @@ fn serve_hook(
     }
 }
 
-struct DataDir(PathBuf);
-
-impl DataDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("percore-jobs-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self(dir)
-    }
-
-    fn arg(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Where a test's jobs live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -166,7 +145,7 @@ impl Backend {
         Self {
             mode,
             // Per mode: both modes of a test run at once and must not share a directory.
-            data: DataDir::new(&format!("{name}-{mode:?}")),
+            data: DataDir::new(&format!("jobs-{name}-{mode:?}")),
             stream: unique.to_ascii_uppercase(),
         }
     }
@@ -440,7 +419,7 @@ fn a_4xx_is_not_retried(mode: Mode) {
 
 #[test]
 fn a_full_queue_answers_503_and_delayed_jobs_wait() {
-    let data = DataDir::new("full");
+    let data = DataDir::new("jobs-full");
     let receiver = Receiver::start(200);
     let server = Server::start(&["--data-dir", data.arg(), "--queue-capacity", "2"]);
     let mut conn = server.connect();
@@ -630,7 +609,7 @@ fn an_email_job_reaches_the_smtp_relay(mode: Mode) {
 
 #[test]
 fn email_jobs_without_a_relay_are_refused_up_front() {
-    let data = DataDir::new("email-off");
+    let data = DataDir::new("jobs-email-off");
     let server = Server::start(&["--data-dir", data.arg()]);
     let response = submit(
         &mut server.connect(),
@@ -644,7 +623,7 @@ fn email_jobs_without_a_relay_are_refused_up_front() {
 
 #[test]
 fn an_attempt_past_its_visibility_timeout_runs_again() {
-    let data = DataDir::new("visibility");
+    let data = DataDir::new("jobs-visibility");
     let receiver = Receiver::start(200);
     receiver.hold.store(true, Ordering::SeqCst);
     let server = Server::start(&[
@@ -759,7 +738,7 @@ fn jetstream_a_full_kind_answers_503_and_delays_are_refused() {
 
 #[test]
 fn finished_jobs_are_trimmed_and_the_log_compacted() {
-    let data = DataDir::new("retention");
+    let data = DataDir::new("jobs-retention");
     let receiver = Receiver::start(200);
     let args = [
         "--data-dir",

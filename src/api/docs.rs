@@ -163,17 +163,7 @@ pub fn scan(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
                     .map_err(|error| HttpError::InvalidFields(format!("`fields`: {error}")))?,
             ),
         };
-        let (from, to) = scan_range(collection, after.as_deref());
-        let ops = (0..ctx.plane.map().shards())
-            .map(|shard| Op::Store {
-                shard,
-                op: StoreOp::Scan {
-                    from: from.clone(),
-                    to: to.clone(),
-                    limit,
-                },
-            })
-            .collect();
+        let ops = scan_every_shard(ctx, collection, after.as_deref(), limit);
         Ok(DataRequest {
             plan: Plan::Scan {
                 limit,
@@ -187,6 +177,21 @@ pub fn scan(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
         Ok(request) => ctx.deferred = Some(Deferred::Data(request)),
         Err(error) => response.error(&error, &mut ctx.scratch),
     }
+}
+
+/// One scan operation per shard: the first `limit` keys of `collection` after `after`.
+pub fn scan_every_shard(ctx: &Ctx, collection: &str, after: Option<&str>, limit: usize) -> Vec<Op> {
+    let (from, to) = scan_range(collection, after);
+    (0..ctx.plane.map().shards())
+        .map(|shard| Op::Store {
+            shard,
+            op: StoreOp::Scan {
+                from: from.clone(),
+                to: to.clone(),
+                limit,
+            },
+        })
+        .collect()
 }
 
 fn defer_or_fail(

@@ -17,8 +17,8 @@ use super::{Ctx, Deferred, Request};
 use crate::docs::{DataRequest, Op, Part, Plan};
 use crate::http::{HttpError, Response};
 use crate::store::seed::{FORTUNE, WORLD, WORLD_ROWS};
+use crate::store::storage_key;
 use crate::store::thread::{Precondition, StoreOp, StoreOutcome};
-use crate::store::{scan_range, storage_key};
 
 /// `GET /db`: one random World row.
 pub fn db(_: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
@@ -65,17 +65,7 @@ pub fn updates(request: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
 
 /// `GET /fortunes`: every fortune plus one, sorted, as an HTML table.
 pub fn fortunes(_: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
-    let (from, to) = scan_range(FORTUNE, None);
-    let ops = (0..ctx.plane.map().shards())
-        .map(|shard| Op::Store {
-            shard,
-            op: StoreOp::Scan {
-                from: from.clone(),
-                to: to.clone(),
-                limit: 1000,
-            },
-        })
-        .collect();
+    let ops = super::docs::scan_every_shard(ctx, FORTUNE, None, 1000);
     defer(ctx, Plan::Fortunes, ops);
 }
 
