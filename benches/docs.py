@@ -5,7 +5,7 @@ Usage (from the repository root):
 
     python3 benches/docs.py [--rounds 3] [--duration 10] [--connections 64]
         [--targets percore,axum-docs] [--tests get-hit,get-miss,put,json]
-        [--json OUT] [--no-build] [--data-parent DIR]
+        [--json OUT] [--no-build] [--data-parent DIR] [--quiet-wait 60]
 
 Targets:
   * percore: target/release/percore, started as
@@ -15,6 +15,9 @@ Targets:
   * axum-docs: benches/peers/target/release/axum-docs, the same API written
     the way a typical axum service is (benches/peers/axum-docs), started as
         taskset -c 0 axum-docs --listen 127.0.0.1:PORT --data-dir DIR --cache-bytes N
+  * axum-docs-inline (not run unless named): axum-docs --read-inline, which
+    reads redb on the tokio worker instead of the blocking pool; prices that
+    choice in get-miss.
 
 Tests (every server gets its own data directories; documents are ~150 bytes
 of compact JSON in collection `bench`):
@@ -52,7 +55,11 @@ steal %) and percore's ratios to the peer, of requests per CPU-second and of
 req/s; with --json OUT every raw run and the summary. Runs with socket
 errors or non-2xx responses are flagged and left out of the medians.
 CPU time comes in clock ticks (usually 10 ms): use 10 s runs for numbers you
-mean to quote; --rounds 1 --duration 3 is a smoke test.
+mean to quote; --rounds 1 --duration 3 is a smoke test. The server's CPU time
+is its own threads' (io, store and blocking-pool threads alike); the journal
+work the kernel does for an fsync in its own threads (jbd2, kworkers) is not
+in it, so put's CPU per request understates both servers alike, and put's
+req/s is bound by fsync latency and how many commits share one fsync.
 """
 
 import argparse
@@ -78,11 +85,15 @@ BENCHES = cmp.BENCHES
 PEERS_DIR = cmp.PEERS_DIR
 GET_LUA = os.path.join(BENCHES, "docs_get.lua")
 PUT_LUA = os.path.join(BENCHES, "docs_put.lua")
-ALL_TARGETS = ["percore", "axum-docs"]
+ALL_TARGETS = ["percore", "axum-docs", "axum-docs-inline"]
+DEFAULT_TARGETS = ["percore", "axum-docs"]
+# Peer variants: a peer binary with extra flags.
+PEER_VARIANTS = {"axum-docs": ("axum-docs", []), "axum-docs-inline": ("axum-docs", ["--read-inline"])}
 COLLECTION = "bench"
 MIB = 1024 * 1024
 WARMUP_S = 2
 SEED_CONNECTIONS = 8
+CLIENT_BOUND_PCT = 95  # wrk's CPU this busy: req/s is the client's limit
 WRK_SEED = 42  # math.randomseed of the lua scripts: every run draws the same keys
 
 
@@ -111,7 +122,7 @@ def log(msg):
 def binary(target):
     if target == "percore":
         return os.path.join(ROOT, "target", "release", "percore")
-    return os.path.join(PEERS_DIR, "target", "release", target)
+    return os.path.join(PEERS_DIR, "target", "release", PEER_VARIANTS[target][0])
 
 
 def server_argv(target, port, server_cpu, data_dir, cache_bytes):
@@ -122,7 +133,7 @@ def server_argv(target, port, server_cpu, data_dir, cache_bytes):
         if cache_bytes is not None:
             argv += ["--data-dir", data_dir, "--cache-bytes", str(cache_bytes)]
         return argv
-    argv = [binary(target), "--listen", listen, "--data-dir", data_dir]
+    argv = [binary(target), "--listen", listen, "--data-dir", data_dir] + PEER_VARIANTS[target][1]
     if cache_bytes is not None:
         argv += ["--cache-bytes", str(cache_bytes)]
     return argv
@@ -132,9 +143,8 @@ def build(targets):
     jobs = []
     if "percore" in targets:
         jobs.append(("percore", ["cargo", "build", "--release"], ROOT))
-    for t in targets:
-        if t != "percore":
-            jobs.append((t, ["cargo", "build", "--release", "-p", t], PEERS_DIR))
+    for crate in sorted({PEER_VARIANTS[t][0] for t in targets if t != "percore"}):
+        jobs.append((crate, ["cargo", "build", "--release", "-p", crate], PEERS_DIR))
     for name, argv, cwd in jobs:
         log(f"== building {name}: {shlex.join(argv)} (in {os.path.relpath(cwd, ROOT) or '.'})")
         r = subprocess.run(argv, cwd=cwd)
@@ -449,6 +459,10 @@ def table(test, st, targets):
                      and st[t]["server_cpu_other_busy_pct_max"] is not None)
     if load:
         lines += ["", f"CPU busy % server/client (max % of the server CPU busy with anything else): {load}."]
+    bound = [t for t in targets if (st[t]["median_client_cpu_busy_pct"] or 0) >= CLIENT_BOUND_PCT]
+    if bound:
+        lines += ["", f"Client-bound ({', '.join(bound)}): wrk kept its CPU ≥{CLIENT_BOUND_PCT}% busy, so "
+                  "req/s there is wrk's ceiling, not the server's; compare server CPU µs/req."]
     return "\n".join(lines)
 
 
@@ -478,7 +492,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run (at most 10 here)")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--wrk-threads", type=int, default=1)
-    ap.add_argument("--targets", default=",".join(ALL_TARGETS))
+    ap.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help=f"from {','.join(ALL_TARGETS)}")
     ap.add_argument("--tests", default=",".join(TESTS), help=f"from {','.join(TESTS)}")
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)

@@ -3,10 +3,11 @@
 //! cache bounded by bytes in front of one redb file. The benchmark peer for
 //! `benches/docs.py`; not tuned beyond what the libraries' docs suggest.
 //!
-//! Usage: axum-docs --listen 127.0.0.1:8080 --data-dir DIR [--cache-bytes N]
+//! Usage: axum-docs --listen 127.0.0.1:8080 --data-dir DIR [--cache-bytes N] [--read-inline]
 //!
 //! Routes (the same as percore's):
-//!   PUT    /v1/{collection}/{key}  body: a JSON object; 201 created / 200 replaced
+//!   PUT    /v1/{collection}/{key}  body: a JSON object (Content-Type: application/json);
+//!                                  201 created / 200 replaced; 400 bad JSON, 415 other type
 //!   GET    /v1/{collection}/{key}  200 with the document, or 404
 //!   DELETE /v1/{collection}/{key}  204, or 404
 //!   GET    /json                   {"message":"Hello, World!"}
@@ -17,6 +18,12 @@
 //! Every PUT and DELETE is its own write transaction committed with
 //! `Durability::Immediate` (one fsync each) on tokio's blocking pool.
 //!
+//! Cache: moka's future::Cache weighed in bytes (key + body + a fixed 64);
+//! a PUT replaces the entry and a DELETE invalidates it after the commit;
+//! concurrent misses of one key share one load (`try_get_with`).
+//! Reads of redb run on the blocking pool too, as tokio's docs advise for
+//! blocking calls; `--read-inline` runs them on the worker thread instead.
+//!
 //! Workers: tokio's default, one per CPU this process may use, so under
 //! `taskset -c 0` it runs one worker thread (plus the blocking pool).
 
@@ -24,6 +31,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::header::{CONTENT_TYPE, ETAG};
 use axum::http::{HeaderValue, StatusCode};
@@ -55,12 +63,15 @@ struct Doc {
 struct AppState {
     db: Arc<Database>,
     cache: Cache<String, Doc>,
+    /// `--read-inline`: read redb on the worker thread instead of the blocking pool.
+    read_inline: bool,
 }
 
 /// What the handlers answer with when they fail, as `{"error":..,"message":..}`.
 #[derive(Debug, Clone)]
 enum ApiError {
     BadRequest(String),
+    UnsupportedMediaType(String),
     NotFound(String),
     Internal(String),
 }
@@ -69,10 +80,26 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error, message) = match self {
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            Self::UnsupportedMediaType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                m,
+            ),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             Self::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
         };
         (status, Json(json!({ "error": error, "message": message }))).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => {
+                Self::UnsupportedMediaType("send the document as application/json".into())
+            }
+            other => Self::BadRequest(other.body_text()),
+        }
     }
 }
 
@@ -163,13 +190,20 @@ async fn get_handler(
     // A hit is answered from moka; concurrent misses of one key share a single
     // load. redb reads go to the blocking pool like any other blocking call
     // (tokio's docs' advice, and what a typical service does): a read may wait
-    // on the disk, and redb gives no async API.
+    // on the disk, and redb gives no async API. `--read-inline` instead reads
+    // on the worker thread, the shortcut some services take since redb keeps
+    // hot pages in its own cache.
     let loaded = state
         .cache
         .try_get_with_by_ref(&id, async {
-            let db = Arc::clone(&state.db);
-            let lookup = id.clone();
-            match tokio::task::spawn_blocking(move || read_doc(&db, &lookup)).await? {
+            let read = if state.read_inline {
+                read_doc(&state.db, &id)
+            } else {
+                let db = Arc::clone(&state.db);
+                let lookup = id.clone();
+                tokio::task::spawn_blocking(move || read_doc(&db, &lookup)).await?
+            };
+            match read {
                 Ok(Some(doc)) => Ok(doc),
                 Ok(None) => Err(not_found(&collection, &key)),
                 Err(e) => Err(e.into()),
@@ -184,10 +218,9 @@ async fn get_handler(
 async fn put_handler(
     State(state): State<AppState>,
     Path((collection, key)): Path<(String, String)>,
-    body: Bytes,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    let Json(value) = body?;
     if !value.is_object() {
         return Err(ApiError::BadRequest(
             "the document must be a JSON object".into(),
@@ -233,11 +266,15 @@ struct Args {
     listen: SocketAddr,
     data_dir: PathBuf,
     cache_bytes: u64,
+    read_inline: bool,
 }
+
+const USAGE: &str =
+    "usage: axum-docs --listen ADDR:PORT --data-dir DIR [--cache-bytes N] [--read-inline]";
 
 fn usage_exit(msg: &str) -> ! {
     eprintln!("axum-docs: {msg}");
-    eprintln!("usage: axum-docs --listen ADDR:PORT --data-dir DIR [--cache-bytes N]");
+    eprintln!("{USAGE}");
     std::process::exit(2)
 }
 
@@ -245,6 +282,7 @@ fn parse_args() -> Args {
     let mut listen = "127.0.0.1:8080".to_string();
     let mut data_dir = None;
     let mut cache_bytes = DEFAULT_CACHE_BYTES;
+    let mut read_inline = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| {
@@ -260,8 +298,9 @@ fn parse_args() -> Args {
                     .parse()
                     .unwrap_or_else(|_| usage_exit(&format!("bad --cache-bytes {v:?}")));
             }
+            "--read-inline" => read_inline = true,
             "-h" | "--help" => {
-                eprintln!("usage: axum-docs --listen ADDR:PORT --data-dir DIR [--cache-bytes N]");
+                eprintln!("{USAGE}");
                 std::process::exit(0);
             }
             other => usage_exit(&format!("unknown argument {other:?}")),
@@ -273,6 +312,7 @@ fn parse_args() -> Args {
             .unwrap_or_else(|e| usage_exit(&format!("bad --listen {listen:?}: {e}"))),
         data_dir: data_dir.unwrap_or_else(|| usage_exit("--data-dir is required")),
         cache_bytes,
+        read_inline,
     }
 }
 
@@ -311,6 +351,7 @@ async fn main() {
     let state = AppState {
         db: Arc::new(db),
         cache,
+        read_inline: args.read_inline,
     };
     let app = Router::new()
         .route("/json", get(json_hello))
