@@ -647,7 +647,10 @@ fn kill_9_loses_no_acknowledged_write() {
         acknowledged.len()
     );
 
-    let restarted = Server::start(&["--cores", "2", "--data-dir", data.arg()]);
+    let (restarted, store_line) =
+        Server::start_with_output(&["--cores", "2", "--data-dir", data.arg()]);
+    // Writes since the last checkpoint were durable only in the write-ahead logs.
+    assert!(store_line.contains("replayed"), "{store_line}");
     let mut conn = restarted.connect();
     let mut missing = Vec::new();
     for key in acknowledged.keys() {

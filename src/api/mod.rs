@@ -504,11 +504,16 @@ fn render_data_metrics(data: &crate::docs::DataShared, out: &mut String) {
         family(name, kind, help, &mut caches.iter().map(|c| load(field(c))));
     }
     let stores = &data.store_counters;
-    let store_rows: [(&str, &str, Field<crate::store::thread::StoreCounters>); 4] = [
+    let store_rows: [(&str, &str, Field<crate::store::thread::StoreCounters>); 5] = [
         (
             "percore_store_commits_total",
-            "Durable commits (one fsync each) of the core's shards.",
+            "Durable commits: one fdatasync of the core's write-ahead log per batch, for all its shards.",
             |c| &c.commits,
+        ),
+        (
+            "percore_store_checkpoints_total",
+            "Checkpoints: the core's shards made durable in their engines, the write-ahead log emptied.",
+            |c| &c.checkpoints,
         ),
         (
             "percore_store_committed_writes_total",
@@ -537,7 +542,7 @@ fn render_data_metrics(data: &crate::docs::DataShared, out: &mut String) {
     family(
         "percore_store_commit_seconds_total",
         "counter",
-        "Time spent committing, fsync included.",
+        "Time spent making batches durable (log append and fdatasync, engine apply).",
         &mut stores
             .iter()
             .map(|c| format!("{:.6}", c.commit_micros.load(Relaxed) as f64 / 1e6)),

@@ -30,6 +30,7 @@ use crate::queue::Queues;
 use crate::statics::Index;
 use crate::store::redb_engine::RedbEngine;
 use crate::store::thread::{OpenShard, StoreCounters};
+use crate::store::wal::{self, Wal};
 use crate::store::{seed, Engine, ShardMap};
 use uring::UringError;
 
@@ -296,6 +297,8 @@ fn open_store(
             },
         );
     }
+    let wal_dir = dir.join("wal");
+    let replayed = replay_logs(&wal_dir, &mut open).map_err(&fail)?;
     let seeded = seed::seed_if_missing(&map, &mut open).map_err(|e| fail(e.to_string()))?;
     let mut by_core: Vec<Vec<OpenShard>> = (0..cores).map(|_| Vec::new()).collect();
     for (shard, opened) in open {
@@ -304,9 +307,11 @@ fn open_store(
     let store_counters: Vec<Arc<StoreCounters>> = (0..cores).map(|_| Arc::default()).collect();
     let mut senders = Vec::with_capacity(cores);
     for (core, shards) in by_core.into_iter().enumerate() {
+        let wal = Wal::create(&wal_dir, core).map_err(|e| fail(e.to_string()))?;
         senders.push(crate::store::thread::start(
             core,
             shards,
+            wal,
             mailboxes[core].clone(),
             Arc::clone(&store_counters[core]),
         )?);
@@ -319,6 +324,11 @@ fn open_store(
         None => dir.display().to_string(),
     };
     let mut line = format!("percore: documents in {place}; {map}");
+    if replayed > 0 {
+        line.push_str(&format!(
+            "; replayed {replayed} write(s) from the write-ahead logs"
+        ));
+    }
     if !seeded.is_empty() {
         line.push_str(&format!("; seeded {}", seeded.join(" and ")));
     }
@@ -337,6 +347,49 @@ fn open_store(
         temporary_dir,
         line,
     })
+}
+
+/// Replays every write-ahead log left by a previous run into its shard,
+/// makes the shards durable, then removes the logs. Returns the writes replayed.
+fn replay_logs(
+    wal_dir: &std::path::Path,
+    open: &mut std::collections::HashMap<u32, OpenShard>,
+) -> Result<usize, String> {
+    let records =
+        wal::read_all(wal_dir).map_err(|e| format!("cannot read {}: {e}", wal_dir.display()))?;
+    let count = records.len();
+    let mut by_shard: std::collections::HashMap<u32, Vec<crate::store::engine::Change>> =
+        std::collections::HashMap::new();
+    for record in records {
+        let Some(shard) = open.get_mut(&record.shard) else {
+            return Err(format!(
+                "{} holds writes for shard {}, which this shard map does not have",
+                wal_dir.display(),
+                record.shard
+            ));
+        };
+        shard.last_version = shard.last_version.max(record.last_version);
+        if let Some(stored) = &record.value {
+            shard.last_version = shard.last_version.max(stored.version);
+        }
+        by_shard
+            .entry(record.shard)
+            .or_default()
+            .push((record.key, record.value));
+    }
+    for (shard, changes) in by_shard {
+        let open = open.get_mut(&shard).expect("checked above");
+        open.engine
+            .commit(&changes, open.last_version, true)
+            .map_err(|e| format!("cannot replay the write-ahead log into shard {shard}: {e}"))?;
+    }
+    wal::remove_all(wal_dir).map_err(|e| {
+        format!(
+            "cannot remove the replayed logs in {}: {e}",
+            wal_dir.display()
+        )
+    })?;
+    Ok(count)
 }
 
 fn eventfd() -> io::Result<OwnedFd> {

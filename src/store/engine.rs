@@ -57,9 +57,17 @@ pub trait Engine: Send {
         to: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Stored)>, StoreError>;
-    /// Applies every change in one durable commit, recording `last_version`
-    /// as the highest version issued. Returns only once it is on disk.
-    fn commit(&mut self, changes: &[Change], last_version: u64) -> Result<(), StoreError>;
+    /// Applies every change in one commit, recording `last_version` as the
+    /// highest version issued. With `durable` it returns only once this and
+    /// every earlier commit is on disk; without, the caller keeps the changes
+    /// durable elsewhere (the store thread's write-ahead log) until a durable
+    /// commit (a checkpoint, which may carry no changes) follows.
+    fn commit(
+        &mut self,
+        changes: &[Change],
+        last_version: u64,
+        durable: bool,
+    ) -> Result<(), StoreError>;
     /// The highest version ever committed (0 for a new shard).
     fn last_version(&self) -> Result<u64, StoreError>;
 }

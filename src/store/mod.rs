@@ -5,7 +5,8 @@
 //! core's store thread ([`thread`]) is the only one that touches the
 //! shard's engine, so the order in which it applies a shard's operations is
 //! the order of truth: it checks preconditions, applies merge patches and
-//! commits a whole batch with one fsync (group commit) before it answers any
+//! makes a whole batch durable with one fdatasync of its write-ahead log
+//! ([`wal`], group commit across all of its shards) before it answers any
 //! operation of the batch, reads included, so no client ever sees a write
 //! that could still be lost.
 
@@ -14,6 +15,7 @@ pub mod redb_engine;
 pub mod seed;
 pub mod shardmap;
 pub mod thread;
+pub mod wal;
 
 use std::path::PathBuf;
 use std::time::Duration;

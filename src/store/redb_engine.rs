@@ -76,10 +76,21 @@ impl Engine for RedbEngine {
         Ok(items)
     }
 
-    fn commit(&mut self, changes: &[Change], last_version: u64) -> Result<(), StoreError> {
+    fn commit(
+        &mut self,
+        changes: &[Change],
+        last_version: u64,
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(engine_error)?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(engine_error)?;
+        let durability = if durable {
+            redb::Durability::Immediate
+        } else {
+            // Persisted by the next Immediate commit (the checkpoint); the
+            // write-ahead log holds these changes until then.
+            redb::Durability::None
+        };
+        txn.set_durability(durability).map_err(engine_error)?;
         {
             let mut docs = txn.open_table(DOCS).map_err(engine_error)?;
             for (key, value) in changes {

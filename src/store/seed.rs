@@ -80,7 +80,7 @@ pub fn seed_if_missing(
         let open = shards
             .get_mut(&shard)
             .expect("every shard is open at start-up");
-        open.engine.commit(&changes, open.last_version)?;
+        open.engine.commit(&changes, open.last_version, true)?;
     }
     Ok(seeded)
 }

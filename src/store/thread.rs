@@ -1,19 +1,23 @@
-//! The store thread of one io core: applies its shards' operations in arrival order and commits each batch with one fsync.
+//! The store thread of one io core: applies its shards' operations in arrival order and makes each batch durable with one fdatasync.
 //!
 //! An io core never blocks on disk: it sends operations here and gets the
 //! outcomes back in its mailbox, in the order they were applied. Every
 //! outcome of a batch, reads included, is sent only after the batch's
-//! commit is durable, so nothing a client sees can be lost by a crash.
+//! writes are durable in the write-ahead log (one fdatasync for all of the
+//! core's shards, [`super::wal`]), so nothing a client sees can be lost by a
+//! crash. The engines take the writes without syncing; a checkpoint every
+//! second (or 32 MiB of log) makes them durable, and the log starts over.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::engine::{Change, Engine, StoreError, Stored};
+use super::wal::Wal;
 use crate::docs::DataMsg;
 use crate::mailbox::{CoreMsg, Mailbox};
 
@@ -63,6 +67,12 @@ impl Precondition {
             }
         }
         true
+    }
+}
+
+fn fail(outcomes: &mut Outcomes, dependents: &[usize], error: &StoreError) {
+    for &index in dependents {
+        outcomes[index].1 = StoreOutcome::Failed(error.clone());
     }
 }
 
@@ -129,11 +139,18 @@ pub enum StoreOutcome {
 /// Counters the store threads publish for `/metrics`.
 #[derive(Debug, Default)]
 pub struct StoreCounters {
+    /// Durable commits: one fdatasync of the write-ahead log per batch.
     pub commits: AtomicU64,
     pub committed_writes: AtomicU64,
     pub commit_micros: AtomicU64,
     pub failed_commits: AtomicU64,
+    /// Checkpoints: durable engine commits of the shards, after which the log starts over.
+    pub checkpoints: AtomicU64,
     pub reads: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed) + n, Relaxed);
 }
 
 /// One shard's engine and the last version it issued.
@@ -143,11 +160,17 @@ pub struct OpenShard {
     pub last_version: u64,
 }
 
+/// A checkpoint is due after this long with unsynced shards, or idle that long.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// ... or once the log is this large.
+const CHECKPOINT_ABOVE: u64 = 32 << 20;
+
 /// Starts the store thread for one io core's shards; operations go in
 /// through the returned sender, outcomes come back through `owner`.
 pub fn start(
     core: usize,
     shards: Vec<OpenShard>,
+    wal: Wal,
     owner: Mailbox,
     counters: Arc<StoreCounters>,
 ) -> std::io::Result<Sender<StoreRequest>> {
@@ -156,7 +179,12 @@ pub fn start(
         .name(format!("percore-store-{core}"))
         .spawn(move || {
             let mut worker = Worker {
+                core,
                 shards: shards.into_iter().map(|s| (s.shard, s)).collect(),
+                wal,
+                unsynced: HashSet::new(),
+                last_checkpoint: Instant::now(),
+                broken: None,
                 owner,
                 counters,
             };
@@ -166,7 +194,16 @@ pub fn start(
 }
 
 struct Worker {
+    core: usize,
     shards: HashMap<u32, OpenShard>,
+    wal: Wal,
+    /// Shards whose engine holds commits that are durable only in the log.
+    unsynced: HashSet<u32>,
+    last_checkpoint: Instant,
+    /// Set when an engine refused writes the log already holds: the
+    /// engines no longer match the log, so nothing more is served until a
+    /// restart replays the log.
+    broken: Option<String>,
     owner: Mailbox,
     counters: Arc<StoreCounters>,
 }
@@ -180,12 +217,25 @@ struct Pending {
     dependents: Vec<usize>,
 }
 
+type Outcomes = [(u64, StoreOutcome)];
+
 impl Worker {
     fn run(&mut self, rx: Receiver<StoreRequest>) {
         let mut batch = Vec::with_capacity(64);
         let mut pending: HashMap<u32, Pending> = HashMap::new();
         let mut outcomes: Vec<(u64, StoreOutcome)> = Vec::with_capacity(64);
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
+                Ok(first) => first,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.checkpoint();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.checkpoint();
+                    return;
+                }
+            };
             batch.push(first);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -196,21 +246,20 @@ impl Worker {
             for request in batch.drain(..) {
                 let shard = request.shard;
                 if matches!(request.op, StoreOp::Scan { .. }) {
-                    // A scan reads committed state only: commit what is pending first.
-                    self.commit(shard, &mut pending, &mut outcomes);
+                    // A scan reads the engine: commit what is pending first.
+                    self.commit(&mut pending, &mut outcomes);
                 }
-                let outcome =
-                    self.apply(request.shard, request.op, pending.entry(shard).or_default());
+                let outcome = match &self.broken {
+                    Some(why) => StoreOutcome::Failed(StoreError::Engine(why.clone())),
+                    None => self.apply(shard, request.op, pending.entry(shard).or_default()),
+                };
                 let index = outcomes.len();
                 outcomes.push((request.ticket, outcome));
                 if let Some(p) = pending.get_mut(&shard) {
                     p.dependents.push(index);
                 }
             }
-            let shards: Vec<u32> = pending.keys().copied().collect();
-            for shard in shards {
-                self.commit(shard, &mut pending, &mut outcomes);
-            }
+            self.commit(&mut pending, &mut outcomes);
             for (ticket, outcome) in outcomes.drain(..) {
                 // A stopped core needs no answer.
                 let _ = self
@@ -218,61 +267,111 @@ impl Worker {
                     .post(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
             }
             self.owner.wake();
+            if self.wal.len() > CHECKPOINT_ABOVE
+                || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+            {
+                self.checkpoint();
+            }
         }
     }
 
-    /// Makes one shard's pending writes durable; on failure every outcome
-    /// that saw them becomes a failure.
-    fn commit(
-        &mut self,
-        shard: u32,
-        pending: &mut HashMap<u32, Pending>,
-        outcomes: &mut [(u64, StoreOutcome)],
-    ) {
-        let Some(mut p) = pending.remove(&shard) else {
-            return;
-        };
-        if p.order.is_empty() {
+    /// Makes every pending write of the batch durable with one append and
+    /// fdatasync of the log, then hands the writes to the shards' engines
+    /// (without syncing). On failure every outcome that saw them fails.
+    fn commit(&mut self, pending: &mut HashMap<u32, Pending>, outcomes: &mut Outcomes) {
+        let mut written: Vec<(u32, Vec<Change>, Vec<usize>)> = Vec::new();
+        for (shard, mut p) in pending.drain() {
+            if p.order.is_empty() {
+                continue;
+            }
+            let Some(open) = self.shards.get(&shard) else {
+                continue;
+            };
+            let changes: Vec<Change> = p
+                .order
+                .drain(..)
+                .map(|key| {
+                    let value = p.overlay.remove(&key).flatten();
+                    (key, value)
+                })
+                .collect();
+            for (key, value) in &changes {
+                self.wal
+                    .stage(shard, open.last_version, key, value.as_ref());
+            }
+            written.push((shard, changes, p.dependents));
+        }
+        if written.is_empty() {
             return;
         }
-        let Some(open) = self.shards.get_mut(&shard) else {
-            return;
-        };
-        let changes: Vec<Change> = p
-            .order
-            .drain(..)
-            .map(|key| {
-                let value = p.overlay.remove(&key).flatten();
-                (key, value)
-            })
-            .collect();
         let started = Instant::now();
-        match open.engine.commit(&changes, open.last_version) {
-            Ok(()) => {
-                let c = &self.counters;
-                c.commits.store(c.commits.load(Relaxed) + 1, Relaxed);
-                c.committed_writes.store(
-                    c.committed_writes.load(Relaxed) + changes.len() as u64,
-                    Relaxed,
-                );
-                c.commit_micros.store(
-                    c.commit_micros.load(Relaxed) + started.elapsed().as_micros() as u64,
-                    Relaxed,
-                );
+        if let Err(error) = self.wal.commit() {
+            let error = StoreError::Engine(format!(
+                "the write-ahead log {} cannot be written: {error}",
+                self.wal.path().display()
+            ));
+            eprintln!(
+                "percore: io core {}: {error}; the batch's writes were refused",
+                self.core
+            );
+            add(&self.counters.failed_commits, 1);
+            for (_, _, dependents) in &written {
+                fail(outcomes, dependents, &error);
             }
-            Err(error) => {
-                eprintln!(
-                    "percore: shard {shard}: commit failed, {} write(s) refused: {error}",
-                    changes.len()
-                );
-                let c = &self.counters;
-                c.failed_commits
-                    .store(c.failed_commits.load(Relaxed) + 1, Relaxed);
-                for &index in &p.dependents {
-                    outcomes[index].1 = StoreOutcome::Failed(error.clone());
+            return;
+        }
+        let mut writes = 0;
+        for (shard, changes, dependents) in &written {
+            writes += changes.len() as u64;
+            let open = self.shards.get_mut(shard).expect("checked above");
+            match open.engine.commit(changes, open.last_version, false) {
+                Ok(()) => {
+                    self.unsynced.insert(*shard);
+                }
+                Err(error) => {
+                    let why = format!(
+                        "shard {shard} refused writes its write-ahead log holds ({error}); restart percore to replay the log"
+                    );
+                    eprintln!("percore: io core {}: {why}", self.core);
+                    fail(outcomes, dependents, &StoreError::Engine(why.clone()));
+                    self.broken = Some(why);
                 }
             }
         }
+        let c = &self.counters;
+        add(&c.commits, 1);
+        add(&c.committed_writes, writes);
+        add(&c.commit_micros, started.elapsed().as_micros() as u64);
+    }
+
+    /// Makes every shard's engine durable on its own, then empties the log.
+    fn checkpoint(&mut self) {
+        self.last_checkpoint = Instant::now();
+        if self.unsynced.is_empty() || self.broken.is_some() {
+            return;
+        }
+        for shard in std::mem::take(&mut self.unsynced) {
+            let Some(open) = self.shards.get_mut(&shard) else {
+                continue;
+            };
+            if let Err(error) = open.engine.commit(&[], open.last_version, true) {
+                // The log still holds every write: keep it, and try again later.
+                eprintln!(
+                    "percore: io core {}: checkpoint of shard {shard} failed: {error}",
+                    self.core
+                );
+                self.unsynced.insert(shard);
+                return;
+            }
+        }
+        if let Err(error) = self.wal.reset() {
+            eprintln!(
+                "percore: io core {}: cannot empty {}: {error}",
+                self.core,
+                self.wal.path().display()
+            );
+        }
+        add(&self.counters.checkpoints, 1);
     }
 
     fn current(
@@ -325,8 +424,7 @@ impl Worker {
         }
         match op {
             StoreOp::Read { key } => {
-                let c = &self.counters;
-                c.reads.store(c.reads.load(Relaxed) + 1, Relaxed);
+                add(&self.counters.reads, 1);
                 match self.current(shard, &key, pending) {
                     Ok(found) => StoreOutcome::Found(found),
                     Err(error) => StoreOutcome::Failed(error),
