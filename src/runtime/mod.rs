@@ -30,7 +30,7 @@ use crate::queue::Queues;
 use crate::statics::Index;
 use crate::store::redb_engine::RedbEngine;
 use crate::store::thread::{OpenShard, StoreCounters};
-use crate::store::wal::{self, Wal};
+use crate::store::wal;
 use crate::store::{seed, Engine, ShardMap};
 use uring::UringError;
 
@@ -272,7 +272,9 @@ fn open_store(
     let (dir, temporary_dir) = match &options.dir {
         Some(dir) => (dir.clone(), None),
         None => {
-            let dir = std::env::temp_dir().join(format!("percore-docs-{}", std::process::id()));
+            remove_stale_temporary_dirs();
+            let dir =
+                std::env::temp_dir().join(format!("{TEMPORARY_PREFIX}{}", std::process::id()));
             (dir.clone(), Some(dir))
         }
     };
@@ -307,11 +309,10 @@ fn open_store(
     let store_counters: Vec<Arc<StoreCounters>> = (0..cores).map(|_| Arc::default()).collect();
     let mut senders = Vec::with_capacity(cores);
     for (core, shards) in by_core.into_iter().enumerate() {
-        let wal = Wal::create(&wal_dir, core).map_err(|e| fail(e.to_string()))?;
         senders.push(crate::store::thread::start(
             core,
             shards,
-            wal,
+            wal_dir.clone(),
             mailboxes[core].clone(),
             Arc::clone(&store_counters[core]),
         )?);
@@ -347,6 +348,30 @@ fn open_store(
         temporary_dir,
         line,
     })
+}
+
+/// Temporary document directories are named this plus the server's process id.
+const TEMPORARY_PREFIX: &str = "percore-docs-";
+
+/// Removes the temporary document directories of servers that are gone
+/// (killed before they could remove their own).
+fn remove_stale_temporary_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMPORARY_PREFIX))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Replays every write-ahead log left by a previous run into its shard,

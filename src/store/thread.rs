@@ -5,10 +5,12 @@
 //! outcome of a batch, reads included, is sent only after the batch's
 //! writes are durable in the write-ahead log (one fdatasync for all of the
 //! core's shards, [`super::wal`]), so nothing a client sees can be lost by a
-//! crash. The engines take the writes without syncing; a checkpoint every
-//! second (or 32 MiB of log) makes them durable, and the log starts over.
+//! crash. The engines take the writes without syncing; every second (or
+//! 32 MiB of log) a checkpoint starts a new log and makes the shards durable
+//! one per batch, after which the old log is deleted.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,10 +172,12 @@ const CHECKPOINT_ABOVE: u64 = 32 << 20;
 pub fn start(
     core: usize,
     shards: Vec<OpenShard>,
-    wal: Wal,
+    wal_dir: PathBuf,
     owner: Mailbox,
     counters: Arc<StoreCounters>,
 ) -> std::io::Result<Sender<StoreRequest>> {
+    let generation = 0;
+    let wal = Wal::create(&wal_dir, core, generation)?;
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name(format!("percore-store-{core}"))
@@ -182,7 +186,10 @@ pub fn start(
                 core,
                 shards: shards.into_iter().map(|s| (s.shard, s)).collect(),
                 wal,
+                wal_dir,
+                generation,
                 unsynced: HashSet::new(),
+                retiring: None,
                 last_checkpoint: Instant::now(),
                 broken: None,
                 owner,
@@ -197,8 +204,13 @@ struct Worker {
     core: usize,
     shards: HashMap<u32, OpenShard>,
     wal: Wal,
+    wal_dir: PathBuf,
+    generation: u64,
     /// Shards whose engine holds commits that are durable only in the log.
     unsynced: HashSet<u32>,
+    /// A checkpoint in progress: the log it retires, and the shards still to
+    /// make durable before that log may go.
+    retiring: Option<(Wal, Vec<u32>)>,
     last_checkpoint: Instant,
     /// Set when an engine refused writes the log already holds: the
     /// engines no longer match the log, so nothing more is served until a
@@ -228,11 +240,12 @@ impl Worker {
             let first = match rx.recv_timeout(CHECKPOINT_EVERY) {
                 Ok(first) => first,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.checkpoint();
+                    // Idle: no batch waits, so finish a checkpoint at once.
+                    self.checkpoint_all();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.checkpoint();
+                    self.checkpoint_all();
                     return;
                 }
             };
@@ -267,11 +280,13 @@ impl Worker {
                     .post(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
             }
             self.owner.wake();
-            if self.wal.len() > CHECKPOINT_ABOVE
-                || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+            if self.retiring.is_none()
+                && (self.wal.len() > CHECKPOINT_ABOVE
+                    || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
             {
-                self.checkpoint();
+                self.start_checkpoint();
             }
+            self.checkpoint_step();
         }
     }
 
@@ -344,34 +359,79 @@ impl Worker {
         add(&c.commit_micros, started.elapsed().as_micros() as u64);
     }
 
-    /// Makes every shard's engine durable on its own, then empties the log.
-    fn checkpoint(&mut self) {
+    /// Starts a checkpoint: new writes go to a new log; the shards written
+    /// so far are made durable one by one ([`Self::checkpoint_step`]).
+    fn start_checkpoint(&mut self) {
         self.last_checkpoint = Instant::now();
         if self.unsynced.is_empty() || self.broken.is_some() {
             return;
         }
-        for shard in std::mem::take(&mut self.unsynced) {
+        let next = match Wal::create(&self.wal_dir, self.core, self.generation + 1) {
+            Ok(next) => next,
+            Err(error) => {
+                eprintln!(
+                    "percore: io core {}: cannot start a new write-ahead log, checkpoint put off: {error}",
+                    self.core
+                );
+                return;
+            }
+        };
+        self.generation += 1;
+        let old = std::mem::replace(&mut self.wal, next);
+        let shards = std::mem::take(&mut self.unsynced).into_iter().collect();
+        self.retiring = Some((old, shards));
+    }
+
+    /// Makes one more shard of the checkpoint durable; once all are, the old log goes.
+    fn checkpoint_step(&mut self) {
+        let Some((_, shards)) = &mut self.retiring else {
+            return;
+        };
+        if let Some(shard) = shards.pop() {
             let Some(open) = self.shards.get_mut(&shard) else {
-                continue;
+                return;
             };
             if let Err(error) = open.engine.commit(&[], open.last_version, true) {
-                // The log still holds every write: keep it, and try again later.
+                // The old log still holds every write: keep it, and try again later.
                 eprintln!(
                     "percore: io core {}: checkpoint of shard {shard} failed: {error}",
                     self.core
                 );
-                self.unsynced.insert(shard);
+                shards.push(shard);
+                return;
+            }
+            if !shards.is_empty() {
                 return;
             }
         }
-        if let Err(error) = self.wal.reset() {
+        let (old, _) = self.retiring.take().expect("checked above");
+        let path = old.path().to_owned();
+        if let Err(error) = old.remove() {
             eprintln!(
-                "percore: io core {}: cannot empty {}: {error}",
+                "percore: io core {}: cannot remove {}: {error}",
                 self.core,
-                self.wal.path().display()
+                path.display()
             );
         }
         add(&self.counters.checkpoints, 1);
+    }
+
+    /// Finishes the checkpoint in progress and checkpoints everything else.
+    fn checkpoint_all(&mut self) {
+        for _ in 0..2 {
+            if self.retiring.is_none() {
+                self.start_checkpoint();
+            }
+            while self.retiring.is_some() && self.broken.is_none() {
+                let before = self.retiring.as_ref().map_or(0, |(_, s)| s.len());
+                self.checkpoint_step();
+                let after = self.retiring.as_ref().map_or(0, |(_, s)| s.len());
+                if self.retiring.is_some() && after >= before {
+                    // A shard could not be made durable; the log is kept.
+                    return;
+                }
+            }
+        }
     }
 
     fn current(

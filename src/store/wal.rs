@@ -2,11 +2,13 @@
 //!
 //! Without it a batch that touches sixteen shards costs sixteen durable
 //! engine commits; with it the batch costs one log append and one
-//! fdatasync, and the engines take the writes without syncing. A checkpoint
-//! (one durable commit per shard written since the last) lets the log start
-//! over. At start-up every log left by any core is replayed into the shards
-//! before anything else runs, so a write acknowledged before a crash is in
-//! its shard again, whichever core owns that shard now.
+//! fdatasync, and the engines take the writes without syncing. To
+//! checkpoint, the store thread starts a new log and then commits each shard
+//! written since the old one was started durably, one shard between two
+//! batches (so no batch waits for all of them); then the old log goes. At
+//! start-up every log left by any core is replayed into the shards before
+//! anything else runs, so a write acknowledged before a crash is in its
+//! shard again, whichever core owns that shard now.
 //!
 //! A record is `[len: u32 LE][crc32: u32 LE][payload]`; a payload is
 //! `shard u32 | last_version u64 | key_len u32 | key | 0` for a delete or
@@ -42,10 +44,11 @@ pub struct Wal {
 }
 
 impl Wal {
-    /// Creates an empty log for io core `core` in `dir` (which replay has emptied).
-    pub fn create(dir: &Path, core: usize) -> io::Result<Self> {
+    /// Creates an empty log for io core `core` in `dir`; `generation` grows
+    /// with every rotation, and replay reads a core's logs in that order.
+    pub fn create(dir: &Path, core: usize, generation: u64) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let path = dir.join(format!("core-{core}.wal"));
+        let path = dir.join(format!("core-{core}-{generation:020}.wal"));
         // Appending: after `reset` cuts the file to nothing, the next record
         // lands at offset 0, not where the cursor was.
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
@@ -110,12 +113,11 @@ impl Wal {
         }
     }
 
-    /// Empties the log once every write in it is durable in its shard.
-    pub fn reset(&mut self) -> io::Result<()> {
-        self.file.set_len(0)?;
-        self.file.sync_data()?;
-        self.durable_len = 0;
-        Ok(())
+    /// Deletes the log once every write in it is durable in its shard.
+    pub fn remove(self) -> io::Result<()> {
+        fs::remove_file(&self.path)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        File::open(dir)?.sync_all()
     }
 
     /// Bytes of the log on disk.
@@ -213,7 +215,7 @@ mod tests {
     fn records_come_back_in_order_and_a_torn_tail_is_ignored() {
         let dir = std::env::temp_dir().join(format!("percore-wal-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let mut wal = Wal::create(&dir, 3).unwrap();
+        let mut wal = Wal::create(&dir, 3, 1).unwrap();
         let doc = Stored {
             version: 7,
             doc: Bytes::from_static(br#"{"a":1}"#),
@@ -241,11 +243,15 @@ mod tests {
                 },
             ]
         );
-        wal.reset().unwrap();
-        assert!(read_all(&dir).unwrap().is_empty());
-        // After a reset the log starts again at its beginning.
-        wal.stage(1, 9, b"c\0again", None);
-        wal.commit().unwrap();
+        // A rotation: the newer log's records come after the older one's,
+        // and once the old log is removed only the new one's are left.
+        let mut next = Wal::create(&dir, 3, 10).unwrap();
+        next.stage(1, 9, b"c\0again", None);
+        next.commit().unwrap();
+        let records = read_all(&dir).unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[2].key, b"c\0again");
+        wal.remove().unwrap();
         assert_eq!(read_all(&dir).unwrap().len(), 1);
         remove_all(&dir).unwrap();
         assert!(fs::read_dir(&dir).unwrap().next().is_none());
