@@ -70,6 +70,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod docs;
+pub mod durable;
 pub mod http;
 pub mod json;
 pub mod limit;

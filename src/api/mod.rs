@@ -437,20 +437,26 @@ impl Service {
 /// Picks one counter out of a set of counters.
 type Field<C> = fn(&C) -> &std::sync::atomic::AtomicU64;
 
+/// One per-core metric: name, type, help, and which counter.
+type Row<C> = (&'static str, &'static str, &'static str, Field<C>);
+
+/// Writes each row's family with one sample per core.
+fn render_per_core<C>(rows: &[Row<C>], counters: &[Arc<C>], out: &mut String) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, kind, help, field) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (core, c) in counters.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", field(c).load(Relaxed));
+        }
+    }
+}
+
 /// The document store's, cache partitions' and plane's counters, per core, in Prometheus text.
 fn render_data_metrics(data: &crate::docs::DataShared, out: &mut String) {
     use std::fmt::Write as _;
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    let mut family =
-        |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = String>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (core, value) in values.enumerate() {
-                let _ = writeln!(out, "{name}{{core=\"{core}\"}} {value}");
-            }
-        };
-    let load = |a: &AtomicU64| a.load(Relaxed).to_string();
-    let caches = &data.cache_counters;
-    let cache_rows: [(&str, &str, &str, Field<crate::cache::CacheCounters>); 8] = [
+    use std::sync::atomic::Ordering::Relaxed;
+    const CACHE: [Row<crate::cache::CacheCounters>; 8] = [
         (
             "percore_cache_hits_total",
             "counter",
@@ -500,78 +506,41 @@ fn render_data_metrics(data: &crate::docs::DataShared, out: &mut String) {
             |c| &c.entries,
         ),
     ];
-    for (name, kind, help, field) in cache_rows {
-        family(name, kind, help, &mut caches.iter().map(|c| load(field(c))));
-    }
-    let stores = &data.store_counters;
-    let store_rows: [(&str, &str, Field<crate::store::thread::StoreCounters>); 5] = [
-        (
-            "percore_store_commits_total",
-            "Durable commits: one fdatasync of the core's write-ahead log per batch, for all its shards.",
-            |c| &c.commits,
-        ),
-        (
-            "percore_store_checkpoints_total",
-            "Checkpoints: the core's shards made durable in their engines, the write-ahead log emptied.",
-            |c| &c.checkpoints,
-        ),
-        (
-            "percore_store_committed_writes_total",
-            "Document writes and deletes made durable.",
-            |c| &c.committed_writes,
-        ),
-        (
-            "percore_store_failed_commits_total",
-            "Commits that failed; their writes were refused.",
-            |c| &c.failed_commits,
-        ),
-        (
-            "percore_store_reads_total",
-            "Documents read from the store (cache misses and uncached reads).",
-            |c| &c.reads,
-        ),
+    const STORE: [Row<crate::store::thread::StoreCounters>; 5] = [
+        ("percore_store_commits_total", "counter", "Durable commits: one fdatasync of the core's write-ahead log per batch, for all its shards.", |c| &c.commits),
+        ("percore_store_checkpoints_total", "counter", "Checkpoints: the core's shards made durable in their engines, an old write-ahead log removed.", |c| &c.checkpoints),
+        ("percore_store_committed_writes_total", "counter", "Document writes and deletes made durable.", |c| &c.committed_writes),
+        ("percore_store_failed_commits_total", "counter", "Commits that failed; their writes were refused.", |c| &c.failed_commits),
+        ("percore_store_reads_total", "counter", "Documents read from the store (cache misses and uncached reads).", |c| &c.reads),
     ];
-    for (name, help, field) in store_rows {
-        family(
-            name,
-            "counter",
-            help,
-            &mut stores.iter().map(|c| load(field(c))),
-        );
-    }
-    family(
-        "percore_store_commit_seconds_total",
-        "counter",
-        "Time spent making batches durable (log append and fdatasync, engine apply).",
-        &mut stores
-            .iter()
-            .map(|c| format!("{:.6}", c.commit_micros.load(Relaxed) as f64 / 1e6)),
-    );
-    let planes = &data.plane_counters;
-    let plane_rows: [(&str, &str, Field<crate::docs::PlaneCounters>); 3] = [
+    const PLANE: [Row<crate::docs::PlaneCounters>; 3] = [
         (
             "percore_data_forwarded_total",
+            "counter",
             "Document operations sent to the core that owns their shard.",
             |c| &c.forwarded,
         ),
         (
             "percore_data_coalesced_total",
+            "counter",
             "Cache misses that joined a read already in flight (single flight).",
             |c| &c.coalesced,
         ),
         (
             "percore_data_store_ops_total",
+            "counter",
             "Operations sent to the core's store thread.",
             |c| &c.store_ops,
         ),
     ];
-    for (name, help, field) in plane_rows {
-        family(
-            name,
-            "counter",
-            help,
-            &mut planes.iter().map(|c| load(field(c))),
-        );
+    render_per_core(&CACHE, &data.cache_counters, out);
+    render_per_core(&STORE, &data.store_counters, out);
+    render_per_core(&PLANE, &data.plane_counters, out);
+    let name = "percore_store_commit_seconds_total";
+    let _ = writeln!(out, "# HELP {name} Time spent making batches durable (log append and fdatasync, engine apply).\n# TYPE {name} counter");
+    for (core, c) in data.store_counters.iter().enumerate() {
+        let seconds = c.commit_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}{{core=\"{core}\"}} {seconds:.6}");
     }
     let _ = writeln!(
         out,

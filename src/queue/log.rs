@@ -161,25 +161,7 @@ impl JobLog {
     /// to its last durable length, so a later commit never lands after a
     /// torn record (which replay would stop at, losing what follows).
     pub fn commit(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let written = self
-            .file
-            .write_all(&self.pending)
-            .and_then(|()| self.file.sync_data());
-        let staged = self.pending.len() as u64;
-        self.pending.clear();
-        match written {
-            Ok(()) => {
-                self.durable_len += staged;
-                Ok(())
-            }
-            Err(error) => {
-                let _ = self.file.set_len(self.durable_len);
-                Err(error)
-            }
-        }
+        crate::durable::append_synced(&mut self.file, &mut self.pending, &mut self.durable_len)
     }
 }
 

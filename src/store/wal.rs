@@ -16,7 +16,7 @@
 //! torn or corrupt record: nothing at or after it was acknowledged.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -92,25 +92,7 @@ impl Wal {
     /// failure the file is cut back to its durable length, so no later
     /// record lands after a torn one.
     pub fn commit(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let written = self
-            .file
-            .write_all(&self.pending)
-            .and_then(|()| self.file.sync_data());
-        let staged = self.pending.len() as u64;
-        self.pending.clear();
-        match written {
-            Ok(()) => {
-                self.durable_len += staged;
-                Ok(())
-            }
-            Err(error) => {
-                let _ = self.file.set_len(self.durable_len);
-                Err(error)
-            }
-        }
+        crate::durable::append_synced(&mut self.file, &mut self.pending, &mut self.durable_len)
     }
 
     /// Deletes the log once every write in it is durable in its shard.
@@ -210,6 +192,7 @@ fn decode(payload: &[u8]) -> Option<WalRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn records_come_back_in_order_and_a_torn_tail_is_ignored() {
