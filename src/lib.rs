@@ -51,7 +51,9 @@
 //! documents live in shards ([`store`]), each owned by one io core, whose
 //! store thread alone touches the shard's engine and whose cache partition
 //! ([`cache`]) holds its documents; requests for another core's shard cross
-//! as messages ([`docs`], [`mailbox`]), never through a lock.
+//! as messages ([`docs`], [`mailbox`]), never through a lock. A store
+//! thread makes each batch of writes durable with one fdatasync of its
+//! core's write-ahead log ([`store::wal`]), whatever shards the batch touched.
 //!
 //! # Limits that matter at start-up
 //! io_uring must be allowed (`kernel.io_uring_disabled=0`, no seccomp filter
