@@ -5,12 +5,15 @@ use std::cell::Cell;
 use std::time::Instant;
 
 use percore::api::{self, Service};
+use percore::api::{Answer, Deferred};
 use percore::docs::Plane;
 use percore::http::Limits;
 use percore::limit::{KeySource, Limiter, Policy, Rate, Rules};
+use percore::mailbox::CoreMsg;
 use percore::metrics::Registry;
 use percore::net::session::Session;
 use percore::node::Node;
+use percore::queue::ReplyTo;
 use percore::store::StoreOptions;
 
 /// Counts allocations made by the current thread.
@@ -42,15 +45,30 @@ fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
 
-fn service_with(limiter: Option<std::sync::Arc<Limiter>>) -> Service {
+static NEXT_DIR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn service_and_inbox(
+    limiter: Option<std::sync::Arc<Limiter>>,
+) -> (Service, crossbeam_channel::Receiver<CoreMsg>) {
     let routes = api::routes();
     let names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
-    let (plane, _inbox) = Plane::detached(StoreOptions::default()).expect("a detached plane");
-    Service::new(
+    let dir = std::env::temp_dir().join(format!(
+        "percore-alloc-{}-{}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (plane, inbox) = Plane::standalone(&dir, StoreOptions::default()).expect("a plane");
+    let service = Service::new(
         0,
         Node::new(1, Registry::new(1, &names), limiter, None, None, None),
         plane,
-    )
+    );
+    (service, inbox)
+}
+
+fn service_with(limiter: Option<std::sync::Arc<Limiter>>) -> Service {
+    service_and_inbox(limiter).0
 }
 
 fn service() -> Service {
@@ -189,4 +207,69 @@ fn cache_hits_and_misses_allocate_nothing() {
     }
     assert_eq!(allocations(), before, "get allocated");
     assert!(hits > 0 && hits < keys.len());
+}
+
+/// A GET answered from the cache partition allocates nothing: the stored
+/// document goes out as a shared `Bytes`, straight into the output buffer.
+#[test]
+fn cache_hits_of_documents_allocate_nothing() {
+    let (mut service, inbox) = service_and_inbox(None);
+    let mut session = Session::default();
+    let limits = Limits::default();
+    let mut out = Vec::new();
+    let body = r#"{"name":"lamp","price":12.5,"tags":["a","b"]}"#;
+    let put = format!(
+        "PUT /v1/things/lamp HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    session.receive(
+        put.as_bytes(),
+        &mut out,
+        &mut service,
+        &limits,
+        Instant::now(),
+    );
+    // What the io loop does for a deferred answer, by hand.
+    let Some(Deferred::Data(request)) = service.take_deferred() else {
+        panic!("a PUT goes to the document plane");
+    };
+    let reply = ReplyTo {
+        core: 0,
+        slot: 0,
+        generation: 0,
+    };
+    service.ctx.plane.start(request, reply, Instant::now());
+    let finished = loop {
+        let Ok(CoreMsg::Data(msg)) = inbox.recv_timeout(std::time::Duration::from_secs(10)) else {
+            panic!("the store thread answered");
+        };
+        service.ctx.plane.on_message(msg, Instant::now());
+        if let Some((_, gathered)) = service.ctx.plane.take_finished() {
+            break gathered;
+        }
+    };
+    session.answer(Answer::Data(finished), &mut out, &mut service);
+    assert!(
+        out.starts_with(b"HTTP/1.1 201 Created"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+
+    let get = b"GET /v1/things/lamp HTTP/1.1\r\nHost: t\r\n\r\n";
+    for _ in 0..10 {
+        out.clear();
+        session.receive(get, &mut out, &mut service, &limits, Instant::now());
+    }
+    let before = allocations();
+    for _ in 0..1000 {
+        out.clear();
+        session.receive(get, &mut out, &mut service, &limits, Instant::now());
+    }
+    assert_eq!(allocations() - before, 0, "a cache hit allocated");
+    assert!(
+        out.starts_with(b"HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(out.ends_with(body.as_bytes()));
 }

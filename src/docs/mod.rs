@@ -284,20 +284,42 @@ impl Plane {
         }
     }
 
-    /// A one-core plane with no store thread behind it (every store
-    /// operation fails) and an in-memory shard map, for tests of the request path.
-    pub fn detached(
+    /// A one-core, one-shard plane with its own store thread on `dir`, not
+    /// part of a running server: for tests of the request path. Messages for
+    /// the core arrive in the returned inbox.
+    pub fn standalone(
+        dir: &std::path::Path,
         options: StoreOptions,
-    ) -> std::io::Result<(Self, crossbeam_channel::Receiver<CoreMsg>)> {
+    ) -> Result<(Self, crossbeam_channel::Receiver<CoreMsg>), String> {
+        let map = ShardMap::new(1, crate::store::ShardStrategy::Hash { shards: 1 }, 1);
+        let shards_dir = dir.join("shards");
+        std::fs::create_dir_all(&shards_dir).map_err(|e| e.to_string())?;
+        let engine =
+            crate::store::redb_engine::RedbEngine::open(&shards_dir.join("shard-0000.redb"))
+                .map_err(|e| e.to_string())?;
+        let last_version =
+            crate::store::Engine::last_version(&engine).map_err(|e| e.to_string())?;
         let shared = Arc::new(DataShared {
-            map: ShardMap::new(1, ShardMap::default_strategy(1), 1),
+            map,
             options,
             cache_counters: vec![Arc::default()],
             store_counters: vec![Arc::default()],
             plane_counters: vec![Arc::default()],
         });
-        let (mailbox, inbox) = Mailbox::detached()?;
-        let (store, _) = crossbeam_channel::unbounded();
+        let (mailbox, inbox) = Mailbox::detached().map_err(|e| e.to_string())?;
+        let shard = crate::store::thread::OpenShard {
+            shard: 0,
+            engine: Box::new(engine),
+            last_version,
+        };
+        let store = crate::store::thread::start(
+            0,
+            vec![shard],
+            dir.join("wal"),
+            mailbox.clone(),
+            Arc::clone(&shared.store_counters[0]),
+        )
+        .map_err(|e| e.to_string())?;
         Ok((Self::new(0, shared, store, vec![mailbox]), inbox))
     }
 
