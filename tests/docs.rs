@@ -241,6 +241,21 @@ fn preconditions_make_read_modify_write_safe() {
         request(&mut conn, "GET", "/v1/items/z", &[], "").status,
         404
     );
+    // GET honours If-Match too (RFC 9110 §13.1.1).
+    let now = request(&mut conn, "GET", "/v1/items/x", &[], "");
+    let tag = now.header("etag").unwrap().to_owned();
+    assert_eq!(
+        request(&mut conn, "GET", "/v1/items/x", &[("If-Match", &tag)], "").status,
+        200
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/v1/items/x", &[("If-Match", &etag)], "").status,
+        412
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/v1/items/none", &[("If-Match", "*")], "").status,
+        412
+    );
     // A matching If-Match deletes.
     let current = request(&mut conn, "GET", "/v1/items/y", &[], "")
         .header("etag")
@@ -935,4 +950,38 @@ fn deferred_answers_carry_rate_limit_headers() {
     assert!(read.header("ratelimit").is_some(), "{:?}", read.headers);
     let scan = request(&mut conn, "GET", "/v1/rl", &[], "");
     assert!(scan.header("ratelimit").is_some(), "{:?}", scan.headers);
+}
+
+/// Seeding fills in missing TechEmpower rows and never overwrites a row that exists.
+#[test]
+fn seeding_never_overwrites_a_row() {
+    let data = DataDir::new("docs-seed");
+    {
+        let server = Server::start(&["--data-dir", data.arg()]);
+        let mut conn = server.connect();
+        assert_eq!(
+            put(
+                &mut conn,
+                "/v1/World/2",
+                r#"{"id":2,"randomNumber":77,"mine":true}"#
+            )
+            .status,
+            200
+        );
+        assert_eq!(
+            request(&mut conn, "DELETE", "/v1/World/1", &[], "").status,
+            204
+        );
+    }
+    let (server, line) = Server::start_with_output(&["--data-dir", data.arg()]);
+    assert!(line.contains("seeded 1 World rows"), "{line}");
+    let mut conn = server.connect();
+    assert_eq!(
+        json(&request(&mut conn, "GET", "/v1/World/2", &[], ""))["mine"],
+        true
+    );
+    assert_eq!(
+        request(&mut conn, "GET", "/v1/World/1", &[], "").status,
+        200
+    );
 }

@@ -47,6 +47,7 @@ pub fn get(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
         },
         Err(error) => return response.error(&error, &mut ctx.scratch),
     };
+    let if_match = request.header("if-match").map(|v| parse_tags(v, false));
     let if_none_match = request.header("if-none-match").map(|v| parse_tags(v, true));
     let plane = &mut ctx.plane;
     let shard = plane.map().shard_of(collection.as_bytes(), key.as_bytes());
@@ -56,7 +57,7 @@ pub fn get(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
     if owned_here {
         if let Some(stored) = plane.cached(&storage, mask.as_ref(), Instant::now()) {
             *plane.scratch() = storage;
-            return render_doc(&stored, if_none_match.as_ref(), response);
+            return render_doc(&stored, if_match.as_ref(), if_none_match.as_ref(), response);
         }
     }
     let op = Op::Get {
@@ -69,6 +70,7 @@ pub fn get(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
     *plane.scratch() = storage;
     ctx.deferred = Some(Deferred::Data(DataRequest {
         plan: Plan::Get {
+            if_match,
             if_none_match,
             name: DocName::new(collection, &key),
         },
@@ -427,9 +429,23 @@ pub fn etag(version: u64, buf: &mut [u8; 18]) -> &str {
     std::str::from_utf8(&buf[..digits + 2]).expect("ASCII")
 }
 
-fn render_doc(stored: &Stored, if_none_match: Option<&TagSet>, response: &mut Response<'_>) {
+/// A document's answer, after the request's conditions (RFC 9110 §13.2.2:
+/// If-Match first, then If-None-Match).
+fn render_doc(
+    stored: &Stored,
+    if_match: Option<&TagSet>,
+    if_none_match: Option<&TagSet>,
+    response: &mut Response<'_>,
+) {
     let mut buf = [0u8; 18];
     let tag = etag(stored.version, &mut buf);
+    if if_match.is_some_and(|tags| !tags.matches_version(stored.version)) {
+        let error = HttpError::PreconditionFailed(format!(
+            "the document's current ETag is {tag}; it does not match If-Match"
+        ));
+        let mut scratch = Vec::new();
+        return response.error(&error, &mut scratch);
+    }
     if if_none_match.is_some_and(|tags| tags.matches_version(stored.version)) {
         return response.not_modified(&[("ETag", tag)]);
     }
@@ -462,10 +478,19 @@ pub fn render(gathered: Gathered, response: &mut Response<'_>, scratch: &mut Vec
     let Gathered { plan, mut parts } = gathered;
     match plan {
         Plan::Get {
+            if_match,
             if_none_match,
             name,
         } => match parts.pop() {
-            Some(Part::Doc(Some(stored))) => render_doc(&stored, if_none_match.as_ref(), response),
+            Some(Part::Doc(Some(stored))) => {
+                render_doc(&stored, if_match.as_ref(), if_none_match.as_ref(), response)
+            }
+            Some(Part::Doc(None)) if if_match.is_some() => response.error(
+                &HttpError::PreconditionFailed(
+                    "the document does not exist, so If-Match cannot match".into(),
+                ),
+                scratch,
+            ),
             Some(Part::Doc(None)) => response.error(&name.not_found(), scratch),
             Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
             None => response.error(&HttpError::Internal("no part"), scratch),

@@ -89,8 +89,9 @@ pub enum DataMsg {
 /// What to render once every part is in; chosen by the handler.
 #[derive(Debug, Clone)]
 pub enum Plan {
-    /// GET of one document; `if_none_match` answers 304 on a match.
+    /// GET of one document: 412 if `if_match` fails, 304 if `if_none_match` matches.
     Get {
+        if_match: Option<TagSet>,
         if_none_match: Option<TagSet>,
         name: DocName,
     },

@@ -198,6 +198,10 @@ impl IoCore {
         loop {
             // Messages for other cores leave once per turn, one wake-up each.
             self.service.ctx.plane.flush_outbox();
+            if self.service.ctx.plane.has_finished() {
+                // Parts for a core that has stopped failed in the flush.
+                self.deliver_finished(Instant::now());
+            }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e)

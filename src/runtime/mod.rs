@@ -299,6 +299,10 @@ fn open_store(
             },
         );
     }
+    // The shard files' names must survive a power cut too.
+    std::fs::File::open(&shards_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fail(e.to_string()))?;
     let wal_dir = dir.join("wal");
     let replayed = replay_logs(&wal_dir, &mut open).map_err(&fail)?;
     let seeded = seed::seed_if_missing(&map, &mut open).map_err(|e| fail(e.to_string()))?;

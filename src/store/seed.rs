@@ -33,31 +33,40 @@ pub const FORTUNES: [&str; 12] = [
     "\u{30d5}\u{30ec}\u{30fc}\u{30e0}\u{30ef}\u{30fc}\u{30af}\u{306e}\u{30d9}\u{30f3}\u{30c1}\u{30de}\u{30fc}\u{30af}",
 ];
 
-/// Writes whichever table is missing (judged by its first row). Returns
+/// Writes the rows of either table that are missing, and never touches a
+/// row that exists (a client's writes to `World` survive restarts). Returns
 /// what it seeded, for the start-up log.
 pub fn seed_if_missing(
     map: &ShardMap,
     shards: &mut HashMap<u32, OpenShard>,
-) -> Result<Vec<&'static str>, StoreError> {
-    let mut seeded = Vec::new();
+) -> Result<Vec<String>, StoreError> {
     let mut rng = Rng::new(0);
     let mut rows: Vec<(&'static str, String, String)> = Vec::new();
-    if missing(map, shards, WORLD, "1")? {
-        for id in 1..=WORLD_ROWS {
-            let doc = format!(
-                "{{\"id\":{id},\"randomNumber\":{}}}",
-                rng.between_one_and(WORLD_ROWS)
-            );
-            rows.push((WORLD, id.to_string(), doc));
+    for id in 1..=WORLD_ROWS {
+        let key = id.to_string();
+        if missing(map, shards, WORLD, &key)? {
+            let number = rng.between_one_and(WORLD_ROWS);
+            rows.push((
+                WORLD,
+                key,
+                format!("{{\"id\":{id},\"randomNumber\":{number}}}"),
+            ));
         }
-        seeded.push(WORLD);
     }
-    if missing(map, shards, FORTUNE, "1")? {
-        for (n, message) in FORTUNES.iter().enumerate() {
+    let worlds = rows.len();
+    for (n, message) in FORTUNES.iter().enumerate() {
+        let key = (n + 1).to_string();
+        if missing(map, shards, FORTUNE, &key)? {
             let doc = serde_json::json!({ "id": n + 1, "message": message }).to_string();
-            rows.push((FORTUNE, (n + 1).to_string(), doc));
+            rows.push((FORTUNE, key, doc));
         }
-        seeded.push(FORTUNE);
+    }
+    let mut seeded = Vec::new();
+    if worlds > 0 {
+        seeded.push(format!("{worlds} {WORLD} rows"));
+    }
+    if rows.len() > worlds {
+        seeded.push(format!("{} {FORTUNE} rows", rows.len() - worlds));
     }
     let mut changes: HashMap<u32, Vec<Change>> = HashMap::new();
     for (collection, key, doc) in rows {

@@ -336,7 +336,7 @@ impl Worker {
             return;
         }
         let mut writes = 0;
-        for (shard, changes, dependents) in &written {
+        for (shard, changes, _) in &written {
             writes += changes.len() as u64;
             let open = self.shards.get_mut(shard).expect("checked above");
             match open.engine.commit(changes, open.last_version, false) {
@@ -344,11 +344,13 @@ impl Worker {
                     self.unsynced.insert(*shard);
                 }
                 Err(error) => {
+                    // The writes are durable in the log and will be in the
+                    // shard after a restart, so their answers stand; but the
+                    // engine no longer matches the log, so nothing more is served.
                     let why = format!(
                         "shard {shard} refused writes its write-ahead log holds ({error}); restart percore to replay the log"
                     );
                     eprintln!("percore: io core {}: {why}", self.core);
-                    fail(outcomes, dependents, &StoreError::Engine(why.clone()));
                     self.broken = Some(why);
                 }
             }

@@ -47,7 +47,12 @@ impl Wal {
     /// Creates an empty log for io core `core` in `dir`; `generation` grows
     /// with every rotation, and replay reads a core's logs in that order.
     pub fn create(dir: &Path, core: usize, generation: u64) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
         let path = dir.join(format!("core-{core}-{generation:020}.wal"));
         // Appending: after `reset` cuts the file to nothing, the next record
         // lands at offset 0, not where the cursor was.
@@ -116,36 +121,41 @@ impl Wal {
     }
 }
 
-/// Every record of every log in `dir`, each log in order.
+/// Every record of every log in `dir`, each core's logs oldest first.
 pub fn read_all(dir: &Path) -> io::Result<Vec<WalRecord>> {
     let mut records = Vec::new();
+    for path in logs(dir)? {
+        decode_all(&fs::read(&path)?, &mut records);
+    }
+    Ok(records)
+}
+
+/// Removes every log in `dir` (after replay made their writes durable in
+/// the shards), oldest first, each removal durable before the next: a crash
+/// midway never leaves an older log without the newer ones, whose replay
+/// alone would bring back overwritten values.
+pub fn remove_all(dir: &Path) -> io::Result<()> {
+    for path in logs(dir)? {
+        fs::remove_file(&path)?;
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The logs in `dir`, oldest first within each core.
+fn logs(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(records),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "wal"))
         .collect();
+    // Generations are zero-padded: name order is age order.
     paths.sort();
-    for path in paths {
-        decode_all(&fs::read(&path)?, &mut records);
-    }
-    Ok(records)
-}
-
-/// Removes every log in `dir` (after replay made their writes durable in the shards).
-pub fn remove_all(dir: &Path) -> io::Result<()> {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.path().extension().is_some_and(|x| x == "wal") {
-                fs::remove_file(entry.path())?;
-            }
-        }
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    Ok(paths)
 }
 
 fn decode_all(bytes: &[u8], records: &mut Vec<WalRecord>) {
