@@ -15,7 +15,7 @@ use crate::docs::{DataRequest, DocName, Gathered, Op, Part, Plan};
 use crate::http::{HttpError, Response};
 use crate::json::{self, FieldMask};
 use crate::store::thread::{Precondition, StoreOp, StoreOutcome, TagSet};
-use crate::store::{scan_range, storage_key, Stored};
+use crate::store::{scan_range, storage_key, Stored, SCAN_PART_BYTES, SCAN_RESPONSE_BYTES};
 
 /// Longest collection name, in bytes.
 pub const MAX_COLLECTION: usize = 64;
@@ -549,9 +549,22 @@ fn render_scan(
     scratch: &mut Vec<u8>,
 ) {
     let mut items: Vec<(Vec<u8>, Stored)> = Vec::new();
+    // A shard that may hold more than it sent bounds what can be answered:
+    // keys past its last one could skip some of its keys.
+    let mut bound: Option<Vec<u8>> = None;
     for part in parts {
         match part {
-            Part::Store(StoreOutcome::Scanned(found)) => items.extend(found),
+            Part::Store(StoreOutcome::Scanned(found)) => {
+                let bytes: usize = found.iter().map(|(_, s)| s.doc.len()).sum();
+                if found.len() >= limit || bytes >= SCAN_PART_BYTES {
+                    if let Some((last, _)) = found.last() {
+                        if bound.as_ref().is_none_or(|b| last < b) {
+                            bound = Some(last.clone());
+                        }
+                    }
+                }
+                items.extend(found);
+            }
             Part::Store(outcome) => return response.error(&store_failure(outcome), scratch),
             Part::Doc(_) => {
                 return response.error(&HttpError::Internal("unexpected part"), scratch)
@@ -559,8 +572,25 @@ fn render_scan(
         }
     }
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let more = items.len() >= limit;
-    items.truncate(limit);
+    // The bounding shard may hold more after its last key.
+    let mut more = bound.is_some();
+    if let Some(bound) = &bound {
+        items.retain(|(key, _)| key <= bound);
+    }
+    if items.len() > limit {
+        items.truncate(limit);
+        more = true;
+    }
+    let mut bytes = 0;
+    if let Some(cut) = items.iter().position(|(_, s)| {
+        bytes += s.doc.len();
+        bytes >= SCAN_RESPONSE_BYTES
+    }) {
+        if cut + 1 < items.len() {
+            items.truncate(cut + 1);
+            more = true;
+        }
+    }
     let mut body = Vec::with_capacity(
         64 + items
             .iter()

@@ -50,12 +50,14 @@ pub type Change = (Vec<u8>, Option<Stored>);
 /// One shard's storage. Only its store thread calls it.
 pub trait Engine: Send {
     fn get(&self, key: &[u8]) -> Result<Option<Stored>, StoreError>;
-    /// Keys in `[from, to)` in byte order, at most `limit` of them.
+    /// Keys in `[from, to)` in byte order: at most `limit` of them, and
+    /// none after the one that brings the documents to `max_bytes`.
     fn scan(
         &self,
         from: &[u8],
         to: &[u8],
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Stored)>, StoreError>;
     /// Applies every change in one commit, recording `last_version` as the
     /// highest version issued. With `durable` it returns only once this and

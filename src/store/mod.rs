@@ -23,6 +23,12 @@ use std::time::Duration;
 pub use engine::{Engine, StoreError, Stored};
 pub use shardmap::{ShardMap, ShardStrategy};
 
+/// Most document bytes one shard returns for one scan: a scan of large
+/// documents pages by bytes as well as by count.
+pub const SCAN_PART_BYTES: usize = 4 << 20;
+/// Most document bytes in one scan response.
+pub const SCAN_RESPONSE_BYTES: usize = 8 << 20;
+
 /// Where documents live and how the per-core cache partitions are sized.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {

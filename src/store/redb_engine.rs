@@ -65,13 +65,20 @@ impl Engine for RedbEngine {
         from: &[u8],
         to: &[u8],
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(Vec<u8>, Stored)>, StoreError> {
         let txn = self.db.begin_read().map_err(engine_error)?;
         let table = txn.open_table(DOCS).map_err(engine_error)?;
         let mut items = Vec::new();
+        let mut bytes = 0;
         for entry in table.range(from..to).map_err(engine_error)?.take(limit) {
             let (key, value) = entry.map_err(engine_error)?;
-            items.push((key.value().to_vec(), Stored::decode(value.value())?));
+            let stored = Stored::decode(value.value())?;
+            bytes += stored.doc.len();
+            items.push((key.value().to_vec(), stored));
+            if bytes >= max_bytes {
+                break;
+            }
         }
         Ok(items)
     }

@@ -330,6 +330,11 @@ impl Worker {
                 self.core
             );
             add(&self.counters.failed_commits, 1);
+            // A log that failed once is not trusted with more: if it could
+            // not be cut back, a torn record would hide every later batch.
+            self.broken = Some(format!(
+                "{error}; no more writes are accepted until percore restarts"
+            ));
             for (_, _, dependents) in &written {
                 fail(outcomes, dependents, &error);
             }
@@ -493,7 +498,10 @@ impl Worker {
                 }
             }
             StoreOp::Scan { from, to, limit } => {
-                match self.shards[&shard].engine.scan(&from, &to, limit) {
+                match self.shards[&shard]
+                    .engine
+                    .scan(&from, &to, limit, super::SCAN_PART_BYTES)
+                {
                     Ok(items) => StoreOutcome::Scanned(items),
                     Err(error) => StoreOutcome::Failed(error),
                 }
