@@ -385,45 +385,18 @@ def ratio(a, b):
 
 
 def summarize(runs, tests, targets):
-    med = cmp.med
-    summary = {}
+    """compare.py's medians and ratios, plus percore's ratio of req/s, under this file's names."""
+    summary = cmp.summarize(runs, tests, targets)
     for test in tests:
-        st = summary[test] = {}
-        for target in targets:
-            rs = [r for r in runs if r["test"] == test and r["target"] == target]
-            good = [r for r in rs if r["ok"]]
-            steals = [r["steal_pct"] for r in rs if r.get("steal_pct") is not None]
-            st[target] = {
-                "runs": len(rs), "good_runs": len(good),
-                "failed": [f"r{r['round']}: {r.get('error') or '; '.join(r['flags'])}" for r in rs if not r["ok"]],
-                "median_requests_per_s": med(r["requests_per_s"] for r in good),
-                "median_p99_us": med(r["p99_us"] for r in good),
-                "median_cpu_us_per_req": med(r["cpu_us_per_req"] for r in good),
-                "median_req_per_cpu_s": med(r["req_per_cpu_s"] for r in good),
-                "median_server_cpu_busy_pct": med(r.get("server_cpu_busy_pct") for r in good),
-                "median_client_cpu_busy_pct": med(r.get("client_cpu_busy_pct") for r in good),
-                "server_cpu_other_busy_pct_max": max((r["server_cpu_other_busy_pct"] for r in rs
-                                                      if r.get("server_cpu_other_busy_pct") is not None),
-                                                     default=None),
-                "steal_pct_min": min(steals) if steals else None,
-                "steal_pct_max": max(steals) if steals else None,
-            }
+        st = summary[test]
         pc = st.get("percore")
         for target in targets:
             if target == "percore" or not pc:
                 continue
             s = st[target]
-            s["percore_ratio_req_per_cpu_s"] = ratio(pc["median_req_per_cpu_s"], s["median_req_per_cpu_s"])
+            s["percore_ratio_req_per_cpu_s"] = s.pop("percore_ratio_of_medians", None)
+            s["percore_ratio_req_per_cpu_s_per_round"] = s.pop("percore_ratio_per_round", [])
             s["percore_ratio_req_per_s"] = ratio(pc["median_requests_per_s"], s["median_requests_per_s"])
-            per_round = []
-            for rnd in sorted({r["round"] for r in runs}):
-                p = [r for r in runs if r["test"] == test and r["target"] == "percore" and r["round"] == rnd and r["ok"]]
-                q = [r for r in runs if r["test"] == test and r["target"] == target and r["round"] == rnd and r["ok"]]
-                if p and q:
-                    x = ratio(p[0]["req_per_cpu_s"], q[0]["req_per_cpu_s"])
-                    if x:
-                        per_round.append(x)
-            s["percore_ratio_req_per_cpu_s_per_round"] = per_round
     return summary
 
 
