@@ -561,12 +561,41 @@ fn writes_are_linearizable_across_cores() {
     put(&mut server.connect(), "/v1/lin/counter", r#"{"v":0}"#);
     let acked = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = (0..6)
-        .map(|_| {
+    // Connections until the kernel has given some to each core, so reads and
+    // writes surely arrive on cores that do not own the key.
+    let mut conns: Vec<Conn> = Vec::new();
+    // Asked on one kept-alive connection, so asking opens no connection.
+    let mut probe = Conn::new(addr);
+    let mut accepted = move || -> [f64; 2] {
+        let text = request(&mut probe, "GET", "/metrics", &[], "").text();
+        [0, 1].map(|core| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "percore_connections_accepted_total{{core=\"{core}\"}}"
+                    ))
+                })
+                .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        })
+    };
+    let before = accepted();
+    loop {
+        let now = accepted();
+        if conns.len() >= 10 && now[0] > before[0] && now[1] > before[1] {
+            break;
+        }
+        assert!(
+            conns.len() < 200,
+            "the kernel kept every connection on one core"
+        );
+        conns.push(Conn::new(addr));
+    }
+    let readers: Vec<_> = conns
+        .drain(4..)
+        .map(|mut conn| {
             let acked = Arc::clone(&acked);
             let done = Arc::clone(&done);
             std::thread::spawn(move || {
-                let mut conn = Conn::new(addr);
                 let (mut reads, mut last) = (0u64, 0u64);
                 while !done.load(Ordering::SeqCst) {
                     let floor = acked.load(Ordering::SeqCst);
@@ -584,7 +613,7 @@ fn writes_are_linearizable_across_cores() {
             })
         })
         .collect();
-    let mut writers: Vec<Conn> = (0..4).map(|_| Conn::new(addr)).collect();
+    let mut writers = conns;
     for v in 1..=300u64 {
         let conn = &mut writers[v as usize % 4];
         let response = put(conn, "/v1/lin/counter", &format!(r#"{{"v":{v}}}"#));
