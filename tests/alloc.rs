@@ -47,11 +47,32 @@ fn allocations() -> u64 {
 
 static NEXT_DIR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// The store directories of earlier test runs (their store threads die with
+/// the test process, so nothing removes them on the way out).
+fn remove_dirs_of_finished_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("percore-alloc-")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn service_and_inbox(
     limiter: Option<std::sync::Arc<Limiter>>,
 ) -> (Service, crossbeam_channel::Receiver<CoreMsg>) {
     let routes = api::routes();
     let names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
+    remove_dirs_of_finished_runs();
     let dir = std::env::temp_dir().join(format!(
         "percore-alloc-{}-{}",
         std::process::id(),
