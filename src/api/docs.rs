@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::{Ctx, Deferred, Request};
 use crate::docs::{DataRequest, DocName, Gathered, Op, Part, Plan};
-use crate::http::{HttpError, Response};
+use crate::http::{percent, HttpError, Response};
 use crate::json::{self, FieldMask};
 use crate::store::thread::{Precondition, StoreOp, StoreOutcome, TagSet};
 use crate::store::{scan_range, storage_key, Stored, SCAN_PART_BYTES, SCAN_RESPONSE_BYTES};
@@ -239,7 +239,7 @@ fn names<'r>(request: &Request<'r>) -> Result<(&'r str, Cow<'r, str>), HttpError
     if !raw.contains('%') {
         return Ok((collection, Cow::Borrowed(check_key_text(raw)?)));
     }
-    let decoded = percent_decode(raw).ok_or_else(|| {
+    let decoded = percent::decode(raw).map_err(|_| {
         HttpError::InvalidKey(format!("key `{raw}` has a malformed percent-escape"))
     })?;
     Ok((collection, Cow::Owned(check_key(decoded)?)))
@@ -269,12 +269,6 @@ fn collection_name(name: &str) -> Result<&str, HttpError> {
 }
 
 fn check_key(decoded: Vec<u8>) -> Result<String, HttpError> {
-    if decoded.is_empty() || decoded.len() > MAX_KEY {
-        return Err(HttpError::InvalidKey(format!(
-            "a key is 1 to {MAX_KEY} bytes after percent-decoding, got {}",
-            decoded.len()
-        )));
-    }
     let key = String::from_utf8(decoded)
         .map_err(|_| HttpError::InvalidKey("a key must be UTF-8 once percent-decoded".into()))?;
     check_key_text(&key)?;
@@ -296,27 +290,6 @@ fn check_key_text(key: &str) -> Result<&str, HttpError> {
     Ok(key)
 }
 
-/// Percent-decodes `text`; `None` for a `%` not followed by two hex digits.
-pub fn percent_decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let value = std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())?;
-            out.push(value);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some(out)
-}
-
 /// The percent-decoded value of `name` in a query string, if present.
 pub fn query_value(query: Option<&str>, name: &str) -> Result<Option<String>, HttpError> {
     let Some(query) = query else {
@@ -325,7 +298,7 @@ pub fn query_value(query: Option<&str>, name: &str) -> Result<Option<String>, Ht
     for pair in query.split('&') {
         let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
         if n == name {
-            let decoded = percent_decode(v).ok_or_else(|| {
+            let decoded = percent::decode(v).map_err(|_| {
                 HttpError::BadRequest(format!(
                     "query parameter `{name}` has a malformed percent-escape"
                 ))
@@ -452,7 +425,7 @@ fn render_doc(
     response.send(200, "application/json", &[("ETag", tag)], &stored.doc);
 }
 
-fn store_failure(outcome: StoreOutcome) -> HttpError {
+pub(super) fn store_failure(outcome: StoreOutcome) -> HttpError {
     match outcome {
         StoreOutcome::PreconditionFailed {
             current: Some(version),

@@ -123,7 +123,9 @@ pub fn render(plan: Plan, parts: Vec<Part>, response: &mut Response<'_>, scratch
                         return response
                             .error(&HttpError::Internal("a World row is missing"), scratch)
                     }
-                    Part::Store(outcome) => return response.error(&failure(outcome), scratch),
+                    Part::Store(outcome) => {
+                        return response.error(&super::docs::store_failure(outcome), scratch)
+                    }
                 };
                 if n > 0 {
                     body.push(b',');
@@ -145,7 +147,9 @@ pub fn render(plan: Plan, parts: Vec<Part>, response: &mut Response<'_>, scratch
                         return response
                             .error(&HttpError::Internal("a World row is missing"), scratch)
                     }
-                    Part::Store(outcome) => return response.error(&failure(outcome), scratch),
+                    Part::Store(outcome) => {
+                        return response.error(&super::docs::store_failure(outcome), scratch)
+                    }
                     Part::Doc(_) => {
                         return response.error(&HttpError::Internal("unexpected part"), scratch)
                     }
@@ -185,7 +189,9 @@ pub fn render(plan: Plan, parts: Vec<Part>, response: &mut Response<'_>, scratch
                             }
                         }
                     }
-                    Part::Store(outcome) => return response.error(&failure(outcome), scratch),
+                    Part::Store(outcome) => {
+                        return response.error(&super::docs::store_failure(outcome), scratch)
+                    }
                     Part::Doc(_) => {
                         return response.error(&HttpError::Internal("unexpected part"), scratch)
                     }
@@ -205,13 +211,6 @@ pub fn render(plan: Plan, parts: Vec<Part>, response: &mut Response<'_>, scratch
             response.send(200, "text/html; charset=utf-8", &[], html.as_bytes());
         }
         _ => response.error(&HttpError::Internal("not a TechEmpower plan"), scratch),
-    }
-}
-
-fn failure(outcome: StoreOutcome) -> HttpError {
-    match outcome {
-        StoreOutcome::Failed(error) => HttpError::StoreUnavailable(error.to_string()),
-        _ => HttpError::Internal("unexpected store outcome"),
     }
 }
 

@@ -343,10 +343,12 @@ impl Plane {
         let stored = match mask {
             None => entry.stored.clone(),
             Some(mask) => {
-                let body = project_cached(entry, mask, &mut self.mask_scratch)?;
+                let (body, grew) = project_cached(entry, mask, &mut self.mask_scratch);
                 let version = entry.stored.version;
-                let weight = entry.weight();
-                self.cache.reweigh(key, weight);
+                if grew {
+                    let weight = entry.weight();
+                    self.cache.reweigh(key, weight);
+                }
                 Stored { version, doc: body }
             }
         };
@@ -519,16 +521,12 @@ impl Plane {
         ticket
     }
 
+    /// Answers a ticket the store thread will never see, on this core's next
+    /// turn (the ticket is not registered yet when the send fails).
     fn finish_failed(&mut self, ticket: u64) {
         let outcome = StoreOutcome::Failed(crate::store::StoreError::Engine(
             "the store thread stopped".into(),
         ));
-        self.outbox_self(ticket, outcome);
-    }
-
-    /// Queues a store outcome to this core itself, handled on the next turn
-    /// (the ticket is not registered yet when the send fails).
-    fn outbox_self(&mut self, ticket: u64, outcome: StoreOutcome) {
         self.mailboxes[self.core].deliver(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
     }
 
@@ -548,7 +546,11 @@ impl Plane {
                         let weight = entry.weight();
                         self.cache.insert(&key, entry, weight, now);
                         for waiter in ticket.waiters {
-                            let part = self.shape(&key, &stored, waiter.mask.as_ref(), now);
+                            let part = Part::Doc(Some(shaped(
+                                &stored,
+                                waiter.mask.as_ref(),
+                                &mut self.mask_scratch,
+                            )));
                             self.complete(waiter.to, part);
                         }
                     }
@@ -567,11 +569,12 @@ impl Plane {
                 for waiter in ticket.waiters {
                     let part = match &outcome {
                         StoreOutcome::Found(found) => {
-                            let projected = found.as_ref().map(|stored| match &waiter.mask {
-                                None => stored.clone(),
-                                Some(mask) => project(stored, mask, &mut self.mask_scratch),
-                            });
-                            Part::Doc(projected)
+                            let scratch = &mut self.mask_scratch;
+                            Part::Doc(
+                                found
+                                    .as_ref()
+                                    .map(|stored| shaped(stored, waiter.mask.as_ref(), scratch)),
+                            )
                         }
                         other => Part::Store(other.clone()),
                     };
@@ -604,23 +607,6 @@ impl Plane {
                     self.complete(waiter.to, Part::Store(outcome.clone()));
                 }
             }
-        }
-    }
-
-    /// A read's answer for one waiter: the whole document, or its projection (cached as a variant).
-    fn shape(
-        &mut self,
-        key: &[u8],
-        stored: &Stored,
-        mask: Option<&FieldMask>,
-        now: Instant,
-    ) -> Part {
-        match mask {
-            None => Part::Doc(Some(stored.clone())),
-            Some(mask) => match self.cached(key, Some(mask), now) {
-                Some(projected) => Part::Doc(Some(projected)),
-                None => Part::Doc(Some(project(stored, mask, &mut self.mask_scratch))),
-            },
         }
     }
 
@@ -677,11 +663,12 @@ impl Plane {
     }
 }
 
-/// The projection of a cached document for `mask`, made once and kept as a variant.
-fn project_cached(entry: &mut CachedDoc, mask: &FieldMask, scratch: &mut Vec<u8>) -> Option<Bytes> {
+/// The projection of a cached document for `mask`, made once and kept as
+/// a variant; `true` when the entry grew.
+fn project_cached(entry: &mut CachedDoc, mask: &FieldMask, scratch: &mut Vec<u8>) -> (Bytes, bool) {
     let canonical = mask.canonical();
     if let Some((_, body)) = entry.variants.iter().find(|(m, _)| &**m == canonical) {
-        return Some(body.clone());
+        return (body.clone(), false);
     }
     let projected = project(&entry.stored, mask, scratch).doc;
     // Bounded: a client cycling through masks must not grow one entry without end.
@@ -689,7 +676,15 @@ fn project_cached(entry: &mut CachedDoc, mask: &FieldMask, scratch: &mut Vec<u8>
         entry.variants.remove(0);
     }
     entry.variants.push((canonical.into(), projected.clone()));
-    Some(projected)
+    (projected, true)
+}
+
+/// A read's answer for one waiter: the whole document, or its projection.
+fn shaped(stored: &Stored, mask: Option<&FieldMask>, scratch: &mut Vec<u8>) -> Stored {
+    match mask {
+        None => stored.clone(),
+        Some(mask) => project(stored, mask, scratch),
+    }
 }
 
 fn project(stored: &Stored, mask: &FieldMask, scratch: &mut Vec<u8>) -> Stored {

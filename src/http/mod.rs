@@ -3,6 +3,7 @@
 pub mod date;
 pub mod error;
 pub mod parse;
+pub mod percent;
 pub mod response;
 
 pub use error::HttpError;

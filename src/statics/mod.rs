@@ -101,25 +101,10 @@ pub fn decode_path(raw: &str) -> Result<String, &'static str> {
     if raw.len() > MAX_PATH_BYTES {
         return Err("the path is longer than 1024 bytes");
     }
-    let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .ok_or("a truncated percent-escape in the path")?;
-            let hex =
-                std::str::from_utf8(hex).map_err(|_| "an invalid percent-escape in the path")?;
-            let value =
-                u8::from_str_radix(hex, 16).map_err(|_| "an invalid percent-escape in the path")?;
-            decoded.push(value);
-            i += 3;
-        } else {
-            decoded.push(bytes[i]);
-            i += 1;
-        }
-    }
+    let decoded = crate::http::percent::decode(raw).map_err(|bad| match bad {
+        crate::http::percent::BadEscape::Truncated => "a truncated percent-escape in the path",
+        crate::http::percent::BadEscape::NotHex => "an invalid percent-escape in the path",
+    })?;
     if decoded.contains(&0) {
         return Err("a NUL byte in the path");
     }
