@@ -17,11 +17,11 @@ pub fn decode(text: &str) -> Result<Vec<u8>, BadEscape> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3).ok_or(BadEscape::Truncated)?;
-            let value = std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or(BadEscape::NotHex)?;
-            out.push(value);
+            // Two hex digits exactly: `from_str_radix` alone would take `%+1`.
+            let (Some(high), Some(low)) = (hex_value(hex[0]), hex_value(hex[1])) else {
+                return Err(BadEscape::NotHex);
+            };
+            out.push(high << 4 | low);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -29,6 +29,10 @@ pub fn decode(text: &str) -> Result<Vec<u8>, BadEscape> {
         }
     }
     Ok(out)
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    (digit as char).to_digit(16).map(|d| d as u8)
 }
 
 #[cfg(test)]
@@ -41,5 +45,10 @@ mod tests {
         assert_eq!(decode("100%"), Err(BadEscape::Truncated));
         assert_eq!(decode("%4"), Err(BadEscape::Truncated));
         assert_eq!(decode("%zz"), Err(BadEscape::NotHex));
+        assert_eq!(
+            decode("%+1"),
+            Err(BadEscape::NotHex),
+            "a sign is not a hex digit"
+        );
     }
 }
