@@ -364,15 +364,6 @@ impl Config {
                             format!("`{prefix}` must start and end with / like /static/"),
                         ));
                     }
-                    // Static paths are matched before routes: a prefix covering a
-                    // route (`/`, `/v1/`) would hide /healthz or the API.
-                    let routes = crate::api::routes();
-                    if let Some(hidden) = (0..routes.len())
-                        .map(|i| routes.pattern(i))
-                        .find(|p| p.starts_with(prefix.as_str()))
-                    {
-                        return Err(invalid("static_prefix", format!("`{prefix}` would hide the route {hidden}; choose a prefix no route starts with")));
-                    }
                     options.prefix = prefix;
                 }
                 if let Some(value) = value("static_cache_control", &args.static_cache_control)? {

@@ -69,18 +69,17 @@
 //! (`--rate`, latency from each request's intended send time).
 
 pub mod api;
+pub mod app;
 pub mod cache;
 pub mod config;
-pub mod docs;
+pub mod documents;
 pub mod durable;
 pub mod http;
 pub mod json;
 pub mod limit;
 pub mod loadgen;
-pub mod mailbox;
 pub mod metrics;
 pub mod net;
-pub mod node;
 pub mod queue;
 pub mod rng;
 pub mod runtime;

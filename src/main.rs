@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use percore::config::{Config, ServeArgs};
+use percore::config::ServeArgs;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -44,22 +44,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => {
-            let config = match Config::resolve(&args) {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("percore: {error}");
-                    return ExitCode::from(EX_USAGE);
-                }
-            };
-            match percore::runtime::serve(&config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("percore: {error}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Serve(args) => percore::app::serve_args(percore::api::percore(), &args),
         Command::Bench(args) => ExitCode::from(percore::loadgen::command(&args)),
     }
 }

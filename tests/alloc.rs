@@ -4,17 +4,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Instant;
 
-use percore::api::{self, Service};
-use percore::api::{Answer, Deferred};
-use percore::docs::Plane;
-use percore::http::Limits;
+use percore::app::{App, AppService, CoreMsg, Ctx, Request};
+use percore::http::{Limits, Response};
 use percore::limit::{KeySource, Limiter, Policy, Rate, Rules};
-use percore::mailbox::CoreMsg;
-use percore::metrics::Registry;
 use percore::net::session::Session;
-use percore::node::Node;
-use percore::queue::ReplyTo;
-use percore::store::StoreOptions;
+use percore::net::{ConnId, Service};
 
 /// Counts allocations made by the current thread.
 struct Counting;
@@ -67,11 +61,7 @@ fn remove_dirs_of_finished_runs() {
     }
 }
 
-fn service_and_inbox(
-    limiter: Option<std::sync::Arc<Limiter>>,
-) -> (Service, crossbeam_channel::Receiver<CoreMsg>) {
-    let routes = api::routes();
-    let names: Vec<&'static str> = (0..routes.len()).map(|i| routes.pattern(i)).collect();
+fn temporary_dir() -> std::path::PathBuf {
     remove_dirs_of_finished_runs();
     let dir = std::env::temp_dir().join(format!(
         "percore-alloc-{}-{}",
@@ -79,20 +69,24 @@ fn service_and_inbox(
         NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    let (plane, inbox) = Plane::standalone(&dir, StoreOptions::default()).expect("a plane");
-    let service = Service::new(
-        0,
-        Node::new(1, Registry::new(1, &names), limiter, None, None, None),
-        plane,
-    );
-    (service, inbox)
+    dir
 }
 
-fn service_with(limiter: Option<std::sync::Arc<Limiter>>) -> Service {
+type Percore = AppService<()>;
+
+fn service_and_inbox(
+    limiter: Option<std::sync::Arc<Limiter>>,
+) -> (Percore, crossbeam_channel::Receiver<CoreMsg<()>>) {
+    percore::api::percore()
+        .standalone_core(&temporary_dir(), limiter)
+        .expect("a core")
+}
+
+fn service_with(limiter: Option<std::sync::Arc<Limiter>>) -> Percore {
     service_and_inbox(limiter).0
 }
 
-fn service() -> Service {
+fn service() -> Percore {
     service_with(None)
 }
 
@@ -111,7 +105,7 @@ fn pipelined_batch() -> Vec<u8> {
 #[test]
 fn serving_pipelined_requests_allocates_nothing() {
     let mut service = service();
-    let mut session = Session::default();
+    let mut session = Session::new(ConnId::default(), None);
     let limits = Limits::default();
     let batch = pipelined_batch();
     let mut out = Vec::new();
@@ -119,14 +113,14 @@ fn serving_pipelined_requests_allocates_nothing() {
         out.clear();
         let started = Instant::now();
         session.receive(&batch, &mut out, &mut service, &limits, started);
-        service.metrics.finish_batch(started);
+        service.end_batch(started);
     }
     let before = allocations();
     for _ in 0..1000 {
         out.clear();
         let started = Instant::now();
         session.receive(&batch, &mut out, &mut service, &limits, started);
-        service.metrics.finish_batch(started);
+        service.end_batch(started);
     }
     let per_batch = (allocations() - before) as f64 / 1000.0;
     let answered = out.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
@@ -137,17 +131,17 @@ fn serving_pipelined_requests_allocates_nothing() {
 #[test]
 fn requests_split_across_receives_allocate_nothing_once_warm() {
     let mut service = service();
-    let mut session = Session::default();
+    let mut session = Session::new(ConnId::default(), None);
     let limits = Limits::default();
     let batch = pipelined_batch();
     let (first, second) = batch.split_at(batch.len() / 2 + 7);
     let mut out = Vec::new();
-    let round = |session: &mut Session, service: &mut Service, out: &mut Vec<u8>| {
+    let round = |session: &mut Session, service: &mut Percore, out: &mut Vec<u8>| {
         out.clear();
         let started = Instant::now();
         session.receive(first, out, service, &limits, started);
         session.receive(second, out, service, &limits, started);
-        service.metrics.finish_batch(started);
+        service.end_batch(started);
     };
     for _ in 0..10 {
         round(&mut session, &mut service, &mut out);
@@ -181,15 +175,15 @@ fn rate_limited_requests_allocate_nothing_either() {
         max_keys: 1000,
     };
     let mut service = service_with(Some(Limiter::new(rules)));
-    let mut session = Session::new(Some("192.0.2.1".parse().unwrap()));
+    let mut session = Session::new(ConnId::default(), Some("192.0.2.1".parse().unwrap()));
     let limits = Limits::default();
     let batch = pipelined_batch();
     let mut out = Vec::new();
-    let mut round = |service: &mut Service, out: &mut Vec<u8>| {
+    let mut round = |service: &mut Percore, out: &mut Vec<u8>| {
         out.clear();
         let started = Instant::now();
         session.receive(&batch, out, service, &limits, started);
-        service.metrics.finish_batch(started);
+        service.end_batch(started);
     };
     for _ in 0..10 {
         round(&mut service, &mut out);
@@ -235,7 +229,7 @@ fn cache_hits_and_misses_allocate_nothing() {
 #[test]
 fn cache_hits_of_documents_allocate_nothing() {
     let (mut service, inbox) = service_and_inbox(None);
-    let mut session = Session::default();
+    let mut session = Session::new(ConnId::default(), None);
     let limits = Limits::default();
     let mut out = Vec::new();
     let body = r#"{"name":"lamp","price":12.5,"tags":["a","b"]}"#;
@@ -250,26 +244,24 @@ fn cache_hits_of_documents_allocate_nothing() {
         &limits,
         Instant::now(),
     );
-    // What the io loop does for a deferred answer, by hand.
-    let Some(Deferred::Data(request)) = service.take_deferred() else {
-        panic!("a PUT goes to the document plane");
-    };
-    let reply = ReplyTo {
-        core: 0,
-        slot: 0,
-        generation: 0,
-    };
-    service.ctx.plane.start(request, reply, Instant::now());
-    let finished = loop {
-        let Ok(CoreMsg::Data(msg)) = inbox.recv_timeout(std::time::Duration::from_secs(10)) else {
-            panic!("the store thread answered");
-        };
-        service.ctx.plane.on_message(msg, Instant::now());
-        if let Some((_, gathered)) = service.ctx.plane.take_finished() {
-            break gathered;
+    // What the io loop does for a deferred answer, by hand: messages in,
+    // the answer out to the session that awaits it.
+    let (to, answer) = loop {
+        let msg = inbox
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the store thread answered");
+        service.on_message(msg, Instant::now());
+        service.end_turn();
+        if let Some(ready) = service.next_answer() {
+            break ready;
         }
     };
-    session.answer(Answer::Data(finished), &mut out, &mut service);
+    assert_eq!(
+        to,
+        ConnId::default(),
+        "the answer names the connection that asked"
+    );
+    session.answer(answer, &mut out, &mut service);
     assert!(
         out.starts_with(b"HTTP/1.1 201 Created"),
         "{}",
@@ -293,4 +285,53 @@ fn cache_hits_of_documents_allocate_nothing() {
         String::from_utf8_lossy(&out)
     );
     assert!(out.ends_with(body.as_bytes()));
+}
+
+/// Per-core state of an application's own: a counter and a pre-rendered body.
+struct Counter {
+    served: u64,
+    body: Vec<u8>,
+}
+
+fn counted(_: &Request<'_>, ctx: &mut Ctx<Counter>, response: &mut Response<'_>) {
+    ctx.state.served += 1;
+    response.send(200, "application/json", &[], &ctx.state.body);
+}
+
+/// A route an application registers through the builder, over state of its
+/// own, allocates nothing per request either; so does the built-in `/json`
+/// mounted beside it.
+#[test]
+fn a_user_registered_route_allocates_nothing() {
+    let app = App::with_state("counter", |core| Counter {
+        served: 0,
+        body: format!("{{\"core\":{core}}}").into_bytes(),
+    })
+    .get("/count", counted)
+    .mount(percore::api::benchmarks);
+    let (mut service, _inbox) = app.standalone_core(&temporary_dir(), None).expect("a core");
+    let mut session = Session::new(ConnId::default(), None);
+    let limits = Limits::default();
+    let mut batch = Vec::new();
+    for i in 0..16 {
+        let path = if i % 2 == 0 { "/count" } else { "/json" };
+        batch.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    let mut out = Vec::new();
+    for _ in 0..10 {
+        out.clear();
+        session.receive(&batch, &mut out, &mut service, &limits, Instant::now());
+        service.end_batch(Instant::now());
+    }
+    let before = allocations();
+    for _ in 0..1000 {
+        out.clear();
+        session.receive(&batch, &mut out, &mut service, &limits, Instant::now());
+        service.end_batch(Instant::now());
+    }
+    assert_eq!(allocations() - before, 0, "allocations per 16 requests");
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("{\"core\":0}").count(), 8);
+    assert_eq!(text.matches("Hello, World!").count(), 8);
+    assert_eq!(service.ctx.state.served, 8 * 1010);
 }

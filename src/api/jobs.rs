@@ -4,43 +4,44 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::{Ctx, Request};
+use crate::app::{Ctx, Request};
 use crate::config::parse_duration;
 use crate::http::{HttpError, Response};
-use crate::queue::{kinds, Deferred, Submission};
+use crate::queue::kinds::JobKinds;
+use crate::queue::{Deferred, Submission};
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// `POST /v1/jobs/{queue}`: validates the payload, then defers the answer
 /// until the manager has made the job durable (`202` with its id).
-pub fn submit(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+pub fn submit<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     if ctx.node.queues.is_none() {
         return response.error(&HttpError::JobsDisabled, &mut ctx.scratch);
     }
     let queue = request.params.get("queue").unwrap_or_default();
-    let kind_options = match &ctx.node.queues {
-        Some(queues) => queues.options.kind_options(),
+    let kinds = match &ctx.node.queues {
+        Some(queues) => queues.kinds.clone(),
         None => return response.error(&HttpError::JobsDisabled, &mut ctx.scratch),
     };
-    let submission = match parse_submission(request, queue, &kind_options) {
+    let submission = match parse_submission(request, queue, &kinds) {
         Ok(submission) => submission,
         Err(message) => return response.error(&HttpError::BadRequest(message), &mut ctx.scratch),
     };
-    ctx.deferred = Some(super::Deferred::Job(Deferred::Submit(submission)));
+    ctx.defer_job(Deferred::Submit(submission));
 }
 
 fn parse_submission(
     request: &Request<'_>,
     queue: &str,
-    kind_options: &kinds::KindOptions,
+    kinds: &JobKinds,
 ) -> Result<Submission, String> {
     let payload: Value = serde_json::from_slice(request.body)
         .map_err(|e| format!("the body is not valid JSON: {e}"))?;
     if !payload.is_object() {
         return Err("the body must be a JSON object".into());
     }
-    kinds::validate(queue, &payload, kind_options)?;
+    kinds.validate(queue, &payload)?;
     let idempotency_key = match request.header("idempotency-key") {
         None => None,
         Some(key) => {
@@ -103,7 +104,7 @@ fn job_id(request: &Request<'_>) -> Option<u64> {
 }
 
 /// `GET /v1/jobs/{id}`: queued, running, failed (waiting to retry), succeeded or dead.
-pub fn status(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+pub fn status<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     let Some(queues) = &ctx.node.queues else {
         return response.error(&HttpError::JobsDisabled, &mut ctx.scratch);
     };
@@ -119,12 +120,12 @@ pub fn status(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>)
 }
 
 /// `POST /v1/jobs/{id}/redrive`: runs a dead job again from its first attempt.
-pub fn redrive(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+pub fn redrive<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     if ctx.node.queues.is_none() {
         return response.error(&HttpError::JobsDisabled, &mut ctx.scratch);
     }
     match job_id(request) {
-        Some(id) => ctx.deferred = Some(super::Deferred::Job(Deferred::Redrive(id))),
+        Some(id) => ctx.defer_job(Deferred::Redrive(id)),
         None => response.error(
             &HttpError::NotFound {
                 path: request.path.to_owned(),
@@ -135,7 +136,7 @@ pub fn redrive(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>
 }
 
 /// `GET /v1/dead`: every dead job with its last error.
-pub fn dead_letters(_: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+pub fn dead_letters<S>(_: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     let Some(queues) = &ctx.node.queues else {
         return response.error(&HttpError::JobsDisabled, &mut ctx.scratch);
     };

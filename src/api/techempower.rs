@@ -13,35 +13,46 @@ use std::cmp::Ordering;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{Ctx, Deferred, Request};
-use crate::docs::{DataRequest, Op, Part, Plan};
+use crate::app::{Ctx, Request};
+use crate::documents::{DataRequest, Op, Part, Render};
 use crate::http::{HttpError, Response};
 use crate::store::seed::{FORTUNE, WORLD, WORLD_ROWS};
 use crate::store::storage_key;
 use crate::store::thread::{Precondition, StoreOp, StoreOutcome};
 
+/// What a TechEmpower route renders once every part is in.
+#[derive(Debug, Clone, Copy)]
+pub enum Plan {
+    /// `/db` (`array: false`), `/queries` and `/cached-queries`.
+    Worlds { array: bool },
+    /// `/updates`.
+    Updates,
+    /// `/fortunes`: one scan part per shard.
+    Fortunes,
+}
+
 /// `GET /db`: one random World row.
-pub fn db(_: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
+pub fn db<S>(_: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Response<'_>) {
     let ops = vec![world_read(ctx, false)];
     defer(ctx, Plan::Worlds { array: false }, ops);
 }
 
 /// `GET /queries?queries=N`: N random World rows, each read from the store.
-pub fn queries(request: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
+pub fn queries<S>(request: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Response<'_>) {
     let count = count(request.query, "queries");
     let ops = (0..count).map(|_| world_read(ctx, false)).collect();
     defer(ctx, Plan::Worlds { array: true }, ops);
 }
 
 /// `GET /cached-queries?count=N`: N random World rows through the cache.
-pub fn cached_queries(request: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
+pub fn cached_queries<S>(request: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Response<'_>) {
     let count = count(request.query, "count");
     let ops = (0..count).map(|_| world_read(ctx, true)).collect();
     defer(ctx, Plan::Worlds { array: true }, ops);
 }
 
 /// `GET /updates?queries=N`: N random World rows, each given a new random number.
-pub fn updates(request: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
+pub fn updates<S>(request: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Response<'_>) {
     let count = count(request.query, "queries");
     let max_bytes = ctx.plane.options().max_document_bytes;
     let ops = (0..count)
@@ -64,13 +75,16 @@ pub fn updates(request: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
 }
 
 /// `GET /fortunes`: every fortune plus one, sorted, as an HTML table.
-pub fn fortunes(_: &Request<'_>, ctx: &mut Ctx, _: &mut Response<'_>) {
-    let ops = super::docs::scan_every_shard(ctx, FORTUNE, None, 1000);
+pub fn fortunes<S>(_: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Response<'_>) {
+    let ops = super::documents::scan_every_shard(ctx, FORTUNE, None, 1000);
     defer(ctx, Plan::Fortunes, ops);
 }
 
-fn defer(ctx: &mut Ctx, plan: Plan, ops: Vec<Op>) {
-    ctx.deferred = Some(Deferred::Data(DataRequest { plan, ops }));
+fn defer<S>(ctx: &mut Ctx<S>, plan: Plan, ops: Vec<Op>) {
+    ctx.defer_documents(DataRequest {
+        plan: Box::new(plan),
+        ops,
+    });
 }
 
 /// The benchmark's rule for a count: missing or not a number → 1; clamped to 1..=500.
@@ -87,7 +101,7 @@ pub fn count(query: Option<&str>, name: &str) -> usize {
     }
 }
 
-fn world_key(ctx: &mut Ctx, id: u32) -> (u32, Vec<u8>) {
+fn world_key<S>(ctx: &mut Ctx<S>, id: u32) -> (u32, Vec<u8>) {
     let mut digits = itoa::Buffer::new();
     let id = digits.format(id);
     let shard = ctx.plane.map().shard_of(WORLD.as_bytes(), id.as_bytes());
@@ -96,7 +110,7 @@ fn world_key(ctx: &mut Ctx, id: u32) -> (u32, Vec<u8>) {
     (shard, key)
 }
 
-fn world_read(ctx: &mut Ctx, cached: bool) -> Op {
+fn world_read<S>(ctx: &mut Ctx<S>, cached: bool) -> Op {
     let id = ctx.rng.between_one_and(WORLD_ROWS);
     let (shard, key) = world_key(ctx, id);
     Op::Get {
@@ -108,109 +122,117 @@ fn world_read(ctx: &mut Ctx, cached: bool) -> Op {
     }
 }
 
-/// Writes the answer of a TechEmpower plan.
-pub fn render(plan: Plan, parts: Vec<Part>, response: &mut Response<'_>, scratch: &mut Vec<u8>) {
-    match plan {
-        Plan::Worlds { array } => {
-            let mut body = Vec::with_capacity(parts.len() * 34 + 2);
-            if array {
+impl Render for Plan {
+    fn render(
+        self: Box<Self>,
+        parts: Vec<Part>,
+        response: &mut Response<'_>,
+        scratch: &mut Vec<u8>,
+    ) {
+        match *self {
+            Plan::Worlds { array } => {
+                let mut body = Vec::with_capacity(parts.len() * 34 + 2);
+                if array {
+                    body.push(b'[');
+                }
+                for (n, part) in parts.into_iter().enumerate() {
+                    let doc = match part {
+                        Part::Doc(Some(stored)) => stored.doc,
+                        Part::Doc(None) => {
+                            return response
+                                .error(&HttpError::Internal("a World row is missing"), scratch)
+                        }
+                        Part::Store(outcome) => {
+                            return response
+                                .error(&super::documents::store_failure(outcome), scratch)
+                        }
+                    };
+                    if n > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(&doc);
+                }
+                if array {
+                    body.push(b']');
+                }
+                response.send(200, "application/json", &[], &body);
+            }
+            Plan::Updates => {
+                let mut body = Vec::with_capacity(parts.len() * 34 + 2);
                 body.push(b'[');
-            }
-            for (n, part) in parts.into_iter().enumerate() {
-                let doc = match part {
-                    Part::Doc(Some(stored)) => stored.doc,
-                    Part::Doc(None) => {
-                        return response
-                            .error(&HttpError::Internal("a World row is missing"), scratch)
+                for (n, part) in parts.into_iter().enumerate() {
+                    let doc = match part {
+                        Part::Store(StoreOutcome::Written { stored, .. }) => stored.doc,
+                        Part::Store(StoreOutcome::Missing) => {
+                            return response
+                                .error(&HttpError::Internal("a World row is missing"), scratch)
+                        }
+                        Part::Store(outcome) => {
+                            return response
+                                .error(&super::documents::store_failure(outcome), scratch)
+                        }
+                        Part::Doc(_) => {
+                            return response.error(&HttpError::Internal("unexpected part"), scratch)
+                        }
+                    };
+                    if n > 0 {
+                        body.push(b',');
                     }
-                    Part::Store(outcome) => {
-                        return response.error(&super::docs::store_failure(outcome), scratch)
-                    }
-                };
-                if n > 0 {
-                    body.push(b',');
+                    body.extend_from_slice(&doc);
                 }
-                body.extend_from_slice(&doc);
-            }
-            if array {
                 body.push(b']');
+                response.send(200, "application/json", &[], &body);
             }
-            response.send(200, "application/json", &[], &body);
-        }
-        Plan::Updates => {
-            let mut body = Vec::with_capacity(parts.len() * 34 + 2);
-            body.push(b'[');
-            for (n, part) in parts.into_iter().enumerate() {
-                let doc = match part {
-                    Part::Store(StoreOutcome::Written { stored, .. }) => stored.doc,
-                    Part::Store(StoreOutcome::Missing) => {
-                        return response
-                            .error(&HttpError::Internal("a World row is missing"), scratch)
-                    }
-                    Part::Store(outcome) => {
-                        return response.error(&super::docs::store_failure(outcome), scratch)
-                    }
-                    Part::Doc(_) => {
-                        return response.error(&HttpError::Internal("unexpected part"), scratch)
-                    }
-                };
-                if n > 0 {
-                    body.push(b',');
+            Plan::Fortunes => {
+                #[derive(Deserialize)]
+                struct Fortune {
+                    id: i64,
+                    message: String,
                 }
-                body.extend_from_slice(&doc);
-            }
-            body.push(b']');
-            response.send(200, "application/json", &[], &body);
-        }
-        Plan::Fortunes => {
-            #[derive(Deserialize)]
-            struct Fortune {
-                id: i64,
-                message: String,
-            }
-            let mut fortunes = vec![Fortune {
-                id: 0,
-                message: "Additional fortune added at request time.".into(),
-            }];
-            for part in parts {
-                match part {
-                    Part::Store(StoreOutcome::Scanned(items)) => {
-                        for (_, stored) in items {
-                            match serde_json::from_slice::<Fortune>(&stored.doc) {
-                                Ok(fortune) => fortunes.push(fortune),
-                                Err(_) => {
-                                    return response.error(
-                                        &HttpError::Internal(
-                                            "a Fortune document lacks id or message",
-                                        ),
-                                        scratch,
-                                    )
+                let mut fortunes = vec![Fortune {
+                    id: 0,
+                    message: "Additional fortune added at request time.".into(),
+                }];
+                for part in parts {
+                    match part {
+                        Part::Store(StoreOutcome::Scanned(items)) => {
+                            for (_, stored) in items {
+                                match serde_json::from_slice::<Fortune>(&stored.doc) {
+                                    Ok(fortune) => fortunes.push(fortune),
+                                    Err(_) => {
+                                        return response.error(
+                                            &HttpError::Internal(
+                                                "a Fortune document lacks id or message",
+                                            ),
+                                            scratch,
+                                        )
+                                    }
                                 }
                             }
                         }
-                    }
-                    Part::Store(outcome) => {
-                        return response.error(&super::docs::store_failure(outcome), scratch)
-                    }
-                    Part::Doc(_) => {
-                        return response.error(&HttpError::Internal("unexpected part"), scratch)
+                        Part::Store(outcome) => {
+                            return response
+                                .error(&super::documents::store_failure(outcome), scratch)
+                        }
+                        Part::Doc(_) => {
+                            return response.error(&HttpError::Internal("unexpected part"), scratch)
+                        }
                     }
                 }
+                fortunes.sort_by(|a, b| a.message.cmp(&b.message).then(Ordering::Equal));
+                let mut html = String::with_capacity(2048);
+                html.push_str("<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>");
+                for fortune in &fortunes {
+                    html.push_str("<tr><td>");
+                    html.push_str(itoa::Buffer::new().format(fortune.id));
+                    html.push_str("</td><td>");
+                    escape_html(&fortune.message, &mut html);
+                    html.push_str("</td></tr>");
+                }
+                html.push_str("</table></body></html>");
+                response.send(200, "text/html; charset=utf-8", &[], html.as_bytes());
             }
-            fortunes.sort_by(|a, b| a.message.cmp(&b.message).then(Ordering::Equal));
-            let mut html = String::with_capacity(2048);
-            html.push_str("<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>");
-            for fortune in &fortunes {
-                html.push_str("<tr><td>");
-                html.push_str(itoa::Buffer::new().format(fortune.id));
-                html.push_str("</td><td>");
-                escape_html(&fortune.message, &mut html);
-                html.push_str("</td></tr>");
-            }
-            html.push_str("</table></body></html>");
-            response.send(200, "text/html; charset=utf-8", &[], html.as_bytes());
         }
-        _ => response.error(&HttpError::Internal("not a TechEmpower plan"), scratch),
     }
 }
 

@@ -2,6 +2,52 @@
 
 use thiserror::Error;
 
+/// An error a handler answers with: one HTTP status, a stable machine-readable
+/// code and a message for the client (its `Display`), rendered by
+/// [`crate::http::Response::error`] as `{"error": code, "message": ...}`.
+///
+/// percore's own errors implement it ([`HttpError`], the document store's
+/// and the job system's); so can an application's, which then answer in
+/// the same shape:
+///
+/// ```
+/// use percore::http::ApiError;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum CatalogueError {
+///     #[error("no product `{0}`")]
+///     NoProduct(String),
+///     #[error("price must be positive, got {0}")]
+///     BadPrice(i64),
+/// }
+///
+/// impl ApiError for CatalogueError {
+///     fn status(&self) -> u16 {
+///         match self {
+///             Self::NoProduct(_) => 404,
+///             Self::BadPrice(_) => 422,
+///         }
+///     }
+///     fn code(&self) -> &str {
+///         match self {
+///             Self::NoProduct(_) => "no_product",
+///             Self::BadPrice(_) => "bad_price",
+///         }
+///     }
+/// }
+/// assert_eq!(CatalogueError::BadPrice(-1).status(), 422);
+/// ```
+pub trait ApiError: std::fmt::Display {
+    /// The HTTP status this error is answered with.
+    fn status(&self) -> u16;
+    /// A stable machine-readable name for the error, used in the JSON body.
+    fn code(&self) -> &str;
+    /// One header line that must go with the answer (`Allow`, `Retry-After`).
+    fn header(&self) -> Option<(&'static str, &str)> {
+        None
+    }
+}
+
 /// A request the server refuses to serve, with what the client needs to fix it.
 ///
 /// `status()` is the only mapping from an error to an HTTP status; the response
@@ -69,8 +115,31 @@ pub enum HttpError {
     Internal(&'static str),
     #[error("the server is shutting down")]
     Draining,
+    #[error("the server is overloaded: {0}; retry later")]
+    Overloaded(&'static str),
     #[error("this io core is at its limit of {limit} connections; retry later")]
     TooManyConnections { limit: usize },
+}
+
+impl ApiError for HttpError {
+    fn status(&self) -> u16 {
+        HttpError::status(self)
+    }
+
+    fn code(&self) -> &str {
+        HttpError::code(self)
+    }
+
+    fn header(&self) -> Option<(&'static str, &str)> {
+        match self {
+            HttpError::MethodNotAllowed { allow, .. } => Some(("Allow", allow.as_str())),
+            HttpError::Draining
+            | HttpError::Overloaded(_)
+            | HttpError::TooManyConnections { .. }
+            | HttpError::QueueFull { .. } => Some(("Retry-After", "1")),
+            _ => None,
+        }
+    }
 }
 
 impl HttpError {
@@ -97,6 +166,7 @@ impl HttpError {
             Self::Internal(_) => 500,
             Self::UnsupportedTransferCoding(_) => 501,
             Self::Draining
+            | Self::Overloaded(_)
             | Self::TooManyConnections { .. }
             | Self::QueueFull { .. }
             | Self::JobsDisabled
@@ -133,6 +203,7 @@ impl HttpError {
             Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal",
             Self::Draining => "draining",
+            Self::Overloaded(_) => "overloaded",
             Self::QueueFull { .. } => "queue_full",
             Self::JobsDisabled => "jobs_disabled",
             Self::JobLogUnavailable => "job_log_unavailable",
@@ -158,6 +229,7 @@ impl HttpError {
                 | Self::StoreUnavailable(_)
                 | Self::RateLimited { .. }
                 | Self::QueueFull { .. }
+                | Self::Overloaded(_)
                 | Self::JobsDisabled
                 | Self::JobLogUnavailable
                 | Self::Internal(_)

@@ -6,6 +6,6 @@ pub mod parse;
 pub mod percent;
 pub mod response;
 
-pub use error::HttpError;
+pub use error::{ApiError, HttpError};
 pub use parse::{Framing, Head, Limits, Version};
 pub use response::{Persistence, Response};

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::date::DATE_LEN;
-use super::error::HttpError;
+use super::error::{ApiError, HttpError};
 
 /// The `Server` header every response carries.
 pub const SERVER_NAME: &str = "percore";
@@ -140,23 +140,20 @@ impl<'a> Response<'a> {
     }
 
     /// Renders an error as `{"error": code, "message": text}` with its status.
-    pub fn error(&mut self, error: &HttpError, scratch: &mut Vec<u8>) {
+    pub fn error<E: ApiError + ?Sized>(&mut self, error: &E, scratch: &mut Vec<u8>) {
         #[derive(Serialize)]
         struct Body<'e> {
-            error: &'static str,
+            error: &'e str,
             message: &'e str,
         }
         let message = error.to_string();
-        let allow;
-        let headers: &[(&str, &str)] = match error {
-            HttpError::MethodNotAllowed { allow: a, .. } => {
-                allow = [("Allow", a.as_str())];
-                &allow
+        let header;
+        let headers: &[(&str, &str)] = match error.header() {
+            Some(line) => {
+                header = [line];
+                &header
             }
-            HttpError::Draining
-            | HttpError::TooManyConnections { .. }
-            | HttpError::QueueFull { .. } => &[("Retry-After", "1")],
-            _ => &[],
+            None => &[],
         };
         scratch.clear();
         let body = Body {

@@ -1,5 +1,10 @@
 //! One io core's event loop on its own io_uring: multishot accept, multishot receive into provided buffers, one send per batch.
 //!
+//! The core is generic over the [`Service`] it drives and imports nothing
+//! of the application: requests go to [`Service::handle`], messages from
+//! other threads to [`Service::on_message`], deferred answers come back
+//! through [`Service::next_answer`] addressed by [`ConnId`].
+//!
 //! Every operation's completion carries `user_data` = kind | generation |
 //! slot, so a completion for a connection slot that was since reused is
 //! recognised and dropped. A connection's slot is freed only when none of its
@@ -7,41 +12,34 @@
 //! valid until it is done with them.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use socket2::Socket;
 
 use super::bufring::BufRing;
+use super::conn::{live_conn, Conn, FileSend, Phase, Recv, Write};
+use super::lifecycle::Lifecycle;
+use super::service::{ConnEvent, ConnId, Service};
 use super::session::{Session, OUTPUT_HIGH_WATER};
-use crate::api::Service;
-use crate::api::{Answer, Deferred};
-use crate::docs::Plane;
-use crate::http::response::{render_refusal, FileBody};
 use crate::http::{HttpError, Limits};
-use crate::mailbox::CoreMsg;
-use crate::node::Node;
-use crate::queue::ReplyTo;
 use crate::runtime::uring::{self, split_user_data, user_data, UringError};
-use crossbeam_channel::Receiver;
 
-const KIND_ACCEPT: u64 = 1;
-const KIND_RECV: u64 = 2;
-const KIND_SEND: u64 = 3;
-const KIND_TICK: u64 = 4;
-const KIND_WAKE: u64 = 5;
-const KIND_CANCEL: u64 = 6;
-const KIND_SPLICE_IN: u64 = 7;
-const KIND_SPLICE_OUT: u64 = 8;
-const KIND_SPLICE_POLL: u64 = 9;
+pub(super) const KIND_ACCEPT: u64 = 1;
+pub(super) const KIND_RECV: u64 = 2;
+pub(super) const KIND_SEND: u64 = 3;
+pub(super) const KIND_TICK: u64 = 4;
+pub(super) const KIND_WAKE: u64 = 5;
+pub(super) const KIND_CANCEL: u64 = 6;
+pub(super) const KIND_SPLICE_IN: u64 = 7;
+pub(super) const KIND_SPLICE_OUT: u64 = 8;
+pub(super) const KIND_SPLICE_POLL: u64 = 9;
 
 /// Kernel worker threads io_uring may use per ring, bounded and unbounded work alike.
 const IOWQ_MAX_WORKERS: u32 = 8;
-
-/// Bytes moved per splice: the default pipe capacity.
-const SPLICE_CHUNK: u64 = 64 * 1024;
 
 /// How often the core refreshes its Date, publishes metrics and checks timeouts.
 const TICK: Duration = Duration::from_millis(500);
@@ -72,66 +70,24 @@ impl CoreOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Open,
-    /// Write side shut after the last response; reading until the peer closes.
-    Lingering {
-        until: Instant,
-    },
-    /// Waiting for the kernel to finish this connection's operations.
-    Closing,
-}
-
-struct Conn {
-    fd: RawFd,
-    generation: u32,
-    session: Session,
-    /// Responses being written by the session.
-    out: Vec<u8>,
-    /// Responses handed to the kernel; untouched while a send is in flight.
-    sending: Vec<u8>,
-    sent: usize,
-    send_in_flight: bool,
-    recv_armed: bool,
-    recv_paused: bool,
-    phase: Phase,
-    last_active: Instant,
-    /// A file body being spliced to the socket.
-    file: Option<FileSend>,
-    /// The pipe a file body passes through: [read end, write end].
-    pipe: Option<[OwnedFd; 2]>,
-    splice_in_flight: bool,
-}
-
-/// Progress of one file body: file → pipe → socket, a chunk at a time.
-struct FileSend {
-    body: FileBody,
-    /// Bytes that reached the socket.
-    sent: u64,
-    /// Bytes in the pipe, not yet on the socket.
-    in_pipe: u64,
-}
-
-/// One io core: its ring, listener, connections and service.
-pub struct IoCore {
-    ring: IoUring,
+/// One io core: its ring, listener, connections and the service it drives.
+pub struct IoCore<S: Service> {
+    pub(super) ring: IoUring,
     buffers: BufRing,
     listener: Option<Socket>,
     accept_armed: bool,
     accept_rearm: bool,
-    conns: Vec<Option<Conn>>,
+    pub(super) conns: Vec<Option<Conn>>,
     generations: Vec<u32>,
     free: Vec<u32>,
     live: usize,
-    service: Service,
-    options: CoreOptions,
-    node: Arc<Node>,
+    core: usize,
+    pub(super) service: S,
+    pub(super) options: CoreOptions,
+    lifecycle: Arc<Lifecycle>,
     wake: OwnedFd,
-    /// Messages from other threads: job answers, document traffic.
-    inbox: Receiver<CoreMsg>,
-    /// True while finished document answers are being written (no re-entry).
-    delivering: bool,
+    /// Messages from other threads, of the service's own type.
+    inbox: Receiver<S::Msg>,
     /// This core has no connections left while draining, and said so.
     drained: bool,
     wake_buf: Box<u64>,
@@ -144,16 +100,16 @@ pub struct IoCore {
     backlog: Vec<(u64, i32, u32)>,
 }
 
-impl IoCore {
-    /// Builds the core on the calling thread (the ring is bound to it).
+impl<S: Service> IoCore<S> {
+    /// Builds core `core` on the calling thread (the ring is bound to it).
     pub fn new(
         core: usize,
         listener: Socket,
         wake: OwnedFd,
-        inbox: Receiver<CoreMsg>,
-        plane: Plane,
+        inbox: Receiver<S::Msg>,
+        service: S,
         options: CoreOptions,
-        node: Arc<Node>,
+        lifecycle: Arc<Lifecycle>,
     ) -> Result<Self, UringError> {
         let ring = uring::build_ring(options.io_budget.ring_entries)?;
         // Splicing file pages runs on io_uring's kernel workers; bound them so
@@ -172,12 +128,12 @@ impl IoCore {
             generations: Vec::new(),
             free: Vec::new(),
             live: 0,
-            service: Service::new(core, Arc::clone(&node), plane),
+            core,
+            service,
             options,
-            node,
+            lifecycle,
             wake,
             inbox,
-            delivering: false,
             drained: false,
             wake_buf: Box::new(0),
             tick_spec: Box::new(types::Timespec::from(TICK)),
@@ -196,12 +152,10 @@ impl IoCore {
         self.arm_wake();
         self.arm_tick();
         loop {
-            // Messages for other cores leave once per turn, one wake-up each.
-            self.service.ctx.plane.flush_outbox();
-            if self.service.ctx.plane.has_finished() {
-                // Parts for a core that has stopped failed in the flush.
-                self.deliver_finished(Instant::now());
-            }
+            // Messages for other cores leave once per turn, one wake-up each;
+            // answers that failed in doing so are written now.
+            self.service.end_turn();
+            self.deliver_answers(Instant::now());
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e)
@@ -229,18 +183,19 @@ impl IoCore {
                 }
                 completions.clear();
                 self.completions = completions;
+                self.deliver_answers(now);
             }
-            self.service.metrics.finish_batch(now);
+            self.service.end_batch(now);
             if self.draining {
                 if self.live == 0 && !self.accept_armed {
-                    // Other cores may still send operations for this core's
+                    // Other cores may still send work for this core's
                     // shards: stay until every core has no connections left.
                     if !self.drained {
                         self.drained = true;
-                        self.node.core_drained();
+                        self.lifecycle.core_drained();
                     }
-                    if self.node.all_cores_drained() {
-                        self.service.ctx.plane.flush_outbox();
+                    if self.lifecycle.all_cores_drained() {
+                        self.service.end_turn();
                         return Ok(0);
                     }
                 }
@@ -278,7 +233,7 @@ impl IoCore {
         }
     }
 
-    fn push(&mut self, entry: &squeue::Entry) {
+    pub(super) fn push(&mut self, entry: &squeue::Entry) {
         // SAFETY: every entry's buffers (connection output, wake counter,
         // timespec, provided buffers) outlive the operation: see the module docs.
         while unsafe { self.ring.submission().push(entry) }.is_err() {
@@ -349,8 +304,12 @@ impl IoCore {
             return;
         }
         set_nodelay(fd);
-        // The peer address only matters to the rate limiter; skip the syscall otherwise.
-        let peer = self.node.limiter.as_ref().and_then(|_| peer_ip(fd));
+        // The peer address costs a syscall; only services that ask get it.
+        let peer = if self.service.wants_peer_addr() {
+            peer_ip(fd)
+        } else {
+            None
+        };
         let slot = self.free.pop().unwrap_or_else(|| {
             self.conns.push(None);
             self.generations.push(0);
@@ -358,24 +317,14 @@ impl IoCore {
         });
         let generation = self.generations[slot as usize].wrapping_add(1) & 0x00ff_ffff;
         self.generations[slot as usize] = generation;
-        self.conns[slot as usize] = Some(Conn {
-            fd,
+        let id = ConnId {
+            core: self.core,
+            slot,
             generation,
-            session: Session::new(peer),
-            out: Vec::new(),
-            sending: Vec::new(),
-            sent: 0,
-            send_in_flight: false,
-            recv_armed: false,
-            recv_paused: false,
-            phase: Phase::Open,
-            last_active: now,
-            file: None,
-            pipe: None,
-            splice_in_flight: false,
-        });
+        };
+        self.conns[slot as usize] = Some(Conn::new(fd, generation, Session::new(id, peer), now));
         self.live += 1;
-        self.service.metrics.connection_opened();
+        self.service.on_connection(ConnEvent::Opened);
         self.arm_recv(slot);
     }
 
@@ -388,7 +337,7 @@ impl IoCore {
                 limit: self.options.max_connections,
             }
         };
-        let response = render_refusal(&error, self.service.date.get());
+        let response = self.service.refusal(&error);
         // SAFETY: fd is a connected socket this core just accepted and owns;
         // the buffers are valid for the lengths given.
         unsafe {
@@ -404,7 +353,7 @@ impl IoCore {
             while libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT) > 0 {}
             libc::close(fd);
         }
-        self.service.metrics.connection_refused();
+        self.service.on_connection(ConnEvent::Refused);
     }
 
     fn arm_recv(&mut self, slot: u32) {
@@ -415,8 +364,7 @@ impl IoCore {
         let entry = opcode::RecvMulti::new(types::Fd(conn.fd), group)
             .build()
             .user_data(user_data(KIND_RECV, conn.generation, slot));
-        conn.recv_armed = true;
-        conn.recv_paused = false;
+        conn.recv = Recv::Armed;
         self.push(&entry);
     }
 
@@ -431,7 +379,7 @@ impl IoCore {
         };
         let more = cqueue::more(flags);
         if !more {
-            conn.recv_armed = false;
+            conn.recv = conn.recv.ended();
         }
         let mut rearm = false;
         let mut pause = false;
@@ -452,10 +400,10 @@ impl IoCore {
             if conn.phase == Phase::Open
                 && stuck
                 && conn.session.pending_len() > pause_above
-                && conn.recv_armed
+                && conn.recv == Recv::Armed
             {
                 // The client sends faster than it reads its answers: stop reading.
-                conn.recv_paused = true;
+                conn.recv = Recv::Pausing;
                 pause = true;
             }
             rearm = !more;
@@ -468,13 +416,13 @@ impl IoCore {
         } else if result == -libc::ENOBUFS {
             // Every provided buffer was in use; they are recycled by now.
             rearm = true;
-        } else if result == -libc::ECANCELED && conn.recv_paused {
-            // Paused for backpressure; on_send re-arms.
+        } else if result == -libc::ECANCELED && conn.recv == Recv::Paused {
+            // Paused for backpressure; a drained output re-arms.
         } else {
             conn.session.close();
             conn.phase = Phase::Closing;
         }
-        let rearm = rearm && !conn.recv_armed && !conn.recv_paused && conn.phase != Phase::Closing;
+        let rearm = rearm && conn.recv == Recv::Idle && conn.phase != Phase::Closing;
         if pause {
             self.cancel_recv(slot);
         }
@@ -485,16 +433,11 @@ impl IoCore {
     }
 
     /// Starts a send if output is waiting; starts closing if the session is done.
-    fn flush(&mut self, slot: u32, now: Instant) {
-        self.forward_deferred(slot);
+    pub(super) fn flush(&mut self, slot: u32, now: Instant) {
         let pause_above = self.options.pause_reading_above();
         if let Some(conn) = self.conns[slot as usize].as_ref() {
             let may_read = conn.phase == Phase::Open && !conn.session.is_blocked();
-            if may_read
-                && conn.recv_paused
-                && !conn.recv_armed
-                && conn.session.pending_len() <= pause_above
-            {
+            if may_read && conn.recv == Recv::Paused && conn.session.pending_len() <= pause_above {
                 self.arm_recv(slot);
             }
         }
@@ -502,14 +445,13 @@ impl IoCore {
         let Some(conn) = self.conns[slot as usize].as_mut() else {
             return;
         };
-        if conn.send_in_flight || conn.splice_in_flight {
+        if conn.write != Write::Idle {
             return;
         }
         if !conn.out.is_empty() && conn.phase == Phase::Open {
             std::mem::swap(&mut conn.out, &mut conn.sending);
-            conn.sent = 0;
-            let entry = send_entry(conn, slot);
-            conn.send_in_flight = true;
+            conn.write = Write::Sending { sent: 0 };
+            let entry = send_entry(conn, slot, 0);
             self.push(&entry);
             return;
         }
@@ -538,175 +480,30 @@ impl IoCore {
                 until: now + LINGER,
             };
         }
-        if matches!(conn.phase, Phase::Lingering { .. }) && !conn.recv_armed {
+        if matches!(conn.phase, Phase::Lingering { .. }) && !conn.recv.in_kernel() {
             conn.phase = Phase::Closing;
         }
         self.finish_if_closed(slot);
     }
 
-    /// Hands work a handler deferred to the job manager or the document
-    /// plane, addressed back to this connection.
-    fn forward_deferred(&mut self, slot: u32) {
-        while let Some(work) = self.service.take_deferred() {
-            let Some(conn) = self.conns[slot as usize].as_ref() else {
-                return;
-            };
-            let reply = ReplyTo {
-                core: self.service.ctx.core,
-                slot,
-                generation: conn.generation,
-            };
-            match work {
-                Deferred::Data(request) => {
-                    self.service.ctx.plane.start(request, reply, Instant::now());
-                    self.deliver_finished(Instant::now());
-                }
-                Deferred::Job(work) => {
-                    let handed_over = self
-                        .node
-                        .queues
-                        .as_ref()
-                        .is_some_and(|queues| queues.defer(work, Some(reply)));
-                    if !handed_over {
-                        // The manager is gone: answer now rather than leave the client waiting.
-                        let limits = self.options.limits;
-                        let Some(conn) = self.conns[slot as usize].as_mut() else {
-                            return;
-                        };
-                        conn.session.answer(
-                            Answer::Job(crate::queue::Answer::Rejected(
-                                HttpError::JobLogUnavailable,
-                            )),
-                            &mut conn.out,
-                            &mut self.service,
-                        );
-                        conn.session.resume(
-                            &mut conn.out,
-                            &mut self.service,
-                            &limits,
-                            Instant::now(),
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// Writes the document answers the plane finished. Not re-entered: an
-    /// answer that lets a pipelined request finish at once is picked up by
-    /// the loop already running.
-    fn deliver_finished(&mut self, now: Instant) {
-        if self.delivering {
-            return;
-        }
-        self.delivering = true;
+    /// Writes the deferred answers the service has ready, each to the
+    /// connection that awaits it; a connection that closed meanwhile (or
+    /// whose slot now holds another) does not take it.
+    fn deliver_answers(&mut self, now: Instant) {
         let limits = self.options.limits;
-        while let Some((reply, gathered)) = self.service.ctx.plane.take_finished() {
-            let ReplyTo {
-                slot, generation, ..
-            } = reply;
-            let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
+        while let Some((id, answer)) = self.service.next_answer() {
+            let Some(conn) = live_conn(&mut self.conns, id.slot, id.generation) else {
                 continue;
             };
             if conn.phase != Phase::Open {
                 continue;
             }
             conn.session
-                .answer(Answer::Data(gathered), &mut conn.out, &mut self.service);
+                .answer(answer, &mut conn.out, &mut self.service);
             conn.session
                 .resume(&mut conn.out, &mut self.service, &limits, now);
-            self.flush(slot, now);
+            self.flush(id.slot, now);
         }
-        self.delivering = false;
-    }
-
-    /// Moves the next piece of the file body: file → pipe, or pipe → socket.
-    fn splice_next(&mut self, slot: u32) {
-        let Some(conn) = self.conns[slot as usize].as_mut() else {
-            return;
-        };
-        if conn.pipe.is_none() {
-            match new_pipe() {
-                Ok(pipe) => conn.pipe = Some(pipe),
-                Err(_) => return self.close_now(slot),
-            }
-        }
-        let (Some(file), Some([pipe_read, pipe_write])) = (&conn.file, &conn.pipe) else {
-            return;
-        };
-        let entry = if file.in_pipe > 0 {
-            opcode::Splice::new(
-                types::Fd(pipe_read.as_raw_fd()),
-                -1,
-                types::Fd(conn.fd),
-                -1,
-                file.in_pipe as u32,
-            )
-            .build()
-            .user_data(user_data(KIND_SPLICE_OUT, conn.generation, slot))
-        } else {
-            let chunk = (file.body.len - file.sent).min(SPLICE_CHUNK);
-            let offset = (file.body.offset + file.sent) as i64;
-            opcode::Splice::new(
-                types::Fd(file.body.file.as_raw_fd()),
-                offset,
-                types::Fd(pipe_write.as_raw_fd()),
-                -1,
-                chunk as u32,
-            )
-            .build()
-            .user_data(user_data(KIND_SPLICE_IN, conn.generation, slot))
-        };
-        conn.splice_in_flight = true;
-        self.push(&entry);
-    }
-
-    fn on_splice(&mut self, kind: u64, slot: u32, generation: u32, result: i32, now: Instant) {
-        let limits = self.options.limits;
-        let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
-            return;
-        };
-        conn.splice_in_flight = false;
-        let Some(file) = conn.file.as_mut().filter(|_| conn.phase == Phase::Open) else {
-            return self.finish_if_closed(slot);
-        };
-        if result == -libc::EAGAIN && kind == KIND_SPLICE_OUT {
-            // The socket's send buffer is full (the client reads slowly):
-            // wait until it can take more, then splice again.
-            let poll = opcode::PollAdd::new(types::Fd(conn.fd), libc::POLLOUT as u32)
-                .build()
-                .user_data(user_data(KIND_SPLICE_POLL, conn.generation, slot));
-            conn.splice_in_flight = true;
-            self.push(&poll);
-            return;
-        }
-        if kind == KIND_SPLICE_POLL {
-            if result < 0 {
-                return self.close_now(slot);
-            }
-            return self.splice_next(slot);
-        }
-        // An error, the peer gone, or the file shrank under us: the promised
-        // length cannot be kept, so the connection must end.
-        if result <= 0 {
-            return self.close_now(slot);
-        }
-        conn.last_active = now;
-        let moved = result as u64;
-        if kind == KIND_SPLICE_IN {
-            file.in_pipe = moved;
-        } else {
-            file.in_pipe -= moved;
-            file.sent += moved;
-            if file.sent == file.body.len && file.in_pipe == 0 {
-                conn.file = None;
-                // Pipelined requests that waited behind the file.
-                conn.session
-                    .resume(&mut conn.out, &mut self.service, &limits, now);
-                return self.flush(slot, now);
-            }
-        }
-        self.splice_next(slot);
     }
 
     fn on_send(&mut self, slot: u32, generation: u32, result: i32, now: Instant) {
@@ -715,7 +512,10 @@ impl IoCore {
         let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
             return;
         };
-        conn.send_in_flight = false;
+        let Write::Sending { sent } = conn.write else {
+            return;
+        };
+        conn.write = Write::Idle;
         if result < 0 {
             conn.session.close();
             conn.phase = Phase::Closing;
@@ -723,16 +523,16 @@ impl IoCore {
             self.finish_if_closed(slot);
             return;
         }
-        conn.sent += result as usize;
+        let sent = sent + result as usize;
         conn.last_active = now;
-        if conn.sent < conn.sending.len() {
-            let entry = send_entry(conn, slot);
-            conn.send_in_flight = true;
+        if sent < conn.sending.len() {
+            conn.write = Write::Sending { sent };
+            let entry = send_entry(conn, slot, sent);
             self.push(&entry);
             return;
         }
         conn.sending.clear();
-        if conn.sending.capacity() > 4 * super::session::OUTPUT_HIGH_WATER {
+        if conn.sending.capacity() > 4 * OUTPUT_HIGH_WATER {
             conn.sending = Vec::new();
         }
         if conn.phase == Phase::Open && conn.session.pending_len() > 0 && conn.out.is_empty() {
@@ -740,8 +540,7 @@ impl IoCore {
                 .resume(&mut conn.out, &mut self.service, &limits, now);
         }
         let resume_reading = conn.phase == Phase::Open
-            && conn.recv_paused
-            && !conn.recv_armed
+            && conn.recv == Recv::Paused
             && conn.session.pending_len() <= pause_above;
         if resume_reading {
             self.arm_recv(slot);
@@ -749,11 +548,11 @@ impl IoCore {
         self.flush(slot, now);
     }
 
-    fn cancel_recv(&mut self, slot: u32) {
+    pub(super) fn cancel_recv(&mut self, slot: u32) {
         let Some(conn) = self.conns[slot as usize].as_ref() else {
             return;
         };
-        if conn.recv_armed {
+        if conn.recv.in_kernel() {
             let cancel = opcode::AsyncCancel::new(user_data(KIND_RECV, conn.generation, slot))
                 .build()
                 .user_data(user_data(KIND_CANCEL, 0, 0));
@@ -762,15 +561,11 @@ impl IoCore {
     }
 
     /// Frees the slot once the kernel holds nothing of the connection.
-    fn finish_if_closed(&mut self, slot: u32) {
+    pub(super) fn finish_if_closed(&mut self, slot: u32) {
         let Some(conn) = self.conns[slot as usize].as_ref() else {
             return;
         };
-        if conn.phase != Phase::Closing
-            || conn.recv_armed
-            || conn.send_in_flight
-            || conn.splice_in_flight
-        {
+        if conn.phase != Phase::Closing || !conn.quiet() {
             return;
         }
         // SAFETY: no operation on fd is in flight, and nothing else owns it.
@@ -778,11 +573,11 @@ impl IoCore {
         self.conns[slot as usize] = None;
         self.free.push(slot);
         self.live -= 1;
-        self.service.metrics.connection_closed();
+        self.service.on_connection(ConnEvent::Closed);
     }
 
     /// Closes at once: shutting the socket down ends its receive and any stalled send.
-    fn close_now(&mut self, slot: u32) {
+    pub(super) fn close_now(&mut self, slot: u32) {
         let Some(conn) = self.conns[slot as usize].as_mut() else {
             return;
         };
@@ -808,8 +603,7 @@ impl IoCore {
     }
 
     fn on_tick(&mut self, now: Instant) {
-        self.service.date.refresh();
-        self.service.metrics.publish();
+        self.service.on_tick(now);
         if self.accept_rearm && !self.draining {
             self.accept_rearm = false;
             self.arm_accept();
@@ -830,14 +624,15 @@ impl IoCore {
                         body_timeout,
                         now,
                     ) {
-                        self.service.metrics.connection_timed_out();
+                        self.service.on_connection(ConnEvent::TimedOut);
                         self.flush(slot, now);
                     } else if now.duration_since(conn.last_active) >= idle_timeout {
-                        self.service.metrics.connection_timed_out();
-                        if conn.send_in_flight || conn.splice_in_flight {
+                        let busy = conn.write != Write::Idle;
+                        self.service.on_connection(ConnEvent::TimedOut);
+                        if busy {
                             // The client stopped reading its answers.
                             self.close_now(slot);
-                        } else {
+                        } else if let Some(conn) = self.conns[slot as usize].as_mut() {
                             conn.session.close();
                             self.flush(slot, now);
                         }
@@ -851,35 +646,11 @@ impl IoCore {
 
     fn on_wake(&mut self, now: Instant) {
         self.arm_wake();
-        let limits = self.options.limits;
         while let Ok(msg) = self.inbox.try_recv() {
-            let completion = match msg {
-                CoreMsg::Job(completion) => completion,
-                CoreMsg::Data(msg) => {
-                    self.service.ctx.plane.on_message(msg, now);
-                    continue;
-                }
-            };
-            let ReplyTo {
-                slot, generation, ..
-            } = completion.to;
-            let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
-                continue;
-            };
-            if conn.phase != Phase::Open {
-                continue;
-            }
-            conn.session.answer(
-                Answer::Job(completion.answer),
-                &mut conn.out,
-                &mut self.service,
-            );
-            conn.session
-                .resume(&mut conn.out, &mut self.service, &limits, now);
-            self.flush(slot, now);
+            self.service.on_message(msg, now);
         }
-        self.deliver_finished(now);
-        if !self.node.is_draining() || self.draining {
+        self.deliver_answers(now);
+        if !self.lifecycle.is_draining() || self.draining {
             return;
         }
         self.draining = true;
@@ -914,31 +685,12 @@ impl IoCore {
     }
 }
 
-fn send_entry(conn: &Conn, slot: u32) -> squeue::Entry {
-    let rest = &conn.sending[conn.sent..];
+fn send_entry(conn: &Conn, slot: u32, sent: usize) -> squeue::Entry {
+    let rest = &conn.sending[sent..];
     opcode::Send::new(types::Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
         .flags(libc::MSG_NOSIGNAL)
         .build()
         .user_data(user_data(KIND_SEND, conn.generation, slot))
-}
-
-/// The connection in `slot`, if it is still the one of `generation`.
-fn live_conn(conns: &mut [Option<Conn>], slot: u32, generation: u32) -> Option<&mut Conn> {
-    conns
-        .get_mut(slot as usize)?
-        .as_mut()
-        .filter(|c| c.generation == generation)
-}
-
-/// A pipe for splicing, both ends close-on-exec and non-blocking.
-fn new_pipe() -> io::Result<[OwnedFd; 2]> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned by nothing else.
-    Ok(unsafe { [OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])] })
 }
 
 /// The connection's peer address (one syscall per connection, for rate limiting).

@@ -1,6 +1,20 @@
-//! The network path: per-core listeners, the io_uring event loop, and each connection's HTTP session.
+//! The network path, generic over the service it drives: per-core listeners, the io_uring event loop, each connection's HTTP session, and typed mailboxes into a core.
+//!
+//! Nothing here imports the application (`app`, `api`, the document
+//! plane, the job system): a reader can check with
+//! `grep -n "crate::" src/net/*.rs`.
 
 pub mod bufring;
+mod conn;
 pub mod event_loop;
+pub mod lifecycle;
 pub mod listener;
+pub mod mailbox;
+pub mod service;
 pub mod session;
+mod splice;
+
+pub use event_loop::{CoreOptions, IoCore};
+pub use lifecycle::Lifecycle;
+pub use mailbox::{Mailbox, Outlet, Stopped, Waker};
+pub use service::{Awaiting, ConnEvent, ConnId, Handled, Service};

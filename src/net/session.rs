@@ -4,7 +4,7 @@ use std::mem::{self, MaybeUninit};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::api::{Answer, Awaiting, Service};
+use super::service::{Awaiting, ConnId, Handled, Service};
 use crate::http::parse::{self, Framing, Limits, HEADER_SLOTS};
 use crate::http::response::{FileBody, CONTINUE_100};
 use crate::http::HttpError;
@@ -17,6 +17,8 @@ pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// what it writes into the output buffer.
 #[derive(Default)]
 pub struct Session {
+    /// This connection, as the address deferred answers come back to.
+    id: ConnId,
     /// Bytes not yet answered: a request that spans receives, or requests
     /// held back while output is above the high-water mark.
     pending: Vec<u8>,
@@ -42,8 +44,9 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(peer: Option<IpAddr>) -> Self {
+    pub fn new(id: ConnId, peer: Option<IpAddr>) -> Self {
         Self {
+            id,
             peer,
             ..Self::default()
         }
@@ -66,7 +69,7 @@ impl Session {
 
     /// Writes the answer to the request that was waiting for it; later
     /// requests then proceed (call [`Self::resume`]).
-    pub fn answer(&mut self, answer: Answer, out: &mut Vec<u8>, service: &mut Service) {
+    pub fn answer<S: Service>(&mut self, answer: S::Answer, out: &mut Vec<u8>, service: &mut S) {
         let Some(awaiting) = self.awaiting.take() else {
             return;
         };
@@ -111,11 +114,11 @@ impl Session {
     }
 
     /// Handles received bytes: answers every complete request, in order, into `out`.
-    pub fn receive(
+    pub fn receive<S: Service>(
         &mut self,
         data: &[u8],
         out: &mut Vec<u8>,
-        service: &mut Service,
+        service: &mut S,
         limits: &Limits,
         now: Instant,
     ) {
@@ -135,10 +138,10 @@ impl Session {
     }
 
     /// Answers requests held in `pending` (after output drained).
-    pub fn resume(
+    pub fn resume<S: Service>(
         &mut self,
         out: &mut Vec<u8>,
-        service: &mut Service,
+        service: &mut S,
         limits: &Limits,
         now: Instant,
     ) {
@@ -157,10 +160,10 @@ impl Session {
     /// Answers the request in progress with 408 if its head or its body is
     /// overdue (a slowloris on either). Returns true if it did (the
     /// connection then closes).
-    pub fn check_request_timeouts(
+    pub fn check_request_timeouts<S: Service>(
         &mut self,
         out: &mut Vec<u8>,
-        service: &mut Service,
+        service: &mut S,
         header_timeout: Duration,
         body_timeout: Duration,
         now: Instant,
@@ -185,11 +188,11 @@ impl Session {
     }
 
     /// Answers complete requests at the start of `data`; returns the bytes used.
-    fn serve(
+    fn serve<S: Service>(
         &mut self,
         data: &[u8],
         out: &mut Vec<u8>,
-        service: &mut Service,
+        service: &mut S,
         limits: &Limits,
         now: Instant,
     ) -> usize {
@@ -218,19 +221,10 @@ impl Session {
             let waiting = &data[body_start..];
             // Rate-limit as soon as the head is in, before reading any body.
             if !self.admitted {
-                if let Err(retry_after_secs) =
-                    service.admit(&head, self.peer, now, &mut self.rate_headers)
-                {
-                    // A limited request's body is never read: without one the
-                    // connection carries on, with one it closes.
-                    let bodiless = head.framing == Framing::None;
-                    service.reject_limited(
-                        &head,
-                        retry_after_secs,
-                        &self.rate_headers,
-                        bodiless,
-                        out,
-                    );
+                // A refused request's body is never read: without one the
+                // connection carries on, with one it closes.
+                let bodiless = head.framing == Framing::None;
+                if !service.admit(&head, self.peer, now, bodiless, &mut self.rate_headers, out) {
                     if bodiless && head.keep_alive && !service.is_draining() {
                         used = body_start;
                         continue;
@@ -265,17 +259,22 @@ impl Session {
                     }
                 },
             };
-            let keep_alive = service.handle(&head, body, &self.rate_headers, out);
+            let handled = service.handle(self.id, &head, body, &self.rate_headers, out);
             self.continue_sent = false;
             self.admitted = false;
             self.body_started = None;
-            self.file = service.take_file();
             used = end;
-            if let Some(awaiting) = service.take_awaiting() {
-                // Later requests wait for this answer, to stay in order.
-                self.awaiting = Some(awaiting);
-                return used;
-            }
+            let keep_alive = match handled {
+                Handled::Answered { keep_alive, file } => {
+                    self.file = file;
+                    keep_alive
+                }
+                Handled::Deferred(awaiting) => {
+                    // Later requests wait for this answer, to stay in order.
+                    self.awaiting = Some(awaiting);
+                    return used;
+                }
+            };
             if !keep_alive {
                 self.close();
                 return data.len();

@@ -1,5 +1,10 @@
-//! What a job does: the kinds that ship (`webhook`) and how a worker runs one.
+//! What a job does: the registry of job kinds, the kinds that ship (`webhook`, `email`), and how a worker runs one.
+//!
+//! A queue's name is its kind. An application registers its own kinds
+//! beside (or instead of) the built-in ones; a submission to a queue no
+//! kind is registered for is refused with 400 before anything is written.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -28,11 +33,126 @@ pub struct KindOptions {
     pub smtp_from: String,
 }
 
-/// Kinds percore runs; a queue of any other name is refused at submission.
-pub const KINDS: &[&str] = &["webhook", "email"];
+/// One attempt of a job, as a kind's `run` sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    pub id: u64,
+    pub queue: &'a str,
+    pub payload: &'a Value,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
 
-/// Checks a payload before it is accepted, so a job that can never run is a 400 now, not a dead letter later.
-pub fn validate(queue: &str, payload: &Value, options: &KindOptions) -> Result<(), String> {
+type Validate = dyn Fn(&Value) -> Result<(), String> + Send + Sync;
+type Run = dyn Fn(&Job<'_>) -> Outcome + Send + Sync;
+
+/// A kind of job: its queue's name, how a payload is checked before it is
+/// accepted (so a job that can never run is a 400 now, not a dead letter
+/// later), and what a worker thread does to run it (it may block).
+#[derive(Clone)]
+pub struct JobKind {
+    name: &'static str,
+    validate: Arc<Validate>,
+    run: Arc<Run>,
+}
+
+impl JobKind {
+    pub fn new(
+        name: &'static str,
+        validate: impl Fn(&Value) -> Result<(), String> + Send + Sync + 'static,
+        run: impl Fn(&Job<'_>) -> Outcome + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name,
+            validate: Arc::new(validate),
+            run: Arc::new(run),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl std::fmt::Debug for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobKind").field("name", &self.name).finish()
+    }
+}
+
+/// The kinds a node runs, by queue name. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct JobKinds {
+    kinds: Arc<[JobKind]>,
+}
+
+impl JobKinds {
+    /// Refuses two kinds of one name.
+    pub fn new(kinds: Vec<JobKind>) -> Result<Self, String> {
+        for (i, kind) in kinds.iter().enumerate() {
+            if kinds[..i].iter().any(|k| k.name == kind.name) {
+                return Err(format!("job kind `{}` is registered twice", kind.name));
+            }
+        }
+        Ok(Self {
+            kinds: kinds.into(),
+        })
+    }
+
+    /// percore's own kinds: `webhook` and `email`.
+    pub fn builtin(options: &KindOptions) -> Vec<JobKind> {
+        vec![webhook_kind(options.clone()), email_kind(options.clone())]
+    }
+
+    fn find(&self, queue: &str) -> Option<&JobKind> {
+        self.kinds.iter().find(|k| k.name == queue)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.kinds.iter().map(|k| k.name).collect()
+    }
+
+    /// Checks a payload for `queue` before it is accepted.
+    pub fn validate(&self, queue: &str, payload: &Value) -> Result<(), String> {
+        match self.find(queue) {
+            Some(kind) => (kind.validate)(payload),
+            None => Err(format!(
+                "no job kind `{queue}`; known kinds: {}",
+                self.names().join(", ")
+            )),
+        }
+    }
+
+    /// Runs one attempt. Called on a worker thread: it may block.
+    pub fn run(&self, job: &Job<'_>) -> Outcome {
+        match self.find(job.queue) {
+            Some(kind) => (kind.run)(job),
+            None => Outcome::Fatal(format!("no job kind `{}`", job.queue)),
+        }
+    }
+}
+
+/// `webhook`: POSTs `payload` to `url`, signed with `--webhook-secret`.
+pub fn webhook_kind(options: KindOptions) -> JobKind {
+    let run_options = options.clone();
+    JobKind::new(
+        "webhook",
+        move |payload| validate_builtin("webhook", payload, &options),
+        move |job| webhook(job.id, job.payload, &run_options),
+    )
+}
+
+/// `email`: sends `subject` and `text` to `to` through `--smtp`.
+pub fn email_kind(options: KindOptions) -> JobKind {
+    let run_options = options.clone();
+    JobKind::new(
+        "email",
+        move |payload| validate_builtin("email", payload, &options),
+        move |job| email(job.id, job.payload, &run_options),
+    )
+}
+
+fn validate_builtin(queue: &str, payload: &Value, options: &KindOptions) -> Result<(), String> {
     match queue {
         "email" => {
             if options.smtp.is_none() {
@@ -69,19 +189,7 @@ pub fn validate(queue: &str, payload: &Value, options: &KindOptions) -> Result<(
             }
             Ok(())
         }
-        other => Err(format!(
-            "no job kind `{other}`; known kinds: {}",
-            KINDS.join(", ")
-        )),
-    }
-}
-
-/// Runs one attempt of a job. Called on a worker thread: it may block.
-pub fn run(queue: &str, id: u64, payload: &Value, options: &KindOptions) -> Outcome {
-    match queue {
-        "webhook" => webhook(id, payload, options),
-        "email" => email(id, payload, options),
-        other => Outcome::Fatal(format!("no job kind `{other}`")),
+        other => Err(format!("no built-in job kind `{other}`")),
     }
 }
 
@@ -182,6 +290,10 @@ mod tests {
             smtp: None,
             smtp_from: "percore@localhost".into(),
         };
+        let kinds = |options: &KindOptions| JobKinds::new(JobKinds::builtin(options)).unwrap();
+        let validate = |queue: &str, payload: &Value, options: &KindOptions| {
+            kinds(options).validate(queue, payload)
+        };
         let ok = serde_json::json!({"url": "http://x/", "payload": {}});
         assert!(validate("webhook", &ok, &options).is_ok());
         let no_url = serde_json::json!({"payload": {}});
@@ -193,7 +305,7 @@ mod tests {
             .unwrap_err()
             .contains("http://"));
         let fax = validate("fax", &serde_json::json!({}), &options).unwrap_err();
-        assert!(fax.contains("no job kind `fax`"));
+        assert!(fax.contains("no job kind `fax`; known kinds: webhook, email"));
         let mail = serde_json::json!({"to": "a@example.com", "subject": "s", "text": "t"});
         assert!(validate("email", &mail, &options)
             .unwrap_err()
@@ -204,6 +316,42 @@ mod tests {
         assert!(validate("email", &nobody, &options)
             .unwrap_err()
             .contains("`to`"));
+    }
+
+    #[test]
+    fn registered_kinds_run_and_clash() {
+        let echo = JobKind::new(
+            "echo",
+            |payload| {
+                payload
+                    .get("say")
+                    .map(|_| ())
+                    .ok_or_else(|| "say what?".to_owned())
+            },
+            |job| {
+                Outcome::Succeeded(
+                    serde_json::json!({ "said": job.payload["say"], "attempt": job.attempt }),
+                )
+            },
+        );
+        let kinds = JobKinds::new(vec![echo.clone()]).unwrap();
+        assert_eq!(
+            kinds.validate("echo", &serde_json::json!({})).unwrap_err(),
+            "say what?"
+        );
+        let payload = serde_json::json!({"say": "hi"});
+        let job = Job {
+            id: 7,
+            queue: "echo",
+            payload: &payload,
+            attempt: 2,
+        };
+        assert_eq!(
+            kinds.run(&job),
+            Outcome::Succeeded(serde_json::json!({"said": "hi", "attempt": 2}))
+        );
+        let clash = JobKinds::new(vec![echo.clone(), echo]).unwrap_err();
+        assert!(clash.contains("`echo` is registered twice"), "{clash}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod kinds;
 pub mod log;
+mod metrics;
 pub mod nats;
 
 use std::cmp::Reverse;
@@ -24,7 +25,7 @@ use serde_json::Value;
 
 use crate::http::HttpError;
 use crate::runtime::cpu;
-use kinds::{KindOptions, Outcome};
+use kinds::{JobKinds, KindOptions, Outcome};
 use log::{JobLog, Record};
 
 /// How the job system runs; from the config.
@@ -103,12 +104,7 @@ impl QueueOptions {
 }
 
 /// The io core connection a deferred answer goes back to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplyTo {
-    pub core: usize,
-    pub slot: u32,
-    pub generation: u32,
-}
+pub use crate::net::ConnId as ReplyTo;
 
 /// What the manager answers a submission with.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +119,39 @@ pub enum Answer {
         id: u64,
     },
     Rejected(HttpError),
+}
+
+impl Answer {
+    /// The response to the request that submitted or redrove the job.
+    pub fn render(self, response: &mut crate::http::Response<'_>, scratch: &mut Vec<u8>) {
+        match self {
+            Answer::Accepted {
+                id,
+                queue,
+                replayed,
+            } => {
+                let location = format!("/v1/jobs/{id}");
+                let body = serde_json::json!({ "id": id.to_string(), "queue": queue, "status": "queued", "location": location });
+                let body = serde_json::to_vec(&body).expect("JSON values serialize");
+                let mut headers = vec![("Location", location.as_str())];
+                if replayed {
+                    headers.push(("Idempotent-Replayed", "true"));
+                }
+                response.send(202, "application/json", &headers, &body);
+            }
+            Answer::Redriven { id } => {
+                let location = format!("/v1/jobs/{id}");
+                let body = format!("{{\"id\":\"{id}\",\"status\":\"queued\"}}");
+                response.send(
+                    202,
+                    "application/json",
+                    &[("Location", location.as_str())],
+                    body.as_bytes(),
+                );
+            }
+            Answer::Rejected(error) => response.error(&error, scratch),
+        }
+    }
 }
 
 /// An answer on its way to an io core.
@@ -166,8 +195,10 @@ struct Work {
     attempt: u32,
 }
 
-use crate::mailbox::CoreMsg;
-pub use crate::mailbox::Mailbox;
+use crate::net::Outlet;
+
+/// The way back to each io core, by core: answers to its connections.
+pub type Answerers = Vec<Outlet<Completion>>;
 
 /// Gauges the manager publishes for `/metrics`.
 #[derive(Default)]
@@ -188,6 +219,8 @@ pub struct Queues {
     statuses: papaya::HashMap<u64, Arc<JobView>>,
     pub metrics: QueueMetrics,
     pub options: QueueOptions,
+    /// The job kinds this node runs, by queue name.
+    pub kinds: JobKinds,
     stop: AtomicBool,
 }
 
@@ -201,7 +234,11 @@ pub struct JobView {
 impl Queues {
     /// Opens the log, replays it, and starts the manager and the workers.
     /// `mailboxes[core]` carries answers back to io core `core`.
-    pub fn start(options: QueueOptions, mailboxes: Vec<Mailbox>) -> std::io::Result<Arc<Self>> {
+    pub fn start(
+        options: QueueOptions,
+        kinds: JobKinds,
+        mailboxes: Answerers,
+    ) -> std::io::Result<Arc<Self>> {
         let log = match options.nats {
             Some(_) => None,
             None => Some(JobLog::open(&options.data_dir)?),
@@ -212,14 +249,14 @@ impl Queues {
             statuses: papaya::HashMap::new(),
             metrics: QueueMetrics::default(),
             options: options.clone(),
+            kinds: kinds.clone(),
             stop: AtomicBool::new(false),
         });
         let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(options.workers.max(1) * 2);
-        let kind_options = options.kind_options();
         for n in 0..options.workers {
             let work_rx = work_rx.clone();
             let done = queues.tx.clone();
-            let kind_options = kind_options.clone();
+            let kinds = kinds.clone();
             let cpu = options.worker_cpus.get(n).copied();
             std::thread::Builder::new()
                 .name(format!("percore-worker-{n}"))
@@ -228,8 +265,12 @@ impl Queues {
                         let _ = cpu::pin_current_thread(cpu);
                     }
                     for work in work_rx {
-                        let outcome =
-                            kinds::run(&work.queue, work.id, &work.payload, &kind_options);
+                        let outcome = kinds.run(&kinds::Job {
+                            id: work.id,
+                            queue: &work.queue,
+                            payload: &work.payload,
+                            attempt: work.attempt,
+                        });
                         if done
                             .send(Msg::Finished {
                                 id: work.id,
@@ -323,7 +364,7 @@ struct Job {
 struct Manager {
     queues: Arc<Queues>,
     log: JobLog,
-    mailboxes: Vec<Mailbox>,
+    mailboxes: Answerers,
     work_tx: Sender<Work>,
     jobs: HashMap<u64, Job>,
     idempotency: HashMap<(String, String), u64>,
@@ -356,12 +397,7 @@ fn now_ms() -> u64 {
 }
 
 impl Manager {
-    fn new(
-        queues: Arc<Queues>,
-        log: JobLog,
-        mailboxes: Vec<Mailbox>,
-        work_tx: Sender<Work>,
-    ) -> Self {
+    fn new(queues: Arc<Queues>, log: JobLog, mailboxes: Answerers, work_tx: Sender<Work>) -> Self {
         Self {
             queues,
             log,
@@ -545,7 +581,7 @@ impl Manager {
             self.publish();
             for completion in self.replies.drain(..) {
                 if let Some(mailbox) = self.mailboxes.get(completion.to.core) {
-                    mailbox.deliver(CoreMsg::Job(completion));
+                    mailbox.deliver(completion);
                 }
             }
             // Only now, after the commit: a job runs only once its acceptance is durable.

@@ -33,7 +33,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::kinds::Outcome;
-use super::{Answer, Completion, Deferred, JobView, Mailbox, Msg, Queues, Submission, Work};
+use super::{Answer, Answerers, Completion, Deferred, JobView, Msg, Queues, Submission, Work};
 use crate::http::HttpError;
 
 /// Where the jobs live on NATS.
@@ -52,7 +52,7 @@ pub(super) fn start(
     queues: Arc<Queues>,
     nats: NatsOptions,
     rx: Receiver<Msg>,
-    mailboxes: Vec<Mailbox>,
+    mailboxes: Answerers,
     work_tx: Sender<Work>,
 ) -> std::io::Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -98,7 +98,7 @@ struct Bridge {
     consumer: jetstream::consumer::Consumer<pull::Config>,
     subject_prefix: String,
     dead_prefix: String,
-    mailboxes: Vec<Mailbox>,
+    mailboxes: Answerers,
     work_tx: Sender<Work>,
     /// Deliveries handed to workers, by job id, to acknowledge when they finish.
     inflight: HashMap<u64, jetstream::Message>,
@@ -109,7 +109,7 @@ impl Bridge {
     async fn connect(
         queues: Arc<Queues>,
         nats: &NatsOptions,
-        mailboxes: Vec<Mailbox>,
+        mailboxes: Answerers,
         work_tx: Sender<Work>,
     ) -> Result<Self, String> {
         let client = async_nats::ConnectOptions::new()
@@ -243,7 +243,7 @@ impl Bridge {
                 };
                 if let Some(to) = reply {
                     if let Some(mailbox) = self.mailboxes.get(to.core) {
-                        mailbox.deliver(crate::mailbox::CoreMsg::Job(Completion { to, answer }));
+                        mailbox.deliver(Completion { to, answer });
                     }
                 }
             }

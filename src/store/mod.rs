@@ -11,6 +11,7 @@
 //! that could still be lost.
 
 pub mod engine;
+pub mod open;
 pub mod redb_engine;
 pub mod seed;
 pub mod shardmap;

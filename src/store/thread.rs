@@ -20,8 +20,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::engine::{Change, Engine, StoreError, Stored};
 use super::wal::Wal;
-use crate::docs::DataMsg;
-use crate::mailbox::{CoreMsg, Mailbox};
+use crate::net::Outlet;
 
 /// Most operations applied in one commit.
 const MAX_BATCH: usize = 1024;
@@ -167,13 +166,20 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// ... or once the log is this large.
 const CHECKPOINT_ABOVE: u64 = 32 << 20;
 
+/// What a store thread answers an operation with, on the owner core's own channel.
+#[derive(Debug)]
+pub struct StoreReply {
+    pub ticket: u64,
+    pub outcome: StoreOutcome,
+}
+
 /// Starts the store thread for one io core's shards; operations go in
 /// through the returned sender, outcomes come back through `owner`.
 pub fn start(
     core: usize,
     shards: Vec<OpenShard>,
     wal_dir: PathBuf,
-    owner: Mailbox,
+    owner: Outlet<StoreReply>,
     counters: Arc<StoreCounters>,
 ) -> std::io::Result<Sender<StoreRequest>> {
     let generation = 0;
@@ -216,7 +222,7 @@ struct Worker {
     /// engines no longer match the log, so nothing more is served until a
     /// restart replays the log.
     broken: Option<String>,
-    owner: Mailbox,
+    owner: Outlet<StoreReply>,
     counters: Arc<StoreCounters>,
 }
 
@@ -275,9 +281,7 @@ impl Worker {
             self.commit(&mut pending, &mut outcomes);
             for (ticket, outcome) in outcomes.drain(..) {
                 // A stopped core needs no answer.
-                let _ = self
-                    .owner
-                    .post(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
+                let _ = self.owner.post(StoreReply { ticket, outcome });
             }
             self.owner.wake();
             if self.retiring.is_none()

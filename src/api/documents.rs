@@ -2,16 +2,16 @@
 //!
 //! Handlers validate on the core that read the request, then either answer a
 //! cache hit at once (the key's owner is this core) or leave a
-//! [`DataRequest`] for the document plane ([`crate::docs`]), whose gathered
-//! parts [`render`] turns into the response.
+//! [`DataRequest`] for the document plane ([`crate::documents`]), whose gathered
+//! parts its [`Plan`] turns into the response.
 
 use std::borrow::Cow;
 use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{Ctx, Deferred, Request};
-use crate::docs::{DataRequest, DocName, Gathered, Op, Part, Plan};
+use crate::app::{Ctx, Request};
+use crate::documents::{DataRequest, DocName, Op, Part, Render};
 use crate::http::{percent, HttpError, Response};
 use crate::json::{self, FieldMask};
 use crate::store::thread::{Precondition, StoreOp, StoreOutcome, TagSet};
@@ -28,8 +28,32 @@ pub const DEFAULT_SCAN: usize = 100;
 /// Collection names the job routes use.
 const RESERVED: [&str; 2] = ["jobs", "dead"];
 
+/// What a document route renders once every part is in.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// GET of one document: 412 if `if_match` fails, 304 if `if_none_match` matches.
+    Get {
+        if_match: Option<TagSet>,
+        if_none_match: Option<TagSet>,
+        name: DocName,
+    },
+    Put,
+    Patch {
+        name: DocName,
+    },
+    Delete {
+        name: DocName,
+    },
+    /// A scan: one part per shard, merged in key order, at most `limit` items.
+    Scan {
+        limit: usize,
+        collection_len: usize,
+        mask: Option<FieldMask>,
+    },
+}
+
 /// `GET /v1/{collection}/{key}[?fields=a,b.c]`
-pub fn get(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+pub fn get<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     let (collection, key) = match names(request) {
         Ok(names) => names,
         Err(error) => return response.error(&error, &mut ctx.scratch),
@@ -68,18 +92,18 @@ pub fn get(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
         missed: owned_here,
     };
     *plane.scratch() = storage;
-    ctx.deferred = Some(Deferred::Data(DataRequest {
-        plan: Plan::Get {
+    ctx.defer_documents(DataRequest {
+        plan: Box::new(Plan::Get {
             if_match,
             if_none_match,
             name: DocName::new(collection, &key),
-        },
+        }),
         ops: vec![op],
-    }));
+    });
 }
 
 /// `PUT /v1/{collection}/{key}`: create or replace.
-pub fn put(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+pub fn put<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     let result = (|| {
         let (collection, key) = names(request)?;
         accept_json(request, false)?;
@@ -95,7 +119,7 @@ pub fn put(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
 }
 
 /// `PATCH /v1/{collection}/{key}`: a JSON merge patch (RFC 7396) of an existing document.
-pub fn patch(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+pub fn patch<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     let mut name = None;
     let result = (|| {
         let (collection, key) = names(request)?;
@@ -121,7 +145,7 @@ pub fn patch(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) 
 }
 
 /// `DELETE /v1/{collection}/{key}`
-pub fn delete(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+pub fn delete<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     let mut name = None;
     let result = (|| {
         let (collection, key) = names(request)?;
@@ -140,7 +164,7 @@ pub fn delete(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>)
 
 /// `GET /v1/{collection}?limit=N&after=KEY[&fields=...]`: documents in key
 /// order across every shard.
-pub fn scan(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
+pub fn scan<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     let result = (|| {
         let collection = collection_name(request.params.get("collection").unwrap_or(""))?;
         let limit = match query_value(request.query, "limit")? {
@@ -167,22 +191,27 @@ pub fn scan(request: &Request<'_>, ctx: &mut Ctx, response: &mut Response<'_>) {
         };
         let ops = scan_every_shard(ctx, collection, after.as_deref(), limit);
         Ok(DataRequest {
-            plan: Plan::Scan {
+            plan: Box::new(Plan::Scan {
                 limit,
                 collection_len: collection.len(),
                 mask,
-            },
+            }),
             ops,
         })
     })();
     match result {
-        Ok(request) => ctx.deferred = Some(Deferred::Data(request)),
+        Ok(request) => ctx.defer_documents(request),
         Err(error) => response.error(&error, &mut ctx.scratch),
     }
 }
 
 /// One scan operation per shard: the first `limit` keys of `collection` after `after`.
-pub fn scan_every_shard(ctx: &Ctx, collection: &str, after: Option<&str>, limit: usize) -> Vec<Op> {
+pub fn scan_every_shard<S>(
+    ctx: &Ctx<S>,
+    collection: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<Op> {
     let (from, to) = scan_range(collection, after);
     (0..ctx.plane.map().shards())
         .map(|shard| Op::Store {
@@ -196,25 +225,25 @@ pub fn scan_every_shard(ctx: &Ctx, collection: &str, after: Option<&str>, limit:
         .collect()
 }
 
-fn defer_or_fail(
+fn defer_or_fail<S>(
     result: Result<Op, HttpError>,
     plan: Plan,
-    ctx: &mut Ctx,
+    ctx: &mut Ctx<S>,
     response: &mut Response<'_>,
 ) {
     match result {
         Ok(op) => {
-            ctx.deferred = Some(Deferred::Data(DataRequest {
-                plan,
+            ctx.defer_documents(DataRequest {
+                plan: Box::new(plan),
                 ops: vec![op],
-            }));
+            });
         }
         Err(error) => response.error(&error, &mut ctx.scratch),
     }
 }
 
-fn store_op(
-    ctx: &mut Ctx,
+fn store_op<S>(
+    ctx: &mut Ctx<S>,
     collection: &str,
     key: &str,
     make: impl FnOnce(Vec<u8>) -> StoreOp,
@@ -341,7 +370,7 @@ fn accept_json(request: &Request<'_>, merge_patch: bool) -> Result<(), HttpError
 }
 
 /// Checks a document body and returns its compact form.
-fn document(body: &[u8], ctx: &mut Ctx) -> Result<Bytes, HttpError> {
+fn document<S>(body: &[u8], ctx: &mut Ctx<S>) -> Result<Bytes, HttpError> {
     let limit = ctx.plane.options().max_document_bytes;
     if body.len() > limit {
         return Err(HttpError::DocumentTooLarge {
@@ -425,7 +454,7 @@ fn render_doc(
     response.send(200, "application/json", &[("ETag", tag)], &stored.doc);
 }
 
-pub(super) fn store_failure(outcome: StoreOutcome) -> HttpError {
+pub fn store_failure(outcome: StoreOutcome) -> HttpError {
     match outcome {
         StoreOutcome::PreconditionFailed {
             current: Some(version),
@@ -446,69 +475,74 @@ pub(super) fn store_failure(outcome: StoreOutcome) -> HttpError {
     }
 }
 
-/// Writes the response for a gathered answer.
-pub fn render(gathered: Gathered, response: &mut Response<'_>, scratch: &mut Vec<u8>) {
-    let Gathered { plan, mut parts } = gathered;
-    match plan {
-        Plan::Get {
-            if_match,
-            if_none_match,
-            name,
-        } => match parts.pop() {
-            Some(Part::Doc(Some(stored))) => {
-                render_doc(&stored, if_match.as_ref(), if_none_match.as_ref(), response)
-            }
-            Some(Part::Doc(None)) if if_match.is_some() => response.error(
-                &HttpError::PreconditionFailed(
-                    "the document does not exist, so If-Match cannot match".into(),
+impl Render for Plan {
+    fn render(
+        self: Box<Self>,
+        mut parts: Vec<Part>,
+        response: &mut Response<'_>,
+        scratch: &mut Vec<u8>,
+    ) {
+        let plan = *self;
+        match plan {
+            Plan::Get {
+                if_match,
+                if_none_match,
+                name,
+            } => match parts.pop() {
+                Some(Part::Doc(Some(stored))) => {
+                    render_doc(&stored, if_match.as_ref(), if_none_match.as_ref(), response)
+                }
+                Some(Part::Doc(None)) if if_match.is_some() => response.error(
+                    &HttpError::PreconditionFailed(
+                        "the document does not exist, so If-Match cannot match".into(),
+                    ),
+                    scratch,
                 ),
+                Some(Part::Doc(None)) => response.error(&name.not_found(), scratch),
+                Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
+                None => response.error(&HttpError::Internal("no part"), scratch),
+            },
+            Plan::Put | Plan::Patch { .. } => match parts.pop() {
+                Some(Part::Store(StoreOutcome::Written { stored, created })) => {
+                    let mut buf = [0u8; 18];
+                    let tag = etag(stored.version, &mut buf);
+                    response.send(
+                        if created { 201 } else { 200 },
+                        "application/json",
+                        &[("ETag", tag)],
+                        &stored.doc,
+                    );
+                }
+                Some(Part::Store(StoreOutcome::Missing)) => {
+                    let missing = match &plan {
+                        Plan::Patch { name } => name.not_found(),
+                        _ => HttpError::Internal("a PUT cannot miss"),
+                    };
+                    response.error(&missing, scratch)
+                }
+                Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
+                _ => response.error(&HttpError::Internal("no part"), scratch),
+            },
+            Plan::Delete { name } => match parts.pop() {
+                Some(Part::Store(StoreOutcome::Deleted)) => response.no_content(&[]),
+                Some(Part::Store(StoreOutcome::Missing)) => {
+                    response.error(&name.not_found(), scratch)
+                }
+                Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
+                _ => response.error(&HttpError::Internal("no part"), scratch),
+            },
+            Plan::Scan {
+                limit,
+                collection_len,
+                mask,
+            } => render_scan(
+                parts,
+                limit,
+                collection_len,
+                mask.as_ref(),
+                response,
                 scratch,
             ),
-            Some(Part::Doc(None)) => response.error(&name.not_found(), scratch),
-            Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
-            None => response.error(&HttpError::Internal("no part"), scratch),
-        },
-        Plan::Put | Plan::Patch { .. } => match parts.pop() {
-            Some(Part::Store(StoreOutcome::Written { stored, created })) => {
-                let mut buf = [0u8; 18];
-                let tag = etag(stored.version, &mut buf);
-                response.send(
-                    if created { 201 } else { 200 },
-                    "application/json",
-                    &[("ETag", tag)],
-                    &stored.doc,
-                );
-            }
-            Some(Part::Store(StoreOutcome::Missing)) => {
-                let missing = match &plan {
-                    Plan::Patch { name } => name.not_found(),
-                    _ => HttpError::Internal("a PUT cannot miss"),
-                };
-                response.error(&missing, scratch)
-            }
-            Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
-            _ => response.error(&HttpError::Internal("no part"), scratch),
-        },
-        Plan::Delete { name } => match parts.pop() {
-            Some(Part::Store(StoreOutcome::Deleted)) => response.no_content(&[]),
-            Some(Part::Store(StoreOutcome::Missing)) => response.error(&name.not_found(), scratch),
-            Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
-            _ => response.error(&HttpError::Internal("no part"), scratch),
-        },
-        Plan::Scan {
-            limit,
-            collection_len,
-            mask,
-        } => render_scan(
-            parts,
-            limit,
-            collection_len,
-            mask.as_ref(),
-            response,
-            scratch,
-        ),
-        Plan::Worlds { .. } | Plan::Updates | Plan::Fortunes => {
-            super::techempower::render(plan, parts, response, scratch)
         }
     }
 }

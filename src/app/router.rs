@@ -33,7 +33,7 @@ enum Segment {
     Param(&'static str),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Route<H> {
     method: &'static str,
     /// The whole pattern when it has no parameters: matched with one comparison.
@@ -58,8 +58,9 @@ pub enum Match<'r, 'p, H> {
     NotFound,
 }
 
-/// A route table. `GET` routes answer `HEAD` too.
-#[derive(Debug)]
+/// A route table. `GET` routes answer `HEAD` too; the first route
+/// registered that matches a request wins.
+#[derive(Debug, Clone)]
 pub struct Router<H> {
     routes: Vec<Route<H>>,
     patterns: Vec<&'static str>,
@@ -104,6 +105,14 @@ impl<H> Router<H> {
         });
         self.patterns.push(pattern);
         self
+    }
+
+    /// Every route as `(method, pattern)`, in the order they were added.
+    pub fn routes(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.routes
+            .iter()
+            .zip(&self.patterns)
+            .map(|(r, p)| (r.method, *p))
     }
 
     /// The pattern of route `index`, e.g. `/v1/:collection/:key`.

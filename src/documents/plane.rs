@@ -1,4 +1,4 @@
-//! The per-core document plane: sends each operation to its shard's owner core, answers reads from the owner's cache partition, and gathers multi-part answers.
+//! One io core's document plane: sends each operation to its shard's owner core, answers reads from the owner's cache partition, and gathers multi-part answers.
 //!
 //! A request is parsed on whichever core accepted its connection (the
 //! origin). Each of its operations goes to the core that owns the shard
@@ -12,148 +12,20 @@
 //! which renders the response once all of them are in.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
 
-use crate::cache::{Cache, CacheCounters};
+use super::{
+    bump, DataMsg, DataRequest, DataShared, Gathered, Op, Part, PartAddr, PlaneCounters, Render,
+};
+use crate::cache::Cache;
 use crate::json::FieldMask;
-use crate::mailbox::{CoreMsg, Mailbox};
-use crate::queue::ReplyTo;
-use crate::store::thread::{StoreOp, StoreOutcome, StoreRequest, TagSet};
+use crate::net::{ConnId, Outlet};
+use crate::store::thread::{StoreOp, StoreOutcome, StoreReply, StoreRequest};
 use crate::store::{ShardMap, StoreOptions, Stored};
-
-/// Where one part of a gathered answer goes: the origin core, its gather, the part's index.
-#[derive(Debug, Clone, Copy)]
-pub struct PartAddr {
-    pub core: usize,
-    pub gather: u64,
-    pub part: u32,
-}
-
-/// One operation on one shard, sent from the origin to the owner.
-#[derive(Debug)]
-pub enum Op {
-    /// A read; `cached` answers from (and fills) the owner's cache partition,
-    /// otherwise the store is read (the TechEmpower `/db` rules forbid caching).
-    Get {
-        shard: u32,
-        key: Vec<u8>,
-        mask: Option<FieldMask>,
-        cached: bool,
-        /// The origin is the owner and has just missed the cache: do not look again.
-        missed: bool,
-    },
-    /// A write or a scan, applied by the owner's store thread.
-    Store { shard: u32, op: StoreOp },
-}
-
-impl Op {
-    fn shard(&self) -> u32 {
-        match self {
-            Self::Get { shard, .. } | Self::Store { shard, .. } => *shard,
-        }
-    }
-}
-
-/// A part of an answer.
-#[derive(Debug, Clone)]
-pub enum Part {
-    /// A read: the document (projected if a mask was asked) with its version.
-    Doc(Option<Stored>),
-    /// What the store thread made of a write or scan.
-    Store(StoreOutcome),
-}
-
-/// Messages between io cores and from store threads.
-#[derive(Debug)]
-pub enum DataMsg {
-    Op {
-        to: PartAddr,
-        op: Op,
-    },
-    Part {
-        gather: u64,
-        part: u32,
-        result: Part,
-    },
-    Stored {
-        ticket: u64,
-        outcome: StoreOutcome,
-    },
-}
-
-/// What to render once every part is in; chosen by the handler.
-#[derive(Debug, Clone)]
-pub enum Plan {
-    /// GET of one document: 412 if `if_match` fails, 304 if `if_none_match` matches.
-    Get {
-        if_match: Option<TagSet>,
-        if_none_match: Option<TagSet>,
-        name: DocName,
-    },
-    Put,
-    Patch {
-        name: DocName,
-    },
-    Delete {
-        name: DocName,
-    },
-    /// A scan: one part per shard, merged in key order, at most `limit` items.
-    Scan {
-        limit: usize,
-        collection_len: usize,
-        mask: Option<FieldMask>,
-    },
-    /// TechEmpower `/db` (`array: false`), `/queries` and `/cached-queries`.
-    Worlds {
-        array: bool,
-    },
-    /// TechEmpower `/updates`.
-    Updates,
-    /// TechEmpower `/fortunes`: one scan part per shard.
-    Fortunes,
-}
-
-/// A document's collection and key, for the 404 that names them.
-#[derive(Debug, Clone, Default)]
-pub struct DocName {
-    collection: Box<str>,
-    key: Box<str>,
-}
-
-impl DocName {
-    pub fn new(collection: &str, key: &str) -> Self {
-        Self {
-            collection: collection.into(),
-            key: key.into(),
-        }
-    }
-
-    pub fn not_found(&self) -> crate::http::HttpError {
-        crate::http::HttpError::DocumentNotFound {
-            collection: self.collection.to_string(),
-            key: self.key.to_string(),
-        }
-    }
-}
-
-/// Work a handler leaves for the plane: the plan and its operations.
-#[derive(Debug)]
-pub struct DataRequest {
-    pub plan: Plan,
-    pub ops: Vec<Op>,
-}
-
-/// Every part of an answer, in order, with the plan to render them by.
-#[derive(Debug)]
-pub struct Gathered {
-    pub plan: Plan,
-    pub parts: Vec<Part>,
-}
 
 /// A document as the cache partition holds it, with projections already made.
 struct CachedDoc {
@@ -200,54 +72,32 @@ struct Ticket {
     waiters: Vec<Waiter>,
 }
 
-/// Counters of the plane for `/metrics`, written by its core only.
-#[derive(Debug, Default)]
-pub struct PlaneCounters {
-    /// Operations this core sent to another core.
-    pub forwarded: AtomicU64,
-    /// Cache misses that joined a read already in flight (single flight).
-    pub coalesced: AtomicU64,
-    /// Operations sent to the store thread.
-    pub store_ops: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.store(counter.load(Relaxed) + 1, Relaxed);
-}
-
-/// What every core's plane shares: the shard map and the limits.
-pub struct DataShared {
-    pub map: ShardMap,
-    pub options: StoreOptions,
-    pub cache_counters: Vec<Arc<CacheCounters>>,
-    pub store_counters: Vec<Arc<crate::store::thread::StoreCounters>>,
-    pub plane_counters: Vec<Arc<PlaneCounters>>,
-}
-
 /// One io core's document plane.
 pub struct Plane {
     core: usize,
     shared: Arc<DataShared>,
     cache: Cache<CachedDoc>,
     store: Sender<StoreRequest>,
-    /// Every core's mailbox, by core.
-    mailboxes: Vec<Mailbox>,
+    /// The way to every core's plane, by core.
+    peers: Vec<Outlet<DataMsg>>,
+    /// Tickets the store thread will never answer (it stopped): failed on the next turn.
+    unanswerable: Vec<u64>,
     /// Messages to other cores, sent together at the end of a loop turn.
     outbox: Vec<Vec<DataMsg>>,
     fills: HashMap<Box<[u8]>, u64>,
     tickets: HashMap<u64, Ticket>,
     next_ticket: u64,
-    gathers: HashMap<u64, (ReplyTo, Gathering)>,
+    gathers: HashMap<u64, (ConnId, Gathering)>,
     next_gather: u64,
     /// Answers complete since the io loop last looked.
-    finished: Vec<(ReplyTo, Gathered)>,
+    finished: Vec<(ConnId, Gathered)>,
     counters: Arc<PlaneCounters>,
     scratch: Vec<u8>,
     mask_scratch: Vec<u8>,
 }
 
 struct Gathering {
-    plan: Plan,
+    plan: Box<dyn Render>,
     parts: Vec<Option<Part>>,
     remaining: usize,
 }
@@ -257,9 +107,9 @@ impl Plane {
         core: usize,
         shared: Arc<DataShared>,
         store: Sender<StoreRequest>,
-        mailboxes: Vec<Mailbox>,
+        peers: Vec<Outlet<DataMsg>>,
     ) -> Self {
-        let cores = mailboxes.len();
+        let cores = peers.len();
         let cache = Cache::new(
             shared.options.cache_bytes,
             shared.options.cache_ttl,
@@ -271,7 +121,8 @@ impl Plane {
             shared,
             cache,
             store,
-            mailboxes,
+            peers,
+            unanswerable: Vec::new(),
             outbox: (0..cores).map(|_| Vec::new()).collect(),
             fills: HashMap::new(),
             tickets: HashMap::new(),
@@ -286,12 +137,14 @@ impl Plane {
     }
 
     /// A one-core, one-shard plane with its own store thread on `dir`, not
-    /// part of a running server: for tests of the request path. Messages for
-    /// the core arrive in the returned inbox.
+    /// part of a running server: for tests of the request path. The store
+    /// thread's replies go to `store_replies`; messages for other cores to `peer`.
     pub fn standalone(
         dir: &std::path::Path,
         options: StoreOptions,
-    ) -> Result<(Self, crossbeam_channel::Receiver<CoreMsg>), String> {
+        store_replies: Outlet<StoreReply>,
+        peer: Outlet<DataMsg>,
+    ) -> Result<(Self, Arc<DataShared>), String> {
         let map = ShardMap::new(1, crate::store::ShardStrategy::Hash { shards: 1 }, 1);
         let shards_dir = dir.join("shards");
         std::fs::create_dir_all(&shards_dir).map_err(|e| e.to_string())?;
@@ -307,7 +160,6 @@ impl Plane {
             store_counters: vec![Arc::default()],
             plane_counters: vec![Arc::default()],
         });
-        let (mailbox, inbox) = Mailbox::detached().map_err(|e| e.to_string())?;
         let shard = crate::store::thread::OpenShard {
             shard: 0,
             engine: Box::new(engine),
@@ -317,11 +169,11 @@ impl Plane {
             0,
             vec![shard],
             dir.join("wal"),
-            mailbox.clone(),
+            store_replies,
             Arc::clone(&shared.store_counters[0]),
         )
         .map_err(|e| e.to_string())?;
-        Ok((Self::new(0, shared, store, vec![mailbox]), inbox))
+        Ok((Self::new(0, Arc::clone(&shared), store, vec![peer]), shared))
     }
 
     pub fn map(&self) -> &ShardMap {
@@ -356,7 +208,7 @@ impl Plane {
     }
 
     /// Starts the operations of a request whose answer goes to `reply`.
-    pub fn start(&mut self, request: DataRequest, reply: ReplyTo, now: Instant) {
+    pub fn start(&mut self, request: DataRequest, reply: ConnId, now: Instant) {
         let gather = self.next_gather;
         self.next_gather += 1;
         let count = request.ops.len();
@@ -392,15 +244,15 @@ impl Plane {
     }
 
     /// Answers that completed, for the io loop to write.
-    pub fn take_finished(&mut self) -> Option<(ReplyTo, Gathered)> {
+    pub fn take_finished(&mut self) -> Option<(ConnId, Gathered)> {
         self.finished.pop()
     }
 
     pub fn has_finished(&self) -> bool {
-        !self.finished.is_empty()
+        !self.finished.is_empty() || !self.unanswerable.is_empty()
     }
 
-    /// Handles one message from another core or the store thread.
+    /// Handles one message from another core's plane.
     pub fn on_message(&mut self, msg: DataMsg, now: Instant) {
         match msg {
             DataMsg::Op { to, op } => self.execute(op, to, now),
@@ -409,27 +261,40 @@ impl Plane {
                 part,
                 result,
             } => self.fill_part(gather, part, Some(result)),
-            DataMsg::Stored { ticket, outcome } => self.on_stored(ticket, outcome, now),
         }
+    }
+
+    /// Handles what this core's store thread made of an operation.
+    pub fn on_stored(&mut self, reply: StoreReply, now: Instant) {
+        self.on_stored_outcome(reply.ticket, reply.outcome, now)
     }
 
     /// Sends the messages queued for other cores, waking each once. An
     /// operation for a core that has stopped (only while shutting down) fails
     /// at once instead of waiting for an answer that cannot come.
     pub fn flush_outbox(&mut self) {
+        for ticket in std::mem::take(&mut self.unanswerable) {
+            let outcome = StoreOutcome::Failed(crate::store::StoreError::Engine(
+                "the store thread stopped".into(),
+            ));
+            self.on_stored_outcome(ticket, outcome, Instant::now());
+        }
         let mut failed = Vec::new();
         for (core, messages) in self.outbox.iter_mut().enumerate() {
             if messages.is_empty() {
                 continue;
             }
-            let mailbox = &self.mailboxes[core];
+            let peer = &self.peers[core];
             for msg in messages.drain(..) {
-                if let Err(CoreMsg::Data(DataMsg::Op { to, .. })) = mailbox.post(CoreMsg::Data(msg))
-                {
-                    failed.push((core, to));
+                let op_for = match &msg {
+                    DataMsg::Op { to, .. } => Some(*to),
+                    DataMsg::Part { .. } => None,
+                };
+                if peer.post(msg).is_err() {
+                    failed.extend(op_for.map(|to| (core, to)));
                 }
             }
-            mailbox.wake();
+            peer.wake();
         }
         for (core, to) in failed {
             let outcome = StoreOutcome::Failed(crate::store::StoreError::Engine(format!(
@@ -524,13 +389,10 @@ impl Plane {
     /// Answers a ticket the store thread will never see, on this core's next
     /// turn (the ticket is not registered yet when the send fails).
     fn finish_failed(&mut self, ticket: u64) {
-        let outcome = StoreOutcome::Failed(crate::store::StoreError::Engine(
-            "the store thread stopped".into(),
-        ));
-        self.mailboxes[self.core].deliver(CoreMsg::Data(DataMsg::Stored { ticket, outcome }));
+        self.unanswerable.push(ticket);
     }
 
-    fn on_stored(&mut self, ticket: u64, outcome: StoreOutcome, now: Instant) {
+    fn on_stored_outcome(&mut self, ticket: u64, outcome: StoreOutcome, now: Instant) {
         let Some(ticket) = self.tickets.remove(&ticket) else {
             return;
         };

@@ -1,0 +1,49 @@
+//! What every core of the node may read: its lifecycle, the metrics registry, and the read-mostly tables of the built-in layers.
+
+use std::sync::Arc;
+
+use crate::documents::DataShared;
+use crate::limit::Limiter;
+use crate::metrics::Registry;
+use crate::net::Lifecycle;
+use crate::queue::Queues;
+use crate::statics::Index;
+
+/// Read-mostly state shared by all cores. Writes are rare (a signal) and
+/// never on the hot path.
+pub struct Node {
+    pub lifecycle: Arc<Lifecycle>,
+    pub metrics: Arc<Registry>,
+    pub io_cores: usize,
+    /// The rate limiter, when one is configured.
+    pub limiter: Option<Arc<Limiter>>,
+    /// The static file index, when `--static-dir` is set.
+    pub statics: Option<Arc<Index>>,
+    /// The job system, when `--data-dir` or `--queue` is set.
+    pub queues: Option<Arc<Queues>>,
+    /// The document store's shard map, limits and counters.
+    pub data: Option<Arc<DataShared>>,
+}
+
+impl Node {
+    /// True once shutdown has begun: `/readyz` fails and connections close after their current request.
+    #[inline]
+    pub fn is_draining(&self) -> bool {
+        self.lifecycle.is_draining()
+    }
+
+    /// `/metrics`: the request and connection series, then each layer's own.
+    pub fn render_metrics(&self) -> String {
+        let mut text = self.metrics.render();
+        if let Some(limiter) = &self.limiter {
+            self.metrics.render_rate_limit(limiter, &mut text);
+        }
+        if let Some(queues) = &self.queues {
+            queues.render_metrics(&mut text);
+        }
+        if let Some(data) = &self.data {
+            data.render_metrics(&mut text);
+        }
+        text
+    }
+}

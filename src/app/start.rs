@@ -1,0 +1,331 @@
+//! Composing an [`App`] on a node: bind, open the built-in layers, start one io core per CPU, serve until a signal, drain.
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::blocking::Pool;
+use super::ctx::Ctx;
+use super::node::Node;
+use super::service::{AppService, CoreMsg};
+use super::App;
+use crate::config::{Config, ServeArgs};
+use crate::documents::{DataShared, Plane, PlaneCounters};
+use crate::limit::Limiter;
+use crate::metrics::Registry;
+use crate::net::{CoreOptions, Lifecycle};
+use crate::queue::kinds::JobKinds;
+use crate::queue::Queues;
+use crate::runtime::{self, cpu, uring, Cores, ServeError, Wiring};
+use crate::statics::Index;
+use crate::store::open::open_store;
+
+/// Exit status for a usage or configuration error (sysexits.h EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+/// A running node, started by [`App::start`].
+pub struct Server {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    cores: Cores,
+    /// The document store's directory when it is a temporary one, removed at exit.
+    temporary_dir: Option<std::path::PathBuf>,
+    /// One line describing the store, for the start-up log.
+    pub store_line: String,
+}
+
+impl Server {
+    /// Begins draining: readiness fails, listeners close, connections finish
+    /// their current request within the grace period.
+    pub fn drain(&self) {
+        self.cores.drain();
+    }
+
+    /// Waits for every io core to finish draining. Returns the number of connections cut at the deadline.
+    pub fn join(self) -> io::Result<usize> {
+        let cut = self.cores.join()?;
+        if let Some(dir) = &self.temporary_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(cut)
+    }
+}
+
+impl<S: 'static> App<S> {
+    /// Binds the listeners, opens the built-in layers and starts every io
+    /// core; returns once all of them serve.
+    pub fn start(self, config: &Config) -> Result<Server, ServeError> {
+        let cores = config.cores();
+        if let Some(statics) = &config.statics {
+            // Static paths are matched before routes: a prefix covering a
+            // route (`/`, `/v1/`) would hide it.
+            if let Some((_, hidden)) = self
+                .routes()
+                .into_iter()
+                .find(|(_, pattern)| pattern.starts_with(statics.prefix.as_str()))
+            {
+                return Err(ServeError::App(format!(
+                    "static_prefix `{}` would hide the route {hidden}; choose a prefix no route starts with",
+                    statics.prefix
+                )));
+            }
+        }
+        let mut kinds = self.kinds.clone();
+        if self.builtin_kinds {
+            if let Some(options) = &config.queues {
+                kinds.extend(JobKinds::builtin(&options.kind_options()));
+            }
+        }
+        let kinds = JobKinds::new(kinds).map_err(ServeError::App)?;
+        let (listeners, addr) = runtime::bind(config.listen, cores)?;
+        let mut route_names: Vec<&'static str> =
+            self.routes().into_iter().map(|(_, p)| p).collect();
+        let limiter = config.rate_limit.clone().map(Limiter::new);
+        if let Some(limiter) = &limiter {
+            limiter.start_sweeper()?;
+        }
+        let statics = match &config.statics {
+            Some(options) => {
+                let index = Index::build(options.clone()).map_err(|source| ServeError::Static {
+                    dir: options.dir.clone(),
+                    source,
+                })?;
+                index.start_refresher()?;
+                // The static files' latency series, after the router's; leaked
+                // once at start-up because series names live as long as the process.
+                route_names.push(Box::leak(format!("{}*", options.prefix).into_boxed_str()));
+                Some(index)
+            }
+            None => None,
+        };
+        let wiring = Wiring::<CoreMsg<S>>::new(cores)?;
+        let mailboxes = wiring.mailboxes.clone();
+        let store_replies: Vec<_> = mailboxes
+            .iter()
+            .map(|m| m.outlet(CoreMsg::Stored))
+            .collect();
+        let store = open_store(&config.store, cores, &store_replies)?;
+        let queues = match &config.queues {
+            Some(options) => {
+                let place = match &options.nats {
+                    Some(nats) => format!("{} (stream {})", nats.url, nats.stream),
+                    None => options.data_dir.display().to_string(),
+                };
+                let answerers = mailboxes.iter().map(|m| m.outlet(CoreMsg::Job)).collect();
+                let queues = Queues::start(options.clone(), kinds, answerers)
+                    .map_err(|source| ServeError::Jobs { place, source })?;
+                Some(queues)
+            }
+            None => None,
+        };
+        let data = Arc::new(DataShared {
+            map: store.map,
+            options: store.options,
+            cache_counters: (0..cores).map(|_| Arc::default()).collect(),
+            store_counters: store.store_counters,
+            plane_counters: (0..cores)
+                .map(|_| Arc::<PlaneCounters>::default())
+                .collect(),
+        });
+        let lifecycle = Arc::new(Lifecycle::new(cores));
+        let node = Arc::new(Node {
+            lifecycle: Arc::clone(&lifecycle),
+            metrics: Registry::new(cores, &route_names),
+            io_cores: cores,
+            limiter,
+            statics,
+            queues,
+            data: Some(Arc::clone(&data)),
+        });
+        let options = CoreOptions {
+            limits: config.limits,
+            max_connections: config.max_connections_per_core,
+            idle_timeout: config.idle_timeout,
+            header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
+            shutdown_grace: config.shutdown_grace,
+            io_budget: uring::IoBudget::for_this_process(cores),
+        };
+        let blocking = Pool::start(cores.max(2))?;
+        let peers: Vec<_> = mailboxes.iter().map(|m| m.outlet(CoreMsg::Data)).collect();
+        let builders: Vec<_> = store
+            .senders
+            .into_iter()
+            .enumerate()
+            .map(|(core, store_sender)| {
+                let plane = Plane::new(core, Arc::clone(&data), store_sender, peers.clone());
+                let router = self.router.clone();
+                let make_state = Arc::clone(&self.make_state);
+                let node = Arc::clone(&node);
+                let mailboxes = mailboxes.clone();
+                let blocking = blocking.clone();
+                move || {
+                    let state = make_state(core);
+                    AppService::new(
+                        router,
+                        Ctx::new(core, state, node, plane),
+                        mailboxes,
+                        blocking,
+                    )
+                }
+            })
+            .collect();
+        let cores = runtime::launch(
+            listeners,
+            &config.cpus,
+            options,
+            wiring,
+            lifecycle,
+            builders,
+        )?;
+        Ok(Server {
+            addr,
+            node,
+            cores,
+            temporary_dir: store.temporary_dir,
+            store_line: store.line,
+        })
+    }
+
+    /// One io core's service of this application, not part of a running
+    /// server, with a one-shard document store in `dir`: for tests of the
+    /// request path. Messages for the core (its store thread's replies)
+    /// arrive in the returned inbox, to be handed to `on_message` as the io
+    /// loop would.
+    pub fn standalone_core(
+        self,
+        dir: &std::path::Path,
+        limiter: Option<Arc<Limiter>>,
+    ) -> Result<(AppService<S>, crossbeam_channel::Receiver<CoreMsg<S>>), String> {
+        let (mailbox, inbox) =
+            crate::net::Mailbox::<CoreMsg<S>>::detached().map_err(|e| e.to_string())?;
+        let (plane, data) = Plane::standalone(
+            dir,
+            crate::store::StoreOptions::default(),
+            mailbox.outlet(CoreMsg::Stored),
+            mailbox.outlet(CoreMsg::Data),
+        )?;
+        let route_names: Vec<&'static str> = self.routes().into_iter().map(|(_, p)| p).collect();
+        let node = Arc::new(Node {
+            lifecycle: Arc::new(Lifecycle::new(1)),
+            metrics: Registry::new(1, &route_names),
+            io_cores: 1,
+            limiter,
+            statics: None,
+            queues: None,
+            data: Some(data),
+        });
+        let blocking = Pool::start(1).map_err(|e| e.to_string())?;
+        let state = (self.make_state)(0);
+        let ctx = Ctx::new(0, state, node, plane);
+        Ok((
+            AppService::new(self.router, ctx, vec![mailbox], blocking),
+            inbox,
+        ))
+    }
+
+    /// Starts, reports where it listens, serves until a signal, drains.
+    pub fn serve(self, config: &Config) -> Result<(), ServeError> {
+        let signals = runtime::block_shutdown_signals();
+        let name = self.name;
+        let server = self.start(config)?;
+        let cores = config.cores();
+        println!(
+            "{name} listening on http://{} with {} io core{} on CPU{} {}",
+            server.addr,
+            cores,
+            if cores == 1 { "" } else { "s" },
+            if cores == 1 { "" } else { "s" },
+            cpu::format_cpu_list(&config.cpus)
+        );
+        println!("{}", server.store_line);
+        let _ = io::stdout().flush();
+        let signal = runtime::wait_for_signal(&signals, None);
+        let signal = if signal == Some(libc::SIGINT) {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        println!(
+            "{name}: {signal} received; draining for up to {:?} (send it again to stop at once)",
+            config.shutdown_grace
+        );
+        let _ = io::stdout().flush();
+        server.drain();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(server.join());
+        });
+        loop {
+            if let Ok(result) = done_rx.recv_timeout(Duration::from_millis(50)) {
+                let cut = result?;
+                if cut > 0 {
+                    println!("{name}: grace period over; cut {cut} connection(s) still open");
+                }
+                println!("{name}: stopped");
+                return Ok(());
+            }
+            if runtime::wait_for_signal(&signals, Some(Duration::from_millis(1))).is_some() {
+                println!("{name}: second signal; stopping now");
+                let _ = io::stdout().flush();
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// The command line of an application: `percore serve`'s options.
+#[derive(Debug, Parser)]
+struct AppCli {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+/// Parses `argv` as `percore serve`'s options and serves `app`.
+pub(super) fn run<S: 'static>(app: App<S>, argv: impl IntoIterator<Item = OsString>) -> ExitCode {
+    use clap::CommandFactory;
+    let command = AppCli::command().name(app.name);
+    let parsed = command
+        .try_get_matches_from(argv)
+        .and_then(|matches| <AppCli as clap::FromArgMatches>::from_arg_matches(&matches));
+    let cli = match parsed {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    serve_args(app, &cli.args)
+}
+
+/// Resolves `args` (exit 64 on a bad option) and serves `app` (exit 1 if it cannot start).
+pub fn serve_args<S: 'static>(app: App<S>, args: &ServeArgs) -> ExitCode {
+    let name = app.name;
+    let config = match Config::resolve(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match app.serve(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError::App(message)) => {
+            eprintln!("{name}: {message}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
