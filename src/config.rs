@@ -960,12 +960,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`static_dir`"));
-        let mut covering = a.clone();
-        covering.static_dir = Some(dir.clone());
-        covering.static_prefix = Some("/".into());
-        std::fs::write(&path, "").unwrap();
-        let error = Config::resolve(&covering).unwrap_err().to_string();
-        assert!(error.contains("would hide the route"), "{error}");
         let mut both = a.clone();
         both.data_dir = Some(dir.clone());
         both.queue = Some("nats://127.0.0.1:4222".into());

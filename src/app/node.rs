@@ -15,6 +15,9 @@ pub struct Node {
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: Arc<Registry>,
     pub io_cores: usize,
+    /// The application's name and routes as `(method, pattern)`, in match order (for `/openapi.json`).
+    pub name: &'static str,
+    pub routes: Vec<(&'static str, &'static str)>,
     /// The rate limiter, when one is configured.
     pub limiter: Option<Arc<Limiter>>,
     /// The static file index, when `--static-dir` is set.

@@ -519,6 +519,71 @@ impl Plane {
         self.gathers.len()
     }
 
+    /// A read of `collection/key` for an application's handler: the
+    /// document at once when this core owns its shard and holds it in its
+    /// cache partition (projected by `mask`), else the operation to defer
+    /// (through the cache of the owner core, with single flight on misses).
+    pub fn read(
+        &mut self,
+        collection: &str,
+        key: &str,
+        mask: Option<FieldMask>,
+    ) -> Result<Stored, Op> {
+        let shard = self
+            .shared
+            .map
+            .shard_of(collection.as_bytes(), key.as_bytes());
+        let mut storage = std::mem::take(&mut self.scratch);
+        crate::store::storage_key(collection, key, &mut storage);
+        let owned_here = self.shared.map.owner(shard) == self.core;
+        if owned_here {
+            if let Some(stored) = self.cached(&storage, mask.as_ref(), Instant::now()) {
+                self.scratch = storage;
+                return Ok(stored);
+            }
+        }
+        let op = Op::Get {
+            shard,
+            key: storage.clone(),
+            mask,
+            cached: true,
+            missed: owned_here,
+        };
+        self.scratch = storage;
+        Err(op)
+    }
+
+    /// A write of `collection/key` for an application's handler: `doc`
+    /// must be a compact JSON object ([`crate::json::parse_document`] makes one).
+    pub fn write(&self, collection: &str, key: &str, doc: Bytes) -> Op {
+        self.store_op(collection, key, |key| StoreOp::Put {
+            key,
+            doc,
+            cond: Default::default(),
+        })
+    }
+
+    /// A delete of `collection/key` for an application's handler.
+    pub fn remove(&self, collection: &str, key: &str) -> Op {
+        self.store_op(collection, key, |key| StoreOp::Delete {
+            key,
+            cond: Default::default(),
+        })
+    }
+
+    fn store_op(&self, collection: &str, key: &str, make: impl FnOnce(Vec<u8>) -> StoreOp) -> Op {
+        let shard = self
+            .shared
+            .map
+            .shard_of(collection.as_bytes(), key.as_bytes());
+        let mut storage = Vec::with_capacity(collection.len() + key.len() + 1);
+        crate::store::storage_key(collection, key, &mut storage);
+        Op::Store {
+            shard,
+            op: make(storage),
+        }
+    }
+
     /// Scratch space for handlers building keys.
     pub fn scratch(&mut self) -> &mut Vec<u8> {
         &mut self.scratch

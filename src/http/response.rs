@@ -99,9 +99,22 @@ impl<'a> Response<'a> {
     fn write_head(&mut self, status: u16, body: Option<(&str, u64)>, headers: &[(&str, &str)]) {
         debug_assert!(!self.written, "a handler wrote two responses");
         self.written = true;
+        // Only final statuses are answers; a handler's slip is a server error.
+        let status = if (200..=599).contains(&status) {
+            status
+        } else {
+            500
+        };
         self.status = status;
         let out = &mut *self.out;
-        out.extend_from_slice(status_line(status).as_bytes());
+        match status_line(status) {
+            "" => {
+                out.extend_from_slice(b"HTTP/1.1 ");
+                out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+                out.extend_from_slice(b" \r\n");
+            }
+            line => out.extend_from_slice(line.as_bytes()),
+        }
         out.extend_from_slice(b"Server: percore\r\nDate: ");
         out.extend_from_slice(self.date);
         if let Some((content_type, len)) = body {
@@ -202,7 +215,35 @@ pub fn status_line(status: u16) -> &'static str {
         501 => "HTTP/1.1 501 Not Implemented\r\n",
         503 => "HTTP/1.1 503 Service Unavailable\r\n",
         505 => "HTTP/1.1 505 HTTP Version Not Supported\r\n",
-        _ => "HTTP/1.1 500 Internal Server Error\r\n",
+        203 => "HTTP/1.1 203 Non-Authoritative Information\r\n",
+        205 => "HTTP/1.1 205 Reset Content\r\n",
+        207 => "HTTP/1.1 207 Multi-Status\r\n",
+        302 => "HTTP/1.1 302 Found\r\n",
+        303 => "HTTP/1.1 303 See Other\r\n",
+        307 => "HTTP/1.1 307 Temporary Redirect\r\n",
+        308 => "HTTP/1.1 308 Permanent Redirect\r\n",
+        401 => "HTTP/1.1 401 Unauthorized\r\n",
+        402 => "HTTP/1.1 402 Payment Required\r\n",
+        403 => "HTTP/1.1 403 Forbidden\r\n",
+        406 => "HTTP/1.1 406 Not Acceptable\r\n",
+        409 => "HTTP/1.1 409 Conflict\r\n",
+        410 => "HTTP/1.1 410 Gone\r\n",
+        411 => "HTTP/1.1 411 Length Required\r\n",
+        414 => "HTTP/1.1 414 URI Too Long\r\n",
+        417 => "HTTP/1.1 417 Expectation Failed\r\n",
+        421 => "HTTP/1.1 421 Misdirected Request\r\n",
+        422 => "HTTP/1.1 422 Unprocessable Content\r\n",
+        423 => "HTTP/1.1 423 Locked\r\n",
+        424 => "HTTP/1.1 424 Failed Dependency\r\n",
+        425 => "HTTP/1.1 425 Too Early\r\n",
+        426 => "HTTP/1.1 426 Upgrade Required\r\n",
+        428 => "HTTP/1.1 428 Precondition Required\r\n",
+        451 => "HTTP/1.1 451 Unavailable For Legal Reasons\r\n",
+        502 => "HTTP/1.1 502 Bad Gateway\r\n",
+        504 => "HTTP/1.1 504 Gateway Timeout\r\n",
+        507 => "HTTP/1.1 507 Insufficient Storage\r\n",
+        // Any other final status is written with an empty reason phrase (RFC 9112 §4).
+        _ => "",
     }
 }
 

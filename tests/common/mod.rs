@@ -19,8 +19,19 @@ impl Server {
         Self::start_with(Command::new(env!("CARGO_BIN_EXE_percore")), args)
     }
 
-    pub fn start_with(mut command: Command, args: &[&str]) -> Self {
-        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+    pub fn start_with(command: Command, args: &[&str]) -> Self {
+        Self::launch(command, &["serve"], args)
+    }
+
+    /// Starts `cargo run --example NAME` as a user would (its binary, built by
+    /// `cargo test`), on 127.0.0.1:0 with one io core unless `args` say otherwise.
+    pub fn start_example(name: &str, args: &[&str]) -> Self {
+        Self::launch(Command::new(example_binary(name)), &[], args)
+    }
+
+    fn launch(mut command: Command, first: &[&str], args: &[&str]) -> Self {
+        let mut all = first.to_vec();
+        all.extend(["--listen", "127.0.0.1:0"]);
         if !args.contains(&"--cores") {
             all.extend(["--cores", "1"]);
         }
@@ -119,6 +130,20 @@ impl Server {
         conn.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
         conn.response()
     }
+
+    /// `METHOD path` with a JSON body (or none), on a fresh connection.
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Response {
+        let mut conn = self.connect();
+        let request = match body {
+            Some(body) => format!(
+                "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            None => format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"),
+        };
+        conn.send(request.as_bytes());
+        conn.response()
+    }
 }
 
 impl Drop for Server {
@@ -128,6 +153,23 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// The binary of example `name`, which `cargo test` builds beside the tests.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let test = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> → target/<profile>/examples/<name>
+    let profile = test
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary sits in target/<profile>/deps");
+    let path = profile.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples, `cargo test --test NAME` alone does not (run `cargo build --examples` first)",
+        path.display()
+    );
+    path
 }
 
 /// A parsed response.
