@@ -368,6 +368,10 @@ impl Values {
     /// The option's value: a `T` when it has a default, else `Some` only if it was set.
     ///
     /// An option that was not among the declarations resolved reads as its default.
+    ///
+    /// # Panics
+    /// Only if the option's own declared default does not parse, a bug in the
+    /// declaration that [`Registry::new`] (so every command line) refuses first.
     pub fn get<T: Clone + 'static, P: Presence>(&self, opt: &Opt<T, P>) -> P::Out<T> {
         let value = self
             .entries
