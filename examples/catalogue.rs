@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use percore::app::{App, Ctx, Request};
+use percore::config::Opt;
 use percore::documents::{DataRequest, Part, Render};
 use percore::http::{ApiError, Response};
 use percore::json::{self, FieldMask};
@@ -61,6 +62,24 @@ struct Stats {
 
 const PRODUCTS: &str = "products";
 
+/// An option of the catalogue's own: `--currency`, `PERCORE_CURRENCY`, `currency = "..."`.
+const CURRENCY: Opt<String> = Opt::new(
+    "currency",
+    "CODE",
+    "The currency the catalogue's prices are in (three capital letters).",
+    currency_code,
+)
+.default("EUR")
+.section("Catalogue");
+
+fn currency_code(text: &str) -> Result<String, String> {
+    if text.len() == 3 && text.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("`{text}` is not a currency code like EUR or USD"))
+    }
+}
+
 /// `GET /products/:id[?fields=a,b.c]`: from this core's cache partition
 /// when it owns the product, else through the owner core.
 fn show(request: &Request<'_>, ctx: &mut Ctx<Stats>, response: &mut Response<'_>) {
@@ -100,7 +119,13 @@ fn store(request: &Request<'_>, ctx: &mut Ctx<Stats>, response: &mut Response<'_
 /// `GET /catalogue/stats`: this core's own counters.
 fn stats(_: &Request<'_>, ctx: &mut Ctx<Stats>, response: &mut Response<'_>) {
     let s = &ctx.state;
-    let body = serde_json::json!({ "core": ctx.core(), "reads": s.reads, "cache_hits": s.cache_hits, "writes": s.writes });
+    let body = serde_json::json!({
+        "core": ctx.core(),
+        "reads": s.reads,
+        "cache_hits": s.cache_hits,
+        "writes": s.writes,
+        "currency": ctx.option(&CURRENCY),
+    });
     response.json(200, &body, &mut ctx.scratch);
 }
 
@@ -174,5 +199,6 @@ fn main() -> ExitCode {
         .put("/products/:id", store)
         .get("/catalogue/stats", stats)
         .mount(percore::api::health)
+        .option(&CURRENCY)
         .run()
 }

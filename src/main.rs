@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use percore::config::ServeArgs;
+use clap::{Args, Command, FromArgMatches};
+use percore::config::{self, ConfigError};
+use percore::loadgen::BenchArgs;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -11,40 +12,57 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit status for a usage or configuration error (sysexits.h EX_USAGE).
 const EX_USAGE: u8 = 64;
 
-/// A thread-per-core, zero-copy HTTP/1.1 API server for Linux on io_uring.
-#[derive(Debug, Parser)]
-#[command(name = "percore", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+/// Prints a command-line or configuration error; `--help` and `--version` succeed.
+fn usage(error: &ConfigError) -> ExitCode {
+    match error {
+        ConfigError::Cli(error) => {
+            let _ = error.print();
+            if error.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        error => {
+            eprintln!("percore: {error}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
 }
 
-// Parsed once at start-up: the variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Serve HTTP: one io core per CPU, each with its own SO_REUSEPORT listener.
-    Serve(ServeArgs),
-    /// Load an HTTP/1.1 server from pinned client cores on io_uring: closed loop, or open loop with --rate.
-    #[command(after_help = percore::loadgen::AFTER_HELP)]
-    Bench(percore::loadgen::BenchArgs),
+fn cli() -> Result<Command, ConfigError> {
+    Ok(Command::new("percore")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("A thread-per-core, zero-copy HTTP/1.1 API server for Linux on io_uring.")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(config::serve_command(&[])?)
+        .subcommand(
+            BenchArgs::augment_args(Command::new("bench"))
+                .about("Load an HTTP/1.1 server from pinned client cores on io_uring: closed loop, or open loop with --rate.")
+                .after_help(percore::loadgen::AFTER_HELP),
+        ))
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(error) if !error.use_stderr() => {
-            // --help and --version.
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            let _ = error.print();
-            return ExitCode::from(EX_USAGE);
-        }
+    let matches = match cli().and_then(|cli| Ok(cli.try_get_matches()?)) {
+        Ok(matches) => matches,
+        Err(error) => return usage(&error),
     };
-    match cli.command {
-        Command::Serve(args) => percore::app::serve_args(percore::api::percore(), &args),
-        Command::Bench(args) => ExitCode::from(percore::loadgen::command(&args)),
+    match matches.subcommand() {
+        Some(("serve", matches)) => {
+            // `percore serve` is one application composed on the library.
+            let app = percore::api::percore();
+            let routes: Vec<&str> = app.routes().into_iter().map(|(_, p)| p).collect();
+            match config::from_matches(matches, app.options(), &routes) {
+                Ok((config, values)) => percore::app::serve_config(app, &config, values),
+                Err(error) => usage(&error),
+            }
+        }
+        Some(("bench", matches)) => match BenchArgs::from_arg_matches(matches) {
+            Ok(args) => ExitCode::from(percore::loadgen::command(&args)),
+            Err(error) => usage(&ConfigError::Cli(error)),
+        },
+        _ => ExitCode::from(EX_USAGE),
     }
 }

@@ -13,7 +13,7 @@ fn json(response: &common::Response) -> serde_json::Value {
 
 #[test]
 fn catalogue_serves_its_own_routes_errors_and_field_masks() {
-    let server = Server::start_example("catalogue", &["--cores", "2"]);
+    let server = Server::start_example("catalogue", &["--cores", "2", "--currency", "USD"]);
     let lamp = r#"{"name":"Lamp","price":12.5,"stock":{"warehouse":3,"shop":1}}"#;
     let created = server.call("PUT", "/products/lamp", Some(lamp));
     assert_eq!(created.status, 201, "{}", created.text());
@@ -78,6 +78,7 @@ fn catalogue_serves_its_own_routes_errors_and_field_masks() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while seen.len() < 2 && Instant::now() < deadline {
         let stats = json(&server.get("/catalogue/stats"));
+        assert_eq!(stats["currency"], "USD", "the application's own option");
         if seen.insert(stats["core"].as_u64().unwrap()) {
             reads += stats["reads"].as_u64().unwrap();
         }
@@ -184,4 +185,42 @@ fn a_static_prefix_that_hides_a_route_is_refused() {
         stderr.contains("would hide the route /plaintext"),
         "{stderr}"
     );
+}
+
+#[test]
+fn an_applications_own_options_come_from_flags_environment_and_help() {
+    let binary = common::example_binary("catalogue");
+    let help = std::process::Command::new(&binary)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for expected in [
+        "--currency <CODE>",
+        "PERCORE_CURRENCY",
+        "[default: EUR]",
+        "--data-dir",
+    ] {
+        assert!(help.contains(expected), "{expected} in --help:\n{help}");
+    }
+    let bad = std::process::Command::new(&binary)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("PERCORE_CURRENCY", "dollars")
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(64),
+        "a bad value of the app's option is a usage error"
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("`dollars` is not a currency code") && stderr.contains("PERCORE_CURRENCY"),
+        "{stderr}"
+    );
+    let mut command = std::process::Command::new(&binary);
+    command.env("PERCORE_CURRENCY", "GBP");
+    let server = Server::start_with_command(command, &[]);
+    assert_eq!(json(&server.get("/catalogue/stats"))["currency"], "GBP");
 }

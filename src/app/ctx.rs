@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::node::Node;
 use super::router::Params;
+use crate::config::{Opt, Presence};
 use crate::documents::{DataRequest, Plane};
 use crate::http::{ApiError, Response};
 use crate::queue;
@@ -119,6 +120,12 @@ impl<S> Ctx<S> {
 
     pub fn is_draining(&self) -> bool {
         self.node.is_draining()
+    }
+
+    /// The resolved value of an option (the application's own, declared
+    /// with [`super::App::option`], or one of percore's).
+    pub fn option<T: Clone + 'static, P: Presence>(&self, option: &Opt<T, P>) -> P::Out<T> {
+        self.node.values.get(option)
     }
 
     /// Answers later, once the document plane has every part of `request`.

@@ -54,6 +54,7 @@ mod start;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::config::AnyOpt;
 use crate::http::Response;
 use crate::queue::kinds::JobKind;
 
@@ -61,7 +62,7 @@ pub use ctx::{Blocking, Call, Ctx, Deferred, Reply, Request};
 pub use node::Node;
 pub use router::{Match, Params, Router};
 pub use service::{Answer, AppService, CoreMsg};
-pub use start::{serve_args, Server};
+pub use start::{serve_config, usage, Server};
 
 /// A handler writes exactly one response, or defers its answer through the [`Ctx`].
 pub type Handler<S> = fn(&Request<'_>, &mut Ctx<S>, &mut Response<'_>);
@@ -75,6 +76,7 @@ pub struct App<S: 'static = ()> {
     make_state: MakeState<S>,
     kinds: Vec<JobKind>,
     builtin_kinds: bool,
+    options: Vec<&'static dyn AnyOpt>,
 }
 
 impl App<()> {
@@ -97,6 +99,7 @@ impl<S: 'static> App<S> {
             make_state: Arc::new(make),
             kinds: Vec::new(),
             builtin_kinds: false,
+            options: Vec::new(),
         }
     }
 
@@ -156,6 +159,20 @@ impl<S: 'static> App<S> {
         self
     }
 
+    /// Declares an option of the application's own: it gets a flag, a
+    /// `PERCORE_*` variable and a TOML key beside percore's, shows in
+    /// `--help`, and handlers read it typed with [`Ctx::option`]. A name that
+    /// clashes with another option is refused at start-up.
+    pub fn option(mut self, option: &'static dyn AnyOpt) -> Self {
+        self.options.push(option);
+        self
+    }
+
+    /// The application's own options, as declared.
+    pub fn options(&self) -> &[&'static dyn AnyOpt] {
+        &self.options
+    }
+
     /// The routes, as `(method, pattern)` in match order.
     pub fn routes(&self) -> Vec<(&'static str, &'static str)> {
         self.router.routes().collect()
@@ -165,6 +182,7 @@ impl<S: 'static> App<S> {
     /// variables, `--config FILE`), then serves until SIGTERM or SIGINT.
     /// Exits 64 on a bad option, 1 if the server cannot start.
     pub fn run(self) -> ExitCode {
-        start::run(self, std::env::args_os())
+        let argv = std::env::args_os();
+        start::run(self, argv)
     }
 }

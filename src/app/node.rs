@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::config::Values;
 use crate::documents::DataShared;
 use crate::limit::Limiter;
 use crate::metrics::Registry;
@@ -18,6 +19,8 @@ pub struct Node {
     /// The application's name and routes as `(method, pattern)`, in match order (for `/openapi.json`).
     pub name: &'static str,
     pub routes: Vec<(&'static str, &'static str)>,
+    /// Every option's resolved value, percore's and the application's.
+    pub values: Values,
     /// The rate limiter, when one is configured.
     pub limiter: Option<Arc<Limiter>>,
     /// The static file index, when `--static-dir` is set.

@@ -7,14 +7,12 @@ use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use clap::Parser;
-
 use super::blocking::Pool;
 use super::ctx::Ctx;
 use super::node::Node;
 use super::service::{AppService, CoreMsg};
 use super::App;
-use crate::config::{Config, ServeArgs};
+use crate::config::{self, Config, ConfigError, Values};
 use crate::documents::{DataShared, Plane, PlaneCounters};
 use crate::limit::Limiter;
 use crate::metrics::Registry;
@@ -58,23 +56,11 @@ impl Server {
 
 impl<S: 'static> App<S> {
     /// Binds the listeners, opens the built-in layers and starts every io
-    /// core; returns once all of them serve.
-    pub fn start(self, config: &Config) -> Result<Server, ServeError> {
+    /// core; returns once all of them serve. `values` are the resolved
+    /// options ([`crate::config::parse_serve`]), read by handlers through
+    /// [`Ctx::option`].
+    pub fn start(self, config: &Config, values: Values) -> Result<Server, ServeError> {
         let cores = config.cores();
-        if let Some(statics) = &config.statics {
-            // Static paths are matched before routes: a prefix covering a
-            // route (`/`, `/v1/`) would hide it.
-            if let Some((_, hidden)) = self
-                .routes()
-                .into_iter()
-                .find(|(_, pattern)| pattern.starts_with(statics.prefix.as_str()))
-            {
-                return Err(ServeError::App(format!(
-                    "static_prefix `{}` would hide the route {hidden}; choose a prefix no route starts with",
-                    statics.prefix
-                )));
-            }
-        }
         let mut kinds = self.kinds.clone();
         if self.builtin_kinds {
             if let Some(options) = &config.queues {
@@ -139,6 +125,7 @@ impl<S: 'static> App<S> {
             io_cores: cores,
             name: self.name,
             routes: self.routes(),
+            values,
             limiter,
             statics,
             queues,
@@ -219,6 +206,7 @@ impl<S: 'static> App<S> {
             io_cores: 1,
             name: self.name,
             routes: self.routes(),
+            values: Values::default(),
             limiter,
             statics: None,
             queues: None,
@@ -234,10 +222,10 @@ impl<S: 'static> App<S> {
     }
 
     /// Starts, reports where it listens, serves until a signal, drains.
-    pub fn serve(self, config: &Config) -> Result<(), ServeError> {
+    pub fn serve(self, config: &Config, values: Values) -> Result<(), ServeError> {
         let signals = runtime::block_shutdown_signals();
         let name = self.name;
-        let server = self.start(config)?;
+        let server = self.start(config, values)?;
         let cores = config.cores();
         println!(
             "{name} listening on http://{} with {} io core{} on CPU{} {}",
@@ -283,45 +271,47 @@ impl<S: 'static> App<S> {
     }
 }
 
-/// The command line of an application: `percore serve`'s options.
-#[derive(Debug, Parser)]
-struct AppCli {
-    #[command(flatten)]
-    args: ServeArgs,
-}
-
-/// Parses `argv` as `percore serve`'s options and serves `app`.
+/// Parses `argv` as `percore serve`'s options and the application's own, and serves `app`.
 pub(super) fn run<S: 'static>(app: App<S>, argv: impl IntoIterator<Item = OsString>) -> ExitCode {
-    use clap::CommandFactory;
-    let command = AppCli::command().name(app.name);
-    let parsed = command
-        .try_get_matches_from(argv)
-        .and_then(|matches| <AppCli as clap::FromArgMatches>::from_arg_matches(&matches));
-    let cli = match parsed {
-        Ok(cli) => cli,
-        Err(error) if !error.use_stderr() => {
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            let _ = error.print();
-            return ExitCode::from(EX_USAGE);
-        }
+    let name = app.name;
+    let routes: Vec<&str> = app.routes().into_iter().map(|(_, p)| p).collect();
+    let argv: Vec<OsString> = argv.into_iter().collect();
+    let command = match config::serve_command(app.options()) {
+        Ok(command) => command.name(name).bin_name(name),
+        Err(error) => return usage(name, &error),
     };
-    serve_args(app, &cli.args)
+    let resolved = command
+        .try_get_matches_from(argv)
+        .map_err(ConfigError::Cli)
+        .and_then(|matches| config::from_matches(&matches, app.options(), &routes));
+    match resolved {
+        Ok((config, values)) => serve_config(app, &config, values),
+        Err(error) => usage(name, &error),
+    }
 }
 
-/// Resolves `args` (exit 64 on a bad option) and serves `app` (exit 1 if it cannot start).
-pub fn serve_args<S: 'static>(app: App<S>, args: &ServeArgs) -> ExitCode {
-    let name = app.name;
-    let config = match Config::resolve(args) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("{name}: {error}");
-            return ExitCode::from(EX_USAGE);
+/// Prints a command-line or configuration error (exit 64); `--help` and `--version` succeed.
+pub fn usage(name: &str, error: &ConfigError) -> ExitCode {
+    match error {
+        ConfigError::Cli(error) => {
+            let _ = error.print();
+            if error.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
-    };
-    match app.serve(&config) {
+        error => {
+            eprintln!("{name}: {error}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+/// Serves `app` on a resolved configuration (exit 1 if it cannot start, 64 if the application's composition is refused).
+pub fn serve_config<S: 'static>(app: App<S>, config: &Config, values: Values) -> ExitCode {
+    let name = app.name;
+    match app.serve(config, values) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ServeError::App(message)) => {
             eprintln!("{name}: {message}");

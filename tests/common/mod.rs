@@ -29,6 +29,11 @@ impl Server {
         Self::launch(Command::new(example_binary(name)), &[], args)
     }
 
+    /// Starts an example's (or any server's) `command` without a subcommand.
+    pub fn start_with_command(command: Command, args: &[&str]) -> Self {
+        Self::launch(command, &[], args)
+    }
+
     fn launch(mut command: Command, first: &[&str], args: &[&str]) -> Self {
         let mut all = first.to_vec();
         all.extend(["--listen", "127.0.0.1:0"]);
