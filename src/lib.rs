@@ -1,11 +1,34 @@
 //! percore: a thread-per-core, zero-copy HTTP/1.1 API server for Linux.
 //!
+//! # A library first
+//! [`app::App`] is how a service is built on percore: routes of plain `fn`
+//! handlers, each core's own state, job kinds, options and the built-in
+//! layers, run on the io cores with `percore serve`'s command line.
+//! `percore serve` itself is [`api::percore`], one such composition; its
+//! endpoints are route groups any application mounts. The extension points:
+//! [`app::Ctx`] (per-core state, [`app::Ctx::on_core`],
+//! [`app::Ctx::spawn_blocking`], [`app::Ctx::defer_job`],
+//! [`app::Ctx::defer_documents`], [`app::Ctx::option`]),
+//! [`documents::Render`] for answers gathered from the document store,
+//! [`queue::kinds::JobKind`], [`http::ApiError`] for errors with their own
+//! status and code, and [`config::Opt`] for options. `examples/` has two
+//! complete programs.
+//!
+//! # Layers
+//! Lower layers never import higher ones. [`net`] (the io core) is generic
+//! over a [`net::Service`] and its message type and imports only [`http`]
+//! and [`runtime::uring`]; the store ([`store`]) and the job system
+//! ([`queue`]) answer a core through an [`net::Outlet`] of their own
+//! message type; the document plane ([`documents`]) renders nothing, its
+//! callers' plans do; [`app`] composes them all and [`api`] is percore's own
+//! application on top.
+//!
 //! # The model
 //! Every io core is a thread pinned to one CPU that owns everything it
 //! touches on the hot path: an io_uring, a `SO_REUSEPORT` listener (the
 //! kernel spreads connections across cores), every connection that listener
 //! accepts, and its metrics. Nothing on the request path takes a lock or
-//! crosses cores. What every core must read lives in [`node::Node`]: the
+//! crosses cores. What every core must read lives in [`app::Node`]: the
 //! draining flag, the metrics registry, and the read-mostly shared tables the
 //! design allows (the rate limiter's, the static file index, job statuses),
 //! each a lock-free `papaya` map.
@@ -13,7 +36,7 @@
 //! # The request path
 //! multishot accept → multishot receive into a kernel-picked provided buffer
 //! ([`net::bufring`]) → parse in place with `httparse` into a stack array
-//! ([`http::parse`]) → route ([`api::router`]) → handler writes the response
+//! ([`http::parse`]) → route ([`app::router`]) → handler writes the response
 //! straight into the connection's output buffer ([`http::response`]) → when
 //! every request in the received bytes is answered, one send. Pipelined
 //! requests are answered in order in one send. Only a request that spans two
@@ -26,18 +49,23 @@
 //! with receives that stay armed (multishot) and buffers the kernel picks.
 //! `benches/compare.py` measures this core against a naive glommio server,
 //! hyper and a raw epoll floor in the same run; the README has the numbers.
-//! The runtime is behind [`runtime`] and [`net`], so it can be swapped.
+//! The runtime is behind [`runtime`] and [`net`], so it can be swapped. The
+//! io core is monomorphized for its service ([`net::IoCore`]`<S>`), so the
+//! seam between the network path and the application costs no virtual call.
 //!
 //! # Answers that come from another thread
 //! Some answers cannot be written on the io core: a job is acknowledged only
 //! once the job manager has fsynced it ([`queue`]). The handler then writes
-//! nothing and leaves [`queue::Deferred`] work; the connection's later
-//! pipelined requests wait, in order; the manager answers through the core's
-//! mailbox (a channel plus the core's eventfd, [`queue::Mailbox`]), and the
-//! core writes the response when it wakes. Document operations take the
-//! same road ([`docs`]): the handler leaves a [`docs::DataRequest`], the
-//! operations go to the cores that own their shards, and the parts come back
-//! through the mailbox to be rendered in order. Large static files are likewise
+//! nothing and leaves [`app::Deferred`] work, started with the connection's
+//! address ([`net::ConnId`]); the connection's later pipelined requests
+//! wait, in order; the manager answers through the core's mailbox (a
+//! channel of the service's message type plus the core's eventfd,
+//! [`net::Mailbox`]), and the core writes the response when it wakes; a
+//! connection that closed meanwhile simply does not take it. Document
+//! operations take the same road ([`documents`]): the handler leaves a
+//! [`documents::DataRequest`], the operations go to the cores that own their
+//! shards, and the parts come back to be rendered in order by the handler's
+//! plan. Large static files are likewise
 //! sent after their head, by splice ([`statics`], [`net::event_loop`]).
 //!
 //! # The layers inside one node
@@ -51,7 +79,7 @@
 //! documents live in shards ([`store`]), each owned by one io core, whose
 //! store thread alone touches the shard's engine and whose cache partition
 //! ([`cache`]) holds its documents; requests for another core's shard cross
-//! as messages ([`docs`], [`mailbox`]), never through a lock. A store
+//! as messages ([`documents`], [`net::mailbox`]), never through a lock. A store
 //! thread makes each batch of writes durable with one fdatasync of its
 //! core's write-ahead log ([`store::wal`]), whatever shards the batch touched.
 //!

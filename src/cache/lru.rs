@@ -1,4 +1,4 @@
-//! A plain LRU with the same byte accounting as [`Cache`](super::Cache): the baseline its policy is measured against.
+//! A plain LRU with the same byte accounting as [`super::Cache`]: the baseline its policy is measured against.
 //!
 //! Not used on the request path. It charges entries exactly as `Cache` does
 //! (weight, key length, `Cache::<V>::ENTRY_OVERHEAD`) and refuses the same

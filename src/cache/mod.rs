@@ -13,7 +13,7 @@
 //! - **main** (the other 90%): a CLOCK with a 2-bit counter. The tail entry
 //!   is evicted if it was not read since it last passed the tail, else it
 //!   goes back to the head with its counter lowered by one.
-//! - **ghost**: hashes of keys evicted from small ([`ghost`]). A key that comes
+//! - **ghost**: hashes of keys evicted from small (`ghost`). A key that comes
 //!   back while still remembered goes straight to main.
 //!
 //! Reads only bump a 2-bit counter in place (no list is touched), which is

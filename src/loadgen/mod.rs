@@ -64,7 +64,7 @@ flag, naming it.";
 /// The flags of `percore bench`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct BenchArgs {
-    /// The URL to load, plain HTTP/1.1: http://HOST[:PORT][/PATH][?QUERY].
+    /// The URL to load, plain HTTP/1.1: `http://HOST[:PORT][/PATH][?QUERY]`.
     #[arg(value_name = "URL")]
     pub url: String,
     /// Connections in all, spread evenly over the client cores. [default: 64]
