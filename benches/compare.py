@@ -82,14 +82,21 @@ BENCHES = os.path.join(ROOT, "benches")
 PEERS_DIR = os.path.join(BENCHES, "peers")
 PIPELINE_LUA = os.path.join(BENCHES, "pipeline.lua")
 ALL_TARGETS = ["percore", "hyper-min", "epoll-floor", "glommio-naive", "percore-ratelimited",
-               "actix-web", "may-minihttp", "nginx"]
+               "percore-user", "percore-baseline", "actix-web", "may-minihttp", "nginx"]
 DEFAULT_TARGETS = ["percore", "hyper-min", "epoll-floor", "glommio-naive"]
 # percore variants: the same binary with extra flags, to price a feature.
 PERCORE_VARIANTS = {
     "percore": [],
     # Every request checked by the limiter and allowed: its cost, not its refusals.
     "percore-ratelimited": ["--rate-limit", "1000000000/s"],
+    # Another build of percore (PERCORE_BASELINE=path/to/percore, e.g. main before a change):
+    # the no-regression check, side by side in the same run.
+    "percore-baseline": [],
 }
+# percore as a library: examples/hello registers its own /json and /plaintext
+# through the App builder (cargo build --release --examples). Its command line
+# is percore serve's options without the subcommand.
+LIBRARY_TARGETS = {"percore-user": "hello"}
 TESTS = {
     # name: (path, pipelined?)
     "json": ("/json", False),
@@ -121,8 +128,12 @@ def log(msg):
 def binary(target):
     if target in SYSTEM_TARGETS:
         return shutil.which(target) or SYSTEM_TARGETS[target]
+    if target == "percore-baseline":
+        return os.environ.get("PERCORE_BASELINE", os.path.join(ROOT, "target", "baseline", "percore"))
     if target in PERCORE_VARIANTS:
         return os.path.join(ROOT, "target", "release", "percore")
+    if target in LIBRARY_TARGETS:
+        return os.path.join(ROOT, "target", "release", "examples", LIBRARY_TARGETS[target])
     return os.path.join(PEERS_DIR, "target", "release", target)
 
 
@@ -132,6 +143,8 @@ def server_argv(target, port, server_cpu, static_dir, rundir):
     if target in PERCORE_VARIANTS:
         return ([binary(target), "serve", "--listen", listen, "--cores", "1", "--cpus", str(server_cpu),
                  "--static-dir", static_dir] + PERCORE_VARIANTS[target])
+    if target in LIBRARY_TARGETS:
+        return [binary(target), "--listen", listen, "--cores", "1", "--cpus", str(server_cpu)]
     if target == "nginx":
         conf = os.path.join(rundir, "nginx.conf")
         os.makedirs(os.path.join(rundir, "logs"), exist_ok=True)
@@ -203,13 +216,13 @@ def make_static_dir(parent):
 
 def build(targets):
     jobs = []
-    if any(t in PERCORE_VARIANTS for t in targets):
-        jobs.append(("percore", ROOT))
-    if any(t not in PERCORE_VARIANTS and t not in SYSTEM_TARGETS for t in targets):
-        jobs.append(("peers", PEERS_DIR))
-    for name, cwd in jobs:
+    if any(t in PERCORE_VARIANTS or t in LIBRARY_TARGETS for t in targets):
+        jobs.append(("percore", ROOT, ["--examples"] if any(t in LIBRARY_TARGETS for t in targets) else []))
+    if any(t not in PERCORE_VARIANTS and t not in SYSTEM_TARGETS and t not in LIBRARY_TARGETS for t in targets):
+        jobs.append(("peers", PEERS_DIR, []))
+    for name, cwd, extra in jobs:
         log(f"== building {name}: cargo build --release (in {os.path.relpath(cwd, ROOT) or '.'})")
-        r = subprocess.run(["cargo", "build", "--release"], cwd=cwd)
+        r = subprocess.run(["cargo", "build", "--release", "--bins"] + extra if extra else ["cargo", "build", "--release"], cwd=cwd)
         if r.returncode != 0:
             log(f"!! build of {name} failed (exit {r.returncode}); targets without a binary will be skipped")
 

@@ -155,7 +155,7 @@ impl<S: Service> IoCore<S> {
             // Messages for other cores leave once per turn, one wake-up each;
             // answers that failed in doing so are written now.
             self.service.end_turn();
-            self.deliver_answers(Instant::now());
+            self.deliver_answers(None);
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e)
@@ -183,7 +183,7 @@ impl<S: Service> IoCore<S> {
                 }
                 completions.clear();
                 self.completions = completions;
-                self.deliver_answers(now);
+                self.deliver_answers(Some(now));
             }
             self.service.end_batch(now);
             if self.draining {
@@ -489,9 +489,11 @@ impl<S: Service> IoCore<S> {
     /// Writes the deferred answers the service has ready, each to the
     /// connection that awaits it; a connection that closed meanwhile (or
     /// whose slot now holds another) does not take it.
-    fn deliver_answers(&mut self, now: Instant) {
+    /// `now` is taken only if an answer is there, when the caller has none.
+    fn deliver_answers(&mut self, now: Option<Instant>) {
         let limits = self.options.limits;
         while let Some((id, answer)) = self.service.next_answer() {
+            let now = now.unwrap_or_else(Instant::now);
             let Some(conn) = live_conn(&mut self.conns, id.slot, id.generation) else {
                 continue;
             };
@@ -649,7 +651,7 @@ impl<S: Service> IoCore<S> {
         while let Ok(msg) = self.inbox.try_recv() {
             self.service.on_message(msg, now);
         }
-        self.deliver_answers(now);
+        self.deliver_answers(Some(now));
         if !self.lifecycle.is_draining() || self.draining {
             return;
         }
