@@ -11,8 +11,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::app::{Ctx, Request};
+use crate::documents::DocError;
 use crate::documents::{DataRequest, DocName, Op, Part, Render};
-use crate::http::{percent, HttpError, Response};
+use crate::http::{percent, Response};
 use crate::json::{self, FieldMask};
 use crate::store::thread::{Precondition, StoreOp, StoreOutcome, TagSet};
 use crate::store::{scan_range, storage_key, Stored, SCAN_PART_BYTES, SCAN_RESPONSE_BYTES};
@@ -64,7 +65,7 @@ pub fn get<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'
             Ok(mask) => Some(mask),
             Err(error) => {
                 return response.error(
-                    &HttpError::InvalidFields(format!("`fields`: {error}")),
+                    &DocError::InvalidFields(format!("`fields`: {error}")),
                     &mut ctx.scratch,
                 )
             }
@@ -127,7 +128,7 @@ pub fn patch<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response
         accept_json(request, true)?;
         // Checked here so a malformed patch never reaches the shard.
         let patch = json::parse_document(request.body, &mut ctx.scratch).map_err(|error| {
-            HttpError::InvalidDocument(format!("the merge patch is not usable: {error}"))
+            DocError::InvalidDocument(format!("the merge patch is not usable: {error}"))
         })?;
         let cond = precondition(request);
         let max_bytes = ctx.plane.options().max_document_bytes;
@@ -172,7 +173,7 @@ pub fn scan<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<
             Some(text) => match text.parse::<usize>() {
                 Ok(n) if (1..=MAX_SCAN).contains(&n) => n,
                 _ => {
-                    return Err(HttpError::BadRequest(format!(
+                    return Err(DocError::BadRequest(format!(
                         "`limit` must be a whole number from 1 to {MAX_SCAN}, got `{text}`"
                     )))
                 }
@@ -186,7 +187,7 @@ pub fn scan<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<
             None => None,
             Some(list) => Some(
                 FieldMask::parse(&list)
-                    .map_err(|error| HttpError::InvalidFields(format!("`fields`: {error}")))?,
+                    .map_err(|error| DocError::InvalidFields(format!("`fields`: {error}")))?,
             ),
         };
         let ops = scan_every_shard(ctx, collection, after.as_deref(), limit);
@@ -226,7 +227,7 @@ pub fn scan_every_shard<S>(
 }
 
 fn defer_or_fail<S>(
-    result: Result<Op, HttpError>,
+    result: Result<Op, DocError>,
     plan: Plan,
     ctx: &mut Ctx<S>,
     response: &mut Response<'_>,
@@ -262,21 +263,20 @@ fn store_op<S>(
 
 /// The validated collection and percent-decoded key of a document route.
 /// Borrowed from the request unless the key has percent-escapes.
-fn names<'r>(request: &Request<'r>) -> Result<(&'r str, Cow<'r, str>), HttpError> {
+fn names<'r>(request: &Request<'r>) -> Result<(&'r str, Cow<'r, str>), DocError> {
     let collection = collection_name(request.params.get("collection").unwrap_or(""))?;
     let raw = request.params.get("key").unwrap_or("");
     if !raw.contains('%') {
         return Ok((collection, Cow::Borrowed(check_key_text(raw)?)));
     }
-    let decoded = percent::decode(raw).map_err(|_| {
-        HttpError::InvalidKey(format!("key `{raw}` has a malformed percent-escape"))
-    })?;
+    let decoded = percent::decode(raw)
+        .map_err(|_| DocError::InvalidKey(format!("key `{raw}` has a malformed percent-escape")))?;
     Ok((collection, Cow::Owned(check_key(decoded)?)))
 }
 
-fn collection_name(name: &str) -> Result<&str, HttpError> {
+fn collection_name(name: &str) -> Result<&str, DocError> {
     if name.is_empty() || name.len() > MAX_COLLECTION {
-        return Err(HttpError::InvalidKey(format!(
+        return Err(DocError::InvalidKey(format!(
             "a collection name is 1 to {MAX_COLLECTION} bytes"
         )));
     }
@@ -285,34 +285,34 @@ fn collection_name(name: &str) -> Result<&str, HttpError> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
         || name.starts_with('.')
     {
-        return Err(HttpError::InvalidKey(format!(
+        return Err(DocError::InvalidKey(format!(
             "collection `{name}` may hold only letters, digits, `_`, `-` and `.` (not first)"
         )));
     }
     if RESERVED.contains(&name) {
-        return Err(HttpError::InvalidKey(format!(
+        return Err(DocError::InvalidKey(format!(
             "collection name `{name}` is reserved for the job routes"
         )));
     }
     Ok(name)
 }
 
-fn check_key(decoded: Vec<u8>) -> Result<String, HttpError> {
+fn check_key(decoded: Vec<u8>) -> Result<String, DocError> {
     let key = String::from_utf8(decoded)
-        .map_err(|_| HttpError::InvalidKey("a key must be UTF-8 once percent-decoded".into()))?;
+        .map_err(|_| DocError::InvalidKey("a key must be UTF-8 once percent-decoded".into()))?;
     check_key_text(&key)?;
     Ok(key)
 }
 
-fn check_key_text(key: &str) -> Result<&str, HttpError> {
+fn check_key_text(key: &str) -> Result<&str, DocError> {
     if key.is_empty() || key.len() > MAX_KEY {
-        return Err(HttpError::InvalidKey(format!(
+        return Err(DocError::InvalidKey(format!(
             "a key is 1 to {MAX_KEY} bytes after percent-decoding, got {}",
             key.len()
         )));
     }
     if key.chars().any(char::is_control) {
-        return Err(HttpError::InvalidKey(
+        return Err(DocError::InvalidKey(
             "a key may not hold control characters".into(),
         ));
     }
@@ -320,7 +320,7 @@ fn check_key_text(key: &str) -> Result<&str, HttpError> {
 }
 
 /// The percent-decoded value of `name` in a query string, if present.
-pub fn query_value(query: Option<&str>, name: &str) -> Result<Option<String>, HttpError> {
+pub fn query_value(query: Option<&str>, name: &str) -> Result<Option<String>, DocError> {
     let Some(query) = query else {
         return Ok(None);
     };
@@ -328,12 +328,12 @@ pub fn query_value(query: Option<&str>, name: &str) -> Result<Option<String>, Ht
         let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
         if n == name {
             let decoded = percent::decode(v).map_err(|_| {
-                HttpError::BadRequest(format!(
+                DocError::BadRequest(format!(
                     "query parameter `{name}` has a malformed percent-escape"
                 ))
             })?;
             return String::from_utf8(decoded).map(Some).map_err(|_| {
-                HttpError::BadRequest(format!("query parameter `{name}` is not UTF-8"))
+                DocError::BadRequest(format!("query parameter `{name}` is not UTF-8"))
             });
         }
     }
@@ -341,7 +341,7 @@ pub fn query_value(query: Option<&str>, name: &str) -> Result<Option<String>, Ht
 }
 
 /// Refuses bodies declared as something other than JSON. No Content-Type is accepted.
-fn accept_json(request: &Request<'_>, merge_patch: bool) -> Result<(), HttpError> {
+fn accept_json(request: &Request<'_>, merge_patch: bool) -> Result<(), DocError> {
     let Some(value) = request.header("content-type") else {
         return Ok(());
     };
@@ -358,7 +358,7 @@ fn accept_json(request: &Request<'_>, merge_patch: bool) -> Result<(), HttpError
     if ok {
         Ok(())
     } else {
-        Err(HttpError::UnsupportedMediaType {
+        Err(DocError::UnsupportedMediaType {
             got: text.into_owned(),
             expected: if merge_patch {
                 "application/merge-patch+json or application/json"
@@ -370,17 +370,17 @@ fn accept_json(request: &Request<'_>, merge_patch: bool) -> Result<(), HttpError
 }
 
 /// Checks a document body and returns its compact form.
-fn document<S>(body: &[u8], ctx: &mut Ctx<S>) -> Result<Bytes, HttpError> {
+fn document<S>(body: &[u8], ctx: &mut Ctx<S>) -> Result<Bytes, DocError> {
     let limit = ctx.plane.options().max_document_bytes;
     if body.len() > limit {
-        return Err(HttpError::DocumentTooLarge {
+        return Err(DocError::DocumentTooLarge {
             size: body.len(),
             limit,
         });
     }
     json::parse_document(body, &mut ctx.scratch)
         .map(Bytes::from)
-        .map_err(|error| HttpError::InvalidDocument(error.to_string()))
+        .map_err(|error| DocError::InvalidDocument(error.to_string()))
 }
 
 fn precondition(request: &Request<'_>) -> Precondition {
@@ -442,7 +442,7 @@ fn render_doc(
     let mut buf = [0u8; 18];
     let tag = etag(stored.version, &mut buf);
     if if_match.is_some_and(|tags| !tags.matches_version(stored.version)) {
-        let error = HttpError::PreconditionFailed(format!(
+        let error = DocError::PreconditionFailed(format!(
             "the document's current ETag is {tag}; it does not match If-Match"
         ));
         let mut scratch = Vec::new();
@@ -454,24 +454,24 @@ fn render_doc(
     response.send(200, "application/json", &[("ETag", tag)], &stored.doc);
 }
 
-pub fn store_failure(outcome: StoreOutcome) -> HttpError {
+pub fn store_failure(outcome: StoreOutcome) -> DocError {
     match outcome {
         StoreOutcome::PreconditionFailed {
             current: Some(version),
         } => {
             let mut buf = [0u8; 18];
-            HttpError::PreconditionFailed(format!(
+            DocError::PreconditionFailed(format!(
                 "the document's current ETag is {}; it does not satisfy the request's If-Match/If-None-Match",
                 etag(version, &mut buf)
             ))
         }
-        StoreOutcome::PreconditionFailed { current: None } => HttpError::PreconditionFailed(
+        StoreOutcome::PreconditionFailed { current: None } => DocError::PreconditionFailed(
             "the document does not exist, so If-Match cannot match".into(),
         ),
-        StoreOutcome::Invalid(message) => HttpError::InvalidDocument(message),
-        StoreOutcome::TooLarge { size, limit } => HttpError::DocumentTooLarge { size, limit },
-        StoreOutcome::Failed(error) => HttpError::StoreUnavailable(error.to_string()),
-        _ => HttpError::Internal("unexpected store outcome"),
+        StoreOutcome::Invalid(message) => DocError::InvalidDocument(message),
+        StoreOutcome::TooLarge { size, limit } => DocError::DocumentTooLarge { size, limit },
+        StoreOutcome::Failed(error) => DocError::StoreUnavailable(error.to_string()),
+        _ => DocError::Internal("unexpected store outcome"),
     }
 }
 
@@ -493,14 +493,14 @@ impl Render for Plan {
                     render_doc(&stored, if_match.as_ref(), if_none_match.as_ref(), response)
                 }
                 Some(Part::Doc(None)) if if_match.is_some() => response.error(
-                    &HttpError::PreconditionFailed(
+                    &DocError::PreconditionFailed(
                         "the document does not exist, so If-Match cannot match".into(),
                     ),
                     scratch,
                 ),
                 Some(Part::Doc(None)) => response.error(&name.not_found(), scratch),
                 Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
-                None => response.error(&HttpError::Internal("no part"), scratch),
+                None => response.error(&DocError::Internal("no part"), scratch),
             },
             Plan::Put | Plan::Patch { .. } => match parts.pop() {
                 Some(Part::Store(StoreOutcome::Written { stored, created })) => {
@@ -516,12 +516,12 @@ impl Render for Plan {
                 Some(Part::Store(StoreOutcome::Missing)) => {
                     let missing = match &plan {
                         Plan::Patch { name } => name.not_found(),
-                        _ => HttpError::Internal("a PUT cannot miss"),
+                        _ => DocError::Internal("a PUT cannot miss"),
                     };
                     response.error(&missing, scratch)
                 }
                 Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
-                _ => response.error(&HttpError::Internal("no part"), scratch),
+                _ => response.error(&DocError::Internal("no part"), scratch),
             },
             Plan::Delete { name } => match parts.pop() {
                 Some(Part::Store(StoreOutcome::Deleted)) => response.no_content(&[]),
@@ -529,7 +529,7 @@ impl Render for Plan {
                     response.error(&name.not_found(), scratch)
                 }
                 Some(Part::Store(outcome)) => response.error(&store_failure(outcome), scratch),
-                _ => response.error(&HttpError::Internal("no part"), scratch),
+                _ => response.error(&DocError::Internal("no part"), scratch),
             },
             Plan::Scan {
                 limit,
@@ -573,9 +573,7 @@ fn render_scan(
                 items.extend(found);
             }
             Part::Store(outcome) => return response.error(&store_failure(outcome), scratch),
-            Part::Doc(_) => {
-                return response.error(&HttpError::Internal("unexpected part"), scratch)
-            }
+            Part::Doc(_) => return response.error(&DocError::Internal("unexpected part"), scratch),
         }
     }
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));

@@ -6,9 +6,9 @@ use serde_json::Value;
 
 use crate::app::{Ctx, Request};
 use crate::config::parse_duration;
-use crate::http::{HttpError, Response};
+use crate::http::Response;
 use crate::queue::kinds::JobKinds;
-use crate::queue::{Deferred, Submission};
+use crate::queue::{Deferred, JobError, Submission};
 
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -17,16 +17,16 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// until the manager has made the job durable (`202` with its id).
 pub fn submit<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     if ctx.node.queues.is_none() {
-        return response.error(&HttpError::JobsDisabled, &mut ctx.scratch);
+        return response.error(&JobError::JobsDisabled, &mut ctx.scratch);
     }
     let queue = request.params.get("queue").unwrap_or_default();
     let kinds = match &ctx.node.queues {
         Some(queues) => queues.kinds.clone(),
-        None => return response.error(&HttpError::JobsDisabled, &mut ctx.scratch),
+        None => return response.error(&JobError::JobsDisabled, &mut ctx.scratch),
     };
     let submission = match parse_submission(request, queue, &kinds) {
         Ok(submission) => submission,
-        Err(message) => return response.error(&HttpError::BadRequest(message), &mut ctx.scratch),
+        Err(message) => return response.error(&JobError::Invalid(message), &mut ctx.scratch),
     };
     ctx.defer_job(Deferred::Submit(submission));
 }
@@ -106,13 +106,13 @@ fn job_id(request: &Request<'_>) -> Option<u64> {
 /// `GET /v1/jobs/{id}`: queued, running, failed (waiting to retry), succeeded or dead.
 pub fn status<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     let Some(queues) = &ctx.node.queues else {
-        return response.error(&HttpError::JobsDisabled, &mut ctx.scratch);
+        return response.error(&JobError::JobsDisabled, &mut ctx.scratch);
     };
     match job_id(request).and_then(|id| queues.status(id)) {
         Some(view) => response.send(200, "application/json", &[], &view.json),
         None => response.error(
-            &HttpError::NotFound {
-                path: request.path.to_owned(),
+            &JobError::NoSuchJob {
+                id: request.param("id").unwrap_or_default().to_owned(),
             },
             &mut ctx.scratch,
         ),
@@ -122,13 +122,13 @@ pub fn status<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Respons
 /// `POST /v1/jobs/{id}/redrive`: runs a dead job again from its first attempt.
 pub fn redrive<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     if ctx.node.queues.is_none() {
-        return response.error(&HttpError::JobsDisabled, &mut ctx.scratch);
+        return response.error(&JobError::JobsDisabled, &mut ctx.scratch);
     }
     match job_id(request) {
         Some(id) => ctx.defer_job(Deferred::Redrive(id)),
         None => response.error(
-            &HttpError::NotFound {
-                path: request.path.to_owned(),
+            &JobError::NoSuchJob {
+                id: request.param("id").unwrap_or_default().to_owned(),
             },
             &mut ctx.scratch,
         ),
@@ -138,7 +138,7 @@ pub fn redrive<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Respon
 /// `GET /v1/dead`: every dead job with its last error.
 pub fn dead_letters<S>(_: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
     let Some(queues) = &ctx.node.queues else {
-        return response.error(&HttpError::JobsDisabled, &mut ctx.scratch);
+        return response.error(&JobError::JobsDisabled, &mut ctx.scratch);
     };
     let mut body = b"{\"dead\":[".to_vec();
     for (n, view) in queues.dead_letters().iter().enumerate() {

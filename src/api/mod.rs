@@ -7,6 +7,7 @@
 
 pub mod documents;
 pub mod jobs;
+pub mod openapi;
 pub mod techempower;
 
 use serde::Serialize;
@@ -32,14 +33,15 @@ pub fn benchmarks<S>(app: App<S>) -> App<S> {
         .post("/echo", echo::<S>)
 }
 
-/// `/healthz`, `/readyz` (fails while draining) and `/metrics` (Prometheus text).
+/// `/healthz`, `/readyz` (fails while draining), `/metrics` (Prometheus text) and `/openapi.json` (the running app's API, OpenAPI 3.1).
 pub fn health<S>(app: App<S>) -> App<S> {
     app.get("/healthz", healthz::<S>)
         .get("/readyz", readyz::<S>)
         .get("/metrics", metrics::<S>)
+        .get("/openapi.json", openapi::openapi::<S>)
 }
 
-/// Jobs: submit, status, redrive, dead letters. Mount before [`documents`]:
+/// Jobs: submit, status, redrive, dead letters. Mount before [`documents()`]:
 /// `/v1/jobs/...` would otherwise be read as a document collection.
 pub fn jobs<S>(app: App<S>) -> App<S> {
     app.post("/v1/jobs/:queue", jobs::submit::<S>)

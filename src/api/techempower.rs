@@ -14,8 +14,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::app::{Ctx, Request};
+use crate::documents::DocError;
 use crate::documents::{DataRequest, Op, Part, Render};
-use crate::http::{HttpError, Response};
+use crate::http::Response;
 use crate::store::seed::{FORTUNE, WORLD, WORLD_ROWS};
 use crate::store::storage_key;
 use crate::store::thread::{Precondition, StoreOp, StoreOutcome};
@@ -140,7 +141,7 @@ impl Render for Plan {
                         Part::Doc(Some(stored)) => stored.doc,
                         Part::Doc(None) => {
                             return response
-                                .error(&HttpError::Internal("a World row is missing"), scratch)
+                                .error(&DocError::Internal("a World row is missing"), scratch)
                         }
                         Part::Store(outcome) => {
                             return response
@@ -165,14 +166,14 @@ impl Render for Plan {
                         Part::Store(StoreOutcome::Written { stored, .. }) => stored.doc,
                         Part::Store(StoreOutcome::Missing) => {
                             return response
-                                .error(&HttpError::Internal("a World row is missing"), scratch)
+                                .error(&DocError::Internal("a World row is missing"), scratch)
                         }
                         Part::Store(outcome) => {
                             return response
                                 .error(&super::documents::store_failure(outcome), scratch)
                         }
                         Part::Doc(_) => {
-                            return response.error(&HttpError::Internal("unexpected part"), scratch)
+                            return response.error(&DocError::Internal("unexpected part"), scratch)
                         }
                     };
                     if n > 0 {
@@ -201,7 +202,7 @@ impl Render for Plan {
                                     Ok(fortune) => fortunes.push(fortune),
                                     Err(_) => {
                                         return response.error(
-                                            &HttpError::Internal(
+                                            &DocError::Internal(
                                                 "a Fortune document lacks id or message",
                                             ),
                                             scratch,
@@ -215,7 +216,7 @@ impl Render for Plan {
                                 .error(&super::documents::store_failure(outcome), scratch)
                         }
                         Part::Doc(_) => {
-                            return response.error(&HttpError::Internal("unexpected part"), scratch)
+                            return response.error(&DocError::Internal("unexpected part"), scratch)
                         }
                     }
                 }

@@ -15,7 +15,7 @@ use crate::http::{Head, HttpError, Persistence, Response, Version};
 use crate::limit::{Limiter, Outcome};
 use crate::metrics::CoreMetrics;
 use crate::net::{Awaiting, ConnEvent, ConnId, Handled, Mailbox, Service};
-use crate::queue::{self, Completion};
+use crate::queue::{self, Completion, JobError};
 use crate::statics::{self, Index};
 use crate::store::thread::StoreReply;
 
@@ -95,10 +95,10 @@ impl<S: 'static> AppService<S> {
             Deferred::Data(request) => self.ctx.plane.start(request, conn, Instant::now()),
             Deferred::Job(work) => {
                 let refused = match &self.ctx.node.queues {
-                    None => Some(HttpError::JobsDisabled),
+                    None => Some(JobError::JobsDisabled),
                     // The manager is gone: answer now rather than leave the client waiting.
                     Some(queues) => {
-                        (!queues.defer(work, Some(conn))).then_some(HttpError::JobLogUnavailable)
+                        (!queues.defer(work, Some(conn))).then_some(JobError::JobLogUnavailable)
                     }
                 };
                 if let Some(error) = refused {

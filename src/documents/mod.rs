@@ -11,6 +11,7 @@
 //! the order the store thread applied them. Parts come back to the origin,
 //! which renders the response once all of them are in.
 
+mod error;
 mod metrics;
 mod plane;
 
@@ -23,6 +24,7 @@ use crate::json::FieldMask;
 use crate::store::thread::{StoreCounters, StoreOp, StoreOutcome};
 use crate::store::{ShardMap, StoreOptions, Stored};
 
+pub use error::DocError;
 pub use plane::Plane;
 
 /// Where one part of a gathered answer goes: the origin core, its gather, the part's index.
@@ -111,8 +113,8 @@ impl DocName {
         }
     }
 
-    pub fn not_found(&self) -> crate::http::HttpError {
-        crate::http::HttpError::DocumentNotFound {
+    pub fn not_found(&self) -> DocError {
+        DocError::DocumentNotFound {
             collection: self.collection.to_string(),
             key: self.key.to_string(),
         }

@@ -1,4 +1,8 @@
-//! Every way a request can fail, and the one place each maps to an HTTP status.
+//! How an error becomes an answer ([`ApiError`]), and every way the HTTP layer itself can refuse a request, with the one place each maps to a status.
+//!
+//! The layers above have their own error types, each the one place its
+//! errors map to a status: the document API's ([`crate::documents::DocError`]),
+//! the job system's ([`crate::queue::JobError`]), an application's.
 
 use thiserror::Error;
 
@@ -85,32 +89,8 @@ pub enum HttpError {
     MethodNotAllowed { method: String, allow: String },
     #[error("{0}")]
     BadRequest(String),
-    #[error("no document `{key}` in collection `{collection}`")]
-    DocumentNotFound { collection: String, key: String },
-    #[error("{0}")]
-    PreconditionFailed(String),
-    #[error(
-        "the document of {size} bytes exceeds the limit of {limit} bytes (--max-document-bytes)"
-    )]
-    DocumentTooLarge { size: usize, limit: usize },
-    #[error("{0}")]
-    InvalidDocument(String),
-    #[error("{0}")]
-    InvalidFields(String),
-    #[error("{0}")]
-    InvalidKey(String),
-    #[error("Content-Type `{got}` is not accepted here; send {expected}")]
-    UnsupportedMediaType { got: String, expected: &'static str },
-    #[error("the document store cannot serve this request: {0}; nothing was written")]
-    StoreUnavailable(String),
     #[error("too many requests from this client; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
-    #[error("queue `{queue}` is full ({capacity} jobs waiting); retry later")]
-    QueueFull { queue: String, capacity: usize },
-    #[error("jobs are off: start percore with --data-dir DIR to keep a durable job log")]
-    JobsDisabled,
-    #[error("the job log cannot be written, so no job can be accepted; see the server's log")]
-    JobLogUnavailable,
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("the server is shutting down")]
@@ -135,8 +115,7 @@ impl ApiError for HttpError {
             HttpError::MethodNotAllowed { allow, .. } => Some(("Allow", allow.as_str())),
             HttpError::Draining
             | HttpError::Overloaded(_)
-            | HttpError::TooManyConnections { .. }
-            | HttpError::QueueFull { .. } => Some(("Retry-After", "1")),
+            | HttpError::TooManyConnections { .. } => Some(("Retry-After", "1")),
             _ => None,
         }
     }
@@ -150,14 +129,8 @@ impl HttpError {
             | Self::AmbiguousFraming(_)
             | Self::InvalidContentLength
             | Self::MissingHost
-            | Self::BadRequest(_)
-            | Self::InvalidDocument(_)
-            | Self::InvalidFields(_)
-            | Self::InvalidKey(_) => 400,
-            Self::NotFound { .. } | Self::DocumentNotFound { .. } => 404,
-            Self::PreconditionFailed(_) => 412,
-            Self::DocumentTooLarge { .. } => 413,
-            Self::UnsupportedMediaType { .. } => 415,
+            | Self::BadRequest(_) => 400,
+            Self::NotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::HeaderTimeout { .. } | Self::BodyTimeout { .. } => 408,
             Self::BodyTooLarge { .. } | Self::ChunkedBodyTooLarge { .. } => 413,
@@ -165,13 +138,7 @@ impl HttpError {
             Self::RateLimited { .. } => 429,
             Self::Internal(_) => 500,
             Self::UnsupportedTransferCoding(_) => 501,
-            Self::Draining
-            | Self::Overloaded(_)
-            | Self::TooManyConnections { .. }
-            | Self::QueueFull { .. }
-            | Self::JobsDisabled
-            | Self::JobLogUnavailable
-            | Self::StoreUnavailable(_) => 503,
+            Self::Draining | Self::Overloaded(_) | Self::TooManyConnections { .. } => 503,
             Self::UnsupportedVersion => 505,
         }
     }
@@ -190,23 +157,13 @@ impl HttpError {
             Self::UnsupportedVersion => "unsupported_version",
             Self::HeaderTimeout { .. } => "header_timeout",
             Self::BodyTimeout { .. } => "body_timeout",
-            Self::NotFound { .. } | Self::DocumentNotFound { .. } => "not_found",
-            Self::PreconditionFailed(_) => "precondition_failed",
-            Self::DocumentTooLarge { .. } => "document_too_large",
-            Self::InvalidDocument(_) => "invalid_document",
-            Self::InvalidFields(_) => "invalid_fields",
-            Self::InvalidKey(_) => "invalid_key",
-            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
-            Self::StoreUnavailable(_) => "store_unavailable",
+            Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BadRequest(_) => "bad_request",
             Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal",
             Self::Draining => "draining",
             Self::Overloaded(_) => "overloaded",
-            Self::QueueFull { .. } => "queue_full",
-            Self::JobsDisabled => "jobs_disabled",
-            Self::JobLogUnavailable => "job_log_unavailable",
             Self::TooManyConnections { .. } => "too_many_connections",
         }
     }
@@ -219,19 +176,8 @@ impl HttpError {
             Self::NotFound { .. }
                 | Self::MethodNotAllowed { .. }
                 | Self::BadRequest(_)
-                | Self::DocumentNotFound { .. }
-                | Self::PreconditionFailed(_)
-                | Self::DocumentTooLarge { .. }
-                | Self::InvalidDocument(_)
-                | Self::InvalidFields(_)
-                | Self::InvalidKey(_)
-                | Self::UnsupportedMediaType { .. }
-                | Self::StoreUnavailable(_)
                 | Self::RateLimited { .. }
-                | Self::QueueFull { .. }
                 | Self::Overloaded(_)
-                | Self::JobsDisabled
-                | Self::JobLogUnavailable
                 | Self::Internal(_)
         )
     }

@@ -12,7 +12,6 @@ use serde_json::Value;
 use super::kinds::Outcome;
 use super::log::{JobLog, Record};
 use super::*;
-use crate::http::HttpError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -265,7 +264,7 @@ impl Manager {
                         reply.answer,
                         Answer::Accepted { .. } | Answer::Redriven { .. }
                     ) {
-                        reply.answer = Answer::Rejected(HttpError::JobLogUnavailable);
+                        reply.answer = Answer::Rejected(JobError::JobLogUnavailable);
                     }
                 }
             }
@@ -305,13 +304,11 @@ impl Manager {
                         self.changed.push(id);
                         Answer::Redriven { id }
                     }
-                    Some((state, _)) => Answer::Rejected(HttpError::BadRequest(format!(
-                        "job {id} is {}, not dead",
-                        state.name()
-                    ))),
-                    None => Answer::Rejected(HttpError::NotFound {
-                        path: format!("/v1/jobs/{id}"),
+                    Some((state, _)) => Answer::Rejected(JobError::NotDead {
+                        id,
+                        state: state.name().to_owned(),
                     }),
+                    None => Answer::Rejected(JobError::NoSuchJob { id: id.to_string() }),
                 };
                 if let Some(to) = reply {
                     self.replies.push(Completion { to, answer });
@@ -333,7 +330,7 @@ impl Manager {
             run_at_ms,
         } = submission;
         if self.broken {
-            return Answer::Rejected(HttpError::JobLogUnavailable);
+            return Answer::Rejected(JobError::JobLogUnavailable);
         }
         if let Some(key) = &idempotency_key {
             if let Some(&id) = self.idempotency.get(&(queue.clone(), key.clone())) {
@@ -346,7 +343,7 @@ impl Manager {
         }
         let waiting = self.waiting_per_queue.get(&queue).copied().unwrap_or(0);
         if waiting >= self.queues.options.capacity {
-            return Answer::Rejected(HttpError::QueueFull {
+            return Answer::Rejected(JobError::QueueFull {
                 queue,
                 capacity: self.queues.options.capacity,
             });

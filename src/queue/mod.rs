@@ -8,11 +8,14 @@
 //! `kill -9`. Workers are plain threads (pinned with `--worker-cpus`) that
 //! take jobs from a bounded channel, so a slow job never touches an io core.
 
+mod error;
 pub mod kinds;
 pub mod log;
 mod manager;
 mod metrics;
 pub mod nats;
+
+pub use error::JobError;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -22,7 +25,6 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use serde_json::Value;
 
-use crate::http::HttpError;
 use crate::runtime::cpu;
 use kinds::{JobKinds, KindOptions, Outcome};
 use log::JobLog;
@@ -118,7 +120,7 @@ pub enum Answer {
     Redriven {
         id: u64,
     },
-    Rejected(HttpError),
+    Rejected(JobError),
 }
 
 impl Answer {

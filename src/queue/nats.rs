@@ -33,8 +33,9 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::kinds::Outcome;
-use super::{Answer, Answerers, Completion, Deferred, JobView, Msg, Queues, Submission, Work};
-use crate::http::HttpError;
+use super::{
+    Answer, Answerers, Completion, Deferred, JobError, JobView, Msg, Queues, Submission, Work,
+};
 
 /// Where the jobs live on NATS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,7 +264,7 @@ impl Bridge {
             run_at_ms,
         } = submission;
         if run_at_ms.is_some() {
-            return Answer::Rejected(HttpError::BadRequest(
+            return Answer::Rejected(JobError::Invalid(
                 "delayed jobs are not supported with --queue nats".into(),
             ));
         }
@@ -284,7 +285,7 @@ impl Bridge {
         let ack = match published {
             Ok(ack) => ack,
             Err(error) if error.to_string().contains("maximum messages per subject") => {
-                return Answer::Rejected(HttpError::QueueFull {
+                return Answer::Rejected(JobError::QueueFull {
                     queue,
                     capacity: self.queues.options.capacity,
                 });
@@ -313,18 +314,16 @@ impl Bridge {
 
     async fn redrive(&mut self, id: u64) -> Answer {
         let Some(bytes) = self.get_status(id).await else {
-            return Answer::Rejected(HttpError::NotFound {
-                path: format!("/v1/jobs/{id}"),
-            });
+            return Answer::Rejected(JobError::NoSuchJob { id: id.to_string() });
         };
         let Ok(mut view) = serde_json::from_slice::<Value>(&bytes) else {
-            return Answer::Rejected(HttpError::Internal("unreadable job status"));
+            return Answer::Rejected(JobError::Internal("unreadable job status"));
         };
         if view["status"] != "dead" {
-            return Answer::Rejected(HttpError::BadRequest(format!(
-                "job {id} is {}, not dead",
-                view["status"].as_str().unwrap_or("?")
-            )));
+            return Answer::Rejected(JobError::NotDead {
+                id,
+                state: view["status"].as_str().unwrap_or("?").to_owned(),
+            });
         }
         let queue = view["queue"].as_str().unwrap_or_default().to_owned();
         let submission = Submission {
@@ -505,7 +504,7 @@ impl Bridge {
     }
 }
 
-fn unavailable(error: &dyn std::fmt::Display) -> HttpError {
+fn unavailable(error: &dyn std::fmt::Display) -> JobError {
     eprintln!("percore: NATS did not take a job: {error}");
-    HttpError::JobLogUnavailable
+    JobError::JobLogUnavailable
 }
