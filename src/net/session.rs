@@ -13,6 +13,17 @@ use crate::http::HttpError;
 /// client is not reading, and memory must stay bounded.
 pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 
+/// What a connection's later requests wait for before they are answered.
+#[derive(Default)]
+enum Waiting {
+    #[default]
+    Nothing,
+    /// The body of the last answer, to be sent from a file before anything else.
+    File(FileBody),
+    /// The last request's answer, which another thread or core will give.
+    Answer(Awaiting),
+}
+
 /// The per-connection protocol state. The io layer feeds it bytes and sends
 /// what it writes into the output buffer.
 #[derive(Default)]
@@ -35,10 +46,8 @@ pub struct Session {
     /// The request in progress passed the rate limiter; its header lines.
     admitted: bool,
     rate_headers: Vec<u8>,
-    /// The body of the last answer, to be sent from a file before anything else.
-    file: Option<FileBody>,
-    /// A request whose answer another thread will give (a job being made durable).
-    awaiting: Option<Awaiting>,
+    /// What later requests wait for, if anything: at most one thing at a time.
+    waiting: Waiting,
     /// The peer shut its sending side: answer what it sent, then close.
     input_finished: bool,
 }
@@ -64,13 +73,13 @@ impl Session {
 
     /// True when no request is in progress.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.file.is_none() && self.awaiting.is_none()
+        self.pending.is_empty() && matches!(self.waiting, Waiting::Nothing)
     }
 
     /// Writes the answer to the request that was waiting for it; later
     /// requests then proceed (call [`Self::resume`]).
     pub fn answer<S: Service>(&mut self, answer: S::Answer, out: &mut Vec<u8>, service: &mut S) {
-        let Some(awaiting) = self.awaiting.take() else {
+        let Waiting::Answer(awaiting) = std::mem::take(&mut self.waiting) else {
             return;
         };
         // The rate limiter's header lines of this request are still in
@@ -84,7 +93,13 @@ impl Session {
 
     /// The file body the io layer must send next, after the output written so far.
     pub fn take_file(&mut self) -> Option<FileBody> {
-        self.file.take()
+        match std::mem::take(&mut self.waiting) {
+            Waiting::File(body) => Some(body),
+            other => {
+                self.waiting = other;
+                None
+            }
+        }
     }
 
     /// The peer sent its last byte (EOF). Requests already received are
@@ -96,12 +111,12 @@ impl Session {
     /// True when the connection owes the peer nothing more and will get no
     /// more requests: it closed its side and every complete request is answered.
     pub fn is_done(&self) -> bool {
-        self.input_finished && self.file.is_none() && self.awaiting.is_none()
+        self.input_finished && matches!(self.waiting, Waiting::Nothing)
     }
 
     /// True while later requests must wait: a file body or a deferred answer is pending.
     pub fn is_blocked(&self) -> bool {
-        self.file.is_some() || self.awaiting.is_some()
+        !matches!(self.waiting, Waiting::Nothing)
     }
 
     /// Stops reading requests; whatever is already answered is still sent.
@@ -145,8 +160,7 @@ impl Session {
         limits: &Limits,
         now: Instant,
     ) {
-        if self.pending.is_empty() || self.closing || self.file.is_some() || self.awaiting.is_some()
-        {
+        if self.pending.is_empty() || self.closing || self.is_blocked() {
             return;
         }
         let mut pending = mem::take(&mut self.pending);
@@ -198,11 +212,7 @@ impl Session {
     ) -> usize {
         let mut used = 0;
         // A file body in flight must go out before any later answer.
-        while used < data.len()
-            && out.len() < OUTPUT_HIGH_WATER
-            && self.file.is_none()
-            && self.awaiting.is_none()
-        {
+        while used < data.len() && out.len() < OUTPUT_HIGH_WATER && !self.is_blocked() {
             let mut slots = [const { MaybeUninit::uninit() }; HEADER_SLOTS];
             let head = match parse::parse_head(&data[used..], &mut slots, limits) {
                 Ok(Some(head)) => head,
@@ -266,12 +276,14 @@ impl Session {
             used = end;
             let keep_alive = match handled {
                 Handled::Answered { keep_alive, file } => {
-                    self.file = file;
+                    if let Some(body) = file {
+                        self.waiting = Waiting::File(body);
+                    }
                     keep_alive
                 }
                 Handled::Deferred(awaiting) => {
                     // Later requests wait for this answer, to stay in order.
-                    self.awaiting = Some(awaiting);
+                    self.waiting = Waiting::Answer(awaiting);
                     return used;
                 }
             };
