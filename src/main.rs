@@ -9,25 +9,11 @@ use percore::loadgen::BenchArgs;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Exit status for a usage or configuration error (sysexits.h EX_USAGE).
+/// Exit status for a usage error (sysexits.h EX_USAGE).
 const EX_USAGE: u8 = 64;
 
-/// Prints a command-line or configuration error; `--help` and `--version` succeed.
 fn usage(error: &ConfigError) -> ExitCode {
-    match error {
-        ConfigError::Cli(error) => {
-            let _ = error.print();
-            if error.use_stderr() {
-                ExitCode::from(EX_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        error => {
-            eprintln!("percore: {error}");
-            ExitCode::from(EX_USAGE)
-        }
-    }
+    percore::app::usage("percore", error)
 }
 
 fn cli() -> Result<Command, ConfigError> {

@@ -6,7 +6,6 @@
 //! parts its [`Plan`] turns into the response.
 
 use std::borrow::Cow;
-use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -74,25 +73,12 @@ pub fn get<S>(request: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'
     };
     let if_match = request.header("if-match").map(|v| parse_tags(v, false));
     let if_none_match = request.header("if-none-match").map(|v| parse_tags(v, true));
-    let plane = &mut ctx.plane;
-    let shard = plane.map().shard_of(collection.as_bytes(), key.as_bytes());
-    let mut storage = std::mem::take(plane.scratch());
-    storage_key(collection, &key, &mut storage);
-    let owned_here = plane.map().owner(shard) == plane.core();
-    if owned_here {
-        if let Some(stored) = plane.cached(&storage, mask.as_ref(), Instant::now()) {
-            *plane.scratch() = storage;
-            return render_doc(&stored, if_match.as_ref(), if_none_match.as_ref(), response);
+    let op = match ctx.plane.read(collection, &key, mask) {
+        Ok(stored) => {
+            return render_doc(&stored, if_match.as_ref(), if_none_match.as_ref(), response)
         }
-    }
-    let op = Op::Get {
-        shard,
-        key: storage.clone(),
-        mask,
-        cached: true,
-        missed: owned_here,
+        Err(op) => op,
     };
-    *plane.scratch() = storage;
     ctx.defer_documents(DataRequest {
         plan: Box::new(Plan::Get {
             if_match,
