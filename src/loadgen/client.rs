@@ -22,7 +22,7 @@
 //! omission correction of wrk2). An absolute io_uring Timeout wakes the
 //! core at the next due time; it is moved earlier in place
 //! (`IORING_TIMEOUT_UPDATE`) when a connection frees up before the next tick.
-//! When the next request is due within [`SPIN_NS`] the core polls the ring
+//! When the next request is due within `SPIN_NS` the core polls the ring
 //! instead: on a VM arming and taking a timer costs more than that.
 //!
 //! Sends post no completion unless they fail (`MSG_WAITALL` with
