@@ -30,24 +30,29 @@
 //! follow the responses to the last, which prove it done; that saves a
 //! completion, and in the open loop a wake-up, per request.
 //!
-//! Every completion carries `user_data` = kind | generation | slot; a
-//! connection's descriptor is closed only when none of its operations is
-//! still in the kernel, so a completion of an old connection is recognised
-//! by its generation and dropped.
+//! The io_uring plumbing is shared with the server: the core's [`Ring`],
+//! the entries of [`crate::net::ops`], and one [`Outbound`] per connection,
+//! which creates the socket, connects, receives and sends, and closes the
+//! descriptor only when none of its operations is still in the kernel.
+//! Every completion carries `user_data` = kind | generation | slot, so a
+//! completion of an old connection is recognised by its generation and
+//! dropped.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use hdrhistogram::Histogram;
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use io_uring::{opcode, squeue, types};
 
 use super::response::ResponseReader;
 use crate::net::bufring::BufRing;
-use crate::runtime::uring::{self, split_user_data, user_data, UringError};
+use crate::net::outbound::{Completion, Kinds, Outbound, Recv, SendBuf, Sent, State};
+use crate::net::ring::{self, Ring};
+use crate::runtime::uring::{split_user_data, user_data, UringError};
 
 const KIND_CONNECT: u64 = 1;
 const KIND_RECV: u64 = 2;
@@ -55,6 +60,12 @@ const KIND_SEND: u64 = 3;
 const KIND_TIMER: u64 = 4;
 const KIND_TIMER_UPDATE: u64 = 5;
 const KIND_CANCEL: u64 = 6;
+const KINDS: Kinds = Kinds {
+    connect: KIND_CONNECT,
+    recv: KIND_RECV,
+    send: KIND_SEND,
+    cancel: KIND_CANCEL,
+};
 
 /// How often a core checks timeouts, retries connects and publishes its counters.
 const TICK_NS: u64 = 100_000_000;
@@ -220,31 +231,28 @@ pub fn thread_cpu_ns() -> u64 {
     ticks * 1_000_000_000 / ticks_per_s.max(1) as u64
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// No socket; connect again at `retry_at` (while the run goes on).
-    Idle {
-        retry_at: u64,
-    },
-    Connecting,
-    Open,
-    /// Shut down; waiting for the kernel to finish this socket's operations.
-    Closing {
-        retry_at: u64,
-    },
+/// The first `len` bytes of the core's pre-rendered batch: what one send
+/// carries, without copying it.
+struct Batch {
+    bytes: Rc<[u8]>,
+    len: usize,
 }
 
+impl AsRef<[u8]> for Batch {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+// SAFETY: the bytes are the Rc's heap allocation, shared and never
+// written; moving a Batch moves only the pointer, and `len` never changes.
+unsafe impl SendBuf for Batch {}
+
 struct Conn {
-    fd: RawFd,
-    generation: u32,
-    phase: Phase,
-    connect_in_flight: bool,
-    connect_cancelled: bool,
-    recv_armed: bool,
-    send_in_flight: bool,
-    /// Bytes of the batch in the current send, and how many went out.
-    send_len: usize,
-    sent: usize,
+    /// The socket and its operations.
+    net: Outbound<Batch>,
+    /// When to connect again once closed (while the run goes on).
+    retry_at: u64,
     /// Start times (ns) of the requests sent or assigned, oldest first.
     in_flight: VecDeque<u64>,
     /// Open loop: requests assigned this turn and not yet sent.
@@ -266,15 +274,13 @@ enum Lost {
 /// One client core: its ring, connections and counts.
 pub struct ClientCore {
     // Declared first so it is dropped first: the kernel may reference the
-    // buffers and the batch below until the ring is gone.
-    ring: IoUring,
+    // buffers, the batch and the timespec below until the ring is gone.
+    ring: Ring,
     buffers: BufRing,
-    batch: Box<[u8]>,
+    batch: Rc<[u8]>,
     request_len: usize,
     /// Whether sends post a completion on success (see [`ClientCore::new`]).
     track_sends: bool,
-    sockaddr: Box<libc::sockaddr_storage>,
-    sockaddr_len: libc::socklen_t,
     timespec: Box<types::Timespec>,
     plan: Arc<Plan>,
     shared: Arc<Shared>,
@@ -320,23 +326,15 @@ impl ClientCore {
         plan: Arc<Plan>,
         shared: Arc<Shared>,
     ) -> Result<Self, UringError> {
-        let ring = uring::build_ring(RING_ENTRIES)?;
+        let ring = Ring::new(RING_ENTRIES)?;
         let want = (connections * 2).next_power_of_two().clamp(64, 1024) as u16;
-        let buffers = register_buffers(&ring, want)?;
-        let batch = plan.request.repeat(plan.pipeline).into_boxed_slice();
-        let (sockaddr, sockaddr_len) = sockaddr_of(plan.addr);
+        let buffers = ring::register_buffers(&ring, want, RECV_BUFFER_SIZE, BUFFER_GROUP)?;
+        let batch: Rc<[u8]> = plan.request.repeat(plan.pipeline).into();
         let head_requests = plan.head_requests;
         let conns = (0..connections)
-            .map(|_| Conn {
-                fd: -1,
-                generation: 0,
-                phase: Phase::Idle { retry_at: 0 },
-                connect_in_flight: false,
-                connect_cancelled: false,
-                recv_armed: false,
-                send_in_flight: false,
-                send_len: 0,
-                sent: 0,
+            .map(|slot| Conn {
+                net: Outbound::new(slot as u32, KINDS),
+                retry_at: 0,
                 in_flight: VecDeque::with_capacity(plan.pipeline),
                 assigned: 0,
                 queued: false,
@@ -364,8 +362,6 @@ impl ClientCore {
             // issued one at a time per connection, in order.
             track_sends: plan.rate.is_some() && plan.pipeline > 1,
             batch,
-            sockaddr: Box::new(sockaddr),
-            sockaddr_len,
             timespec: Box::new(types::Timespec::new()),
             shared,
             core,
@@ -421,31 +417,12 @@ impl ClientCore {
             self.connect(slot);
         }
         loop {
-            let waited = if self.due_soon() {
+            if self.due_soon() {
                 // Poll: run completions without sleeping.
-                let pending = self.ring.submission().len() as u32;
-                // SAFETY: no argument is passed; the flags only ask the
-                // kernel to run completions before returning.
-                unsafe {
-                    self.ring.submitter().enter::<libc::sigset_t>(
-                        pending,
-                        0,
-                        io_uring::EnterFlags::GETEVENTS.bits(),
-                        None,
-                    )
-                }
+                self.ring.submit_and_poll()?;
             } else {
                 self.arm_timer();
-                self.ring.submit_and_wait(1)
-            };
-            match waited {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
-                    ) => {}
-                Err(e) => return Err(e),
+                self.ring.submit_and_wait(1)?;
             }
             self.now = now_ns();
             self.begin_measuring_if_due();
@@ -454,12 +431,7 @@ impl ClientCore {
             }
             loop {
                 let mut completions = std::mem::take(&mut self.completions);
-                completions.extend(
-                    self.ring
-                        .completion()
-                        .map(|c| (c.user_data(), c.result(), c.flags())),
-                );
-                if completions.is_empty() {
+                if self.ring.drain(&mut completions) == 0 {
                     self.completions = completions;
                     break;
                 }
@@ -477,7 +449,7 @@ impl ClientCore {
             }
             let mut reconnect = std::mem::take(&mut self.reconnect);
             for &slot in &reconnect {
-                if self.running && matches!(self.conns[slot as usize].phase, Phase::Idle { .. }) {
+                if self.running && self.conns[slot as usize].net.state() == State::Idle {
                     self.connect(slot);
                 }
             }
@@ -509,9 +481,8 @@ impl ClientCore {
         }
         for slot in 0..self.conns.len() as u32 {
             let conn = &self.conns[slot as usize];
-            if conn.phase == Phase::Connecting
-                || (conn.phase == Phase::Open && conn.in_flight.is_empty())
-            {
+            let state = conn.net.state();
+            if state == State::Connecting || (state == State::Open && conn.in_flight.is_empty()) {
                 self.close(slot, Lost::Closed, u64::MAX);
             }
         }
@@ -525,17 +496,8 @@ impl ClientCore {
         let cpu_ns = thread_cpu_ns().saturating_sub(self.cpu_at_start);
         let now = now_ns();
         self.tally.unfinished = self.conns.iter().map(|c| c.in_flight.len() as u64).sum();
-        for conn in &self.conns {
-            if conn.fd >= 0 {
-                // SAFETY: fd is an open socket of this core. Operations still
-                // in the kernel end with the ring, which is dropped before
-                // the buffers they reference (field order).
-                unsafe {
-                    libc::shutdown(conn.fd, libc::SHUT_RDWR);
-                    libc::close(conn.fd);
-                }
-            }
-        }
+        // The sockets close when the connections drop, after the ring
+        // (field order): operations still in the kernel end with it.
         self.publish();
         CoreResult {
             core: self.core,
@@ -555,18 +517,6 @@ impl ClientCore {
             self.tally.errors.total() + self.tally.responses - self.tally.by_class[2],
             Relaxed,
         );
-    }
-
-    fn push(&mut self, entry: &squeue::Entry) {
-        // SAFETY: every entry's memory (the batch, the socket address, the
-        // timespec, the provided buffers) lives in this core, which outlives
-        // its ring: see the field order of ClientCore.
-        while unsafe { self.ring.submission().push(entry) }.is_err() {
-            // The submission queue is full: hand what is queued to the kernel.
-            if self.ring.submit().is_err() {
-                std::thread::yield_now();
-            }
-        }
     }
 
     /// Open loop: the next request is due so soon that polling is cheaper
@@ -616,7 +566,9 @@ impl ClientCore {
         };
         self.timer_armed = true;
         self.timer_target = target;
-        self.push(&entry);
+        // SAFETY: the timespec is boxed in this core, which drops its ring
+        // first (field order); the kernel reads it when it takes the entry.
+        unsafe { self.ring.push(&entry) };
     }
 
     fn complete(&mut self, data: u64, result: i32, flags: u32) {
@@ -635,80 +587,47 @@ impl ClientCore {
 
     fn connect(&mut self, slot: u32) {
         let now = self.now;
-        let family = if self.plan.addr.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        // SAFETY: socket() returns a new descriptor or -1.
-        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
+        let conn = &mut self.conns[slot as usize];
+        if conn.net.connect(&mut self.ring, self.plan.addr).is_err() {
+            // Out of descriptors, most likely: try again at the next tick.
             if self.measuring {
                 self.tally.errors.connect += 1;
             }
-            self.conns[slot as usize].phase = Phase::Idle {
-                retry_at: now + TICK_NS,
-            };
+            conn.retry_at = now + TICK_NS;
             return;
         }
-        set_nodelay(fd);
-        let conn = &mut self.conns[slot as usize];
-        conn.fd = fd;
-        conn.generation = conn.generation.wrapping_add(1) & 0x00ff_ffff;
-        conn.phase = Phase::Connecting;
-        conn.connect_in_flight = true;
-        conn.connect_cancelled = false;
         conn.last_progress = now;
         conn.reader.reset();
-        let entry = opcode::Connect::new(
-            types::Fd(fd),
-            (&*self.sockaddr as *const libc::sockaddr_storage).cast(),
-            self.sockaddr_len,
-        )
-        .build()
-        .user_data(user_data(KIND_CONNECT, conn.generation, slot));
-        self.push(&entry);
     }
 
     fn on_connect(&mut self, slot: u32, generation: u32, result: i32) {
         let now = self.now;
-        let measuring = self.measuring;
         let running = self.running;
-        let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
         };
-        conn.connect_in_flight = false;
-        if conn.phase != Phase::Connecting {
-            self.finish_close(slot);
-            return;
-        }
-        if result < 0 {
-            if measuring {
-                self.tally.errors.connect += 1;
+        match conn.net.on_connect(generation, result) {
+            Completion::Stale | Completion::Closing => {}
+            Completion::Closed => self.closed(slot),
+            Completion::Live(Err(_)) => {
+                // Refused, unreachable: the socket is closed already.
+                if self.measuring {
+                    self.tally.errors.connect += 1;
+                }
+                conn.retry_at = now + TICK_NS;
             }
-            self.close(slot, Lost::Closed, now + TICK_NS);
-            return;
+            Completion::Live(Ok(())) => {
+                conn.last_progress = now;
+                conn.net.arm_recv(&mut self.ring, &self.buffers);
+                if !running {
+                    self.close(slot, Lost::Closed, u64::MAX);
+                } else if self.open_loop() {
+                    self.make_ready(slot);
+                } else {
+                    self.send_batch(slot);
+                }
+            }
         }
-        conn.phase = Phase::Open;
-        conn.last_progress = now;
-        self.arm_recv(slot);
-        if !running {
-            self.close(slot, Lost::Closed, u64::MAX);
-        } else if self.open_loop() {
-            self.make_ready(slot);
-        } else {
-            self.send_batch(slot);
-        }
-    }
-
-    fn arm_recv(&mut self, slot: u32) {
-        let group = self.buffers.group;
-        let conn = &mut self.conns[slot as usize];
-        let entry = opcode::RecvMulti::new(types::Fd(conn.fd), group)
-            .build()
-            .user_data(user_data(KIND_RECV, conn.generation, slot));
-        conn.recv_armed = true;
-        self.push(&entry);
     }
 
     /// Closed loop: sends one batch of `pipeline` requests, all starting now.
@@ -726,75 +645,66 @@ impl ClientCore {
             self.tally.sends += 1;
             self.tally.requests_sent += requests as u64;
         }
-        let len = requests * self.request_len;
-        let tracked = self.track_sends;
+        let batch = Batch {
+            bytes: Rc::clone(&self.batch),
+            len: requests * self.request_len,
+        };
         let conn = &mut self.conns[slot as usize];
-        conn.send_len = len;
-        conn.sent = 0;
-        conn.send_in_flight = tracked;
-        let entry = send_entry(&self.batch, conn, slot, tracked);
-        self.push(&entry);
+        let started = if self.track_sends {
+            conn.net.send(&mut self.ring, batch)
+        } else {
+            // SAFETY: the Batch shares the core's batch, which the core
+            // keeps until after its ring is dropped (field order), so the
+            // bytes stay valid whenever the kernel is done with them.
+            unsafe { conn.net.send_quiet(&mut self.ring, batch) }
+        };
+        if started.is_err() {
+            // Not open, or a send in flight: callers check both first.
+            self.close(slot, Lost::Closed, self.now + TICK_NS);
+        }
     }
 
     fn on_send(&mut self, slot: u32, generation: u32, result: i32) {
-        let running = self.running;
-        let tracked = self.track_sends;
-        let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
             return;
         };
-        conn.send_in_flight = false;
-        if conn.phase != Phase::Open {
-            self.finish_close(slot);
-            return;
-        }
-        // An untracked send completes only when it failed (perhaps after
-        // sending part: its result then counts those bytes).
-        if result <= 0 || !tracked {
-            self.close(slot, Lost::Closed, self.now + TICK_NS);
-            return;
-        }
-        conn.sent += result as usize;
-        if conn.sent < conn.send_len {
-            conn.send_in_flight = true;
-            let entry = send_entry(&self.batch, conn, slot, true);
-            self.push(&entry);
-            return;
-        }
-        let idle = conn.in_flight.is_empty();
-        if !running {
-            return;
-        }
-        if self.open_loop() {
-            self.make_ready(slot);
-        } else if idle {
-            self.send_batch(slot);
+        match conn.net.on_send(&mut self.ring, generation, result) {
+            Completion::Stale | Completion::Closing | Completion::Live(Sent::Sending) => {}
+            Completion::Closed => self.closed(slot),
+            // A quiet send completes only when it failed (perhaps after
+            // sending part).
+            Completion::Live(Sent::Failed(_)) => {
+                self.close(slot, Lost::Closed, self.now + TICK_NS);
+            }
+            Completion::Live(Sent::Done(_)) => {
+                let idle = conn.in_flight.is_empty();
+                if !self.running {
+                    return;
+                }
+                if self.open_loop() {
+                    self.make_ready(slot);
+                } else if idle {
+                    self.send_batch(slot);
+                }
+            }
         }
     }
 
     fn on_recv(&mut self, slot: u32, generation: u32, result: i32, flags: u32) {
-        let more = cqueue::more(flags);
-        let bid = cqueue::buffer_select(flags);
         let now = self.now;
         let measuring = self.measuring;
-        let Some(conn) = live_conn(&mut self.conns, slot, generation) else {
-            if let Some(bid) = bid {
+        let Some(conn) = self.conns.get_mut(slot as usize) else {
+            if let Some(bid) = io_uring::cqueue::buffer_select(flags) {
                 self.buffers.recycle(bid);
             }
             return;
         };
-        if !more {
-            conn.recv_armed = false;
-        }
-        if conn.phase != Phase::Open {
-            if let Some(bid) = bid {
-                self.buffers.recycle(bid);
-            }
-            self.finish_close(slot);
-            return;
-        }
         let mut seen = Seen::default();
         let Conn {
-            reader, in_flight, ..
+            net,
+            reader,
+            in_flight,
+            ..
         } = &mut *conn;
         let mut done = |status| {
             record(
@@ -807,17 +717,22 @@ impl ClientCore {
                 status,
             )
         };
-        let parsed = match (result, bid) {
-            (1.., Some(bid)) => {
-                let parsed = reader.feed(self.buffers.filled(bid, result as usize), &mut done);
-                self.buffers.recycle(bid);
-                parsed
-            }
-            _ if result == -libc::ENOBUFS => Ok(()),
-            _ => {
-                // The server closed (0) or reset the connection; a response
+        let mut parsed = Ok(());
+        let completion = net.on_recv(&mut self.buffers, generation, result, flags, |bytes| {
+            parsed = reader.feed(bytes, &mut done)
+        });
+        let recv = match completion {
+            Completion::Stale | Completion::Closing => return,
+            Completion::Closed => return self.closed(slot),
+            Completion::Live(recv) => recv,
+        };
+        match recv {
+            Recv::Data(len) if measuring => self.tally.bytes += len as u64,
+            Recv::Data(_) | Recv::NoBuffers => {}
+            Recv::Eof | Recv::Error(_) => {
+                // The server closed or reset the connection; a response
                 // without a length ends here.
-                if result == 0 {
+                if recv == Recv::Eof {
                     reader.eof(&mut done);
                 }
                 let retry = if in_flight.is_empty() {
@@ -828,9 +743,6 @@ impl ClientCore {
                 self.close(slot, Lost::Closed, retry);
                 return;
             }
-        };
-        if measuring && result > 0 {
-            self.tally.bytes += result as u64;
         }
         if parsed.is_err() || seen.unsolicited {
             // The stream cannot be trusted: the request at its head failed,
@@ -856,14 +768,12 @@ impl ClientCore {
             self.close(slot, Lost::Closed, retry);
             return;
         }
-        if !conn.recv_armed {
-            self.arm_recv(slot);
-        }
-        let conn = &self.conns[slot as usize];
-        if self.running && !conn.send_in_flight {
+        conn.net.arm_recv(&mut self.ring, &self.buffers);
+        let (sending, idle) = (conn.net.send_in_flight(), conn.in_flight.is_empty());
+        if self.running && !sending {
             if self.open_loop() {
                 self.make_ready(slot);
-            } else if conn.in_flight.is_empty() {
+            } else if idle {
                 self.send_batch(slot);
             }
         }
@@ -875,7 +785,7 @@ impl ClientCore {
     fn close(&mut self, slot: u32, lost: Lost, retry_at: u64) {
         let measuring = self.measuring;
         let conn = &mut self.conns[slot as usize];
-        if !matches!(conn.phase, Phase::Open | Phase::Connecting) {
+        if !matches!(conn.net.state(), State::Open | State::Connecting) {
             return;
         }
         let outstanding = conn.in_flight.len() as u64;
@@ -888,47 +798,27 @@ impl ClientCore {
         conn.in_flight.clear();
         conn.assigned = 0;
         conn.reader.reset();
-        conn.phase = Phase::Closing { retry_at };
-        // SAFETY: fd is this connection's open socket; shutting it down
-        // completes its pending receive (and a stalled send) at once.
-        unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
-        if conn.connect_in_flight && !conn.connect_cancelled {
-            conn.connect_cancelled = true;
-            let cancel = opcode::AsyncCancel::new(user_data(KIND_CONNECT, conn.generation, slot))
-                .build()
-                .user_data(user_data(KIND_CANCEL, 0, 0));
-            self.push(&cancel);
+        conn.retry_at = retry_at;
+        if conn.net.close(&mut self.ring) {
+            self.closed(slot);
         }
-        self.finish_close(slot);
     }
 
-    /// Closes the descriptor once no operation of it is in the kernel.
-    fn finish_close(&mut self, slot: u32) {
-        let now = self.now;
+    /// The socket of `slot` is closed: connect again now if it is time.
+    fn closed(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
-        let Phase::Closing { retry_at } = conn.phase else {
-            return;
-        };
-        if conn.recv_armed || conn.send_in_flight || conn.connect_in_flight {
-            return;
-        }
-        // SAFETY: no operation on fd is in flight, and nothing else owns it.
-        unsafe { libc::close(conn.fd) };
-        conn.fd = -1;
         conn.queued = false;
-        conn.phase = Phase::Idle { retry_at };
-        if retry_at <= now {
+        if conn.retry_at <= self.now {
             self.reconnect.push(slot);
         }
     }
-
     /// Open loop: this connection may take another request.
     fn make_ready(&mut self, slot: u32) {
         let pipeline = self.plan.pipeline;
         let conn = &mut self.conns[slot as usize];
         if !conn.queued
-            && conn.phase == Phase::Open
-            && !conn.send_in_flight
+            && conn.net.state() == State::Open
+            && !conn.net.send_in_flight()
             && conn.in_flight.len() < pipeline
         {
             conn.queued = true;
@@ -946,7 +836,9 @@ impl ClientCore {
             };
             let conn = &mut self.conns[slot as usize];
             conn.queued = false;
-            if conn.phase != Phase::Open || conn.send_in_flight || conn.in_flight.len() >= pipeline
+            if conn.net.state() != State::Open
+                || conn.net.send_in_flight()
+                || conn.in_flight.len() >= pipeline
             {
                 continue;
             }
@@ -989,17 +881,17 @@ impl ClientCore {
         for slot in 0..self.conns.len() as u32 {
             let conn = &self.conns[slot as usize];
             let waited = now.saturating_sub(conn.last_progress);
-            match conn.phase {
-                Phase::Open if !conn.in_flight.is_empty() && waited >= timeout => {
+            match conn.net.state() {
+                State::Open if !conn.in_flight.is_empty() && waited >= timeout => {
                     self.close(slot, Lost::Timeout, now);
                 }
-                Phase::Connecting if waited >= timeout => {
+                State::Connecting if waited >= timeout => {
                     if self.measuring {
                         self.tally.errors.connect += 1;
                     }
                     self.close(slot, Lost::Closed, now + TICK_NS);
                 }
-                Phase::Idle { retry_at } if retry_at <= now && self.running => {
+                State::Idle if conn.retry_at <= now && self.running => {
                     self.connect(slot);
                 }
                 _ => {}
@@ -1015,13 +907,6 @@ struct Seen {
     responses: u32,
     /// A response arrived with no request outstanding.
     unsolicited: bool,
-}
-
-/// The connection in `slot` if `generation` is still its current one.
-fn live_conn(conns: &mut [Conn], slot: u32, generation: u32) -> Option<&mut Conn> {
-    conns
-        .get_mut(slot as usize)
-        .filter(|c| c.generation == generation && c.fd >= 0)
 }
 
 /// Counts one complete response and records its latency.
@@ -1046,90 +931,6 @@ fn record(
     let class = usize::from(status / 100);
     tally.by_class[if class < 6 { class } else { 0 }] += 1;
     latency.saturating_record(now.saturating_sub(start).max(1));
-}
-
-/// A send of the rest of the connection's batch. An untracked send asks
-/// the kernel to send it all (`MSG_WAITALL`) and to post no completion
-/// unless it fails.
-fn send_entry(batch: &[u8], conn: &Conn, slot: u32, tracked: bool) -> squeue::Entry {
-    let rest = &batch[conn.sent..conn.send_len];
-    let (msg_flags, sqe_flags) = if tracked {
-        (libc::MSG_NOSIGNAL, squeue::Flags::empty())
-    } else {
-        (
-            libc::MSG_NOSIGNAL | libc::MSG_WAITALL,
-            squeue::Flags::SKIP_SUCCESS,
-        )
-    };
-    opcode::Send::new(types::Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
-        .flags(msg_flags)
-        .build()
-        .flags(sqe_flags)
-        .user_data(user_data(KIND_SEND, conn.generation, slot))
-}
-
-fn set_nodelay(fd: RawFd) {
-    let on: libc::c_int = 1;
-    // SAFETY: fd is a TCP socket; the option value is a valid c_int.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; zeroed is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-/// Registers the receive buffers, with fewer if locked memory is short.
-fn register_buffers(ring: &IoUring, count: u16) -> Result<BufRing, UringError> {
-    let mut count = count;
-    loop {
-        match BufRing::register(&ring.submitter(), count, RECV_BUFFER_SIZE, BUFFER_GROUP) {
-            Ok(buffers) => return Ok(buffers),
-            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && count > 16 => count /= 2,
-            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
-                return Err(uring::locked_memory("its receive buffer ring", e))
-            }
-            Err(e) => return Err(uring::classify(e)),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -122,6 +122,11 @@ pub fn user_data(kind: u64, generation: u32, slot: u32) -> u64 {
     kind << 56 | u64::from(generation & 0x00ff_ffff) << 32 | u64::from(slot)
 }
 
+/// The generation after `generation`, within the 24 bits [`user_data`] keeps.
+pub fn next_generation(generation: u32) -> u32 {
+    generation.wrapping_add(1) & 0x00ff_ffff
+}
+
 /// The inverse of [`user_data`]: (kind, generation, slot).
 pub fn split_user_data(data: u64) -> (u64, u32, u32) {
     (data >> 56, (data >> 32) as u32 & 0x00ff_ffff, data as u32)
