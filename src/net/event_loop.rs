@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types};
 use socket2::Socket;
 
 use super::bufring::BufRing;
 use super::conn::{live_conn, Conn, FileSend, Phase, Recv, Write};
 use super::lifecycle::Lifecycle;
+use super::ops;
+use super::ring::{self, Ring};
 use super::service::{ConnEvent, ConnId, Service};
 use super::session::{Session, OUTPUT_HIGH_WATER};
 use crate::http::{HttpError, Limits};
@@ -72,7 +74,7 @@ impl CoreOptions {
 
 /// One io core: its ring, listener, connections and the service it drives.
 pub struct IoCore<S: Service> {
-    pub(super) ring: IoUring,
+    pub(super) ring: Ring,
     buffers: BufRing,
     listener: Option<Socket>,
     accept_armed: bool,
@@ -95,9 +97,7 @@ pub struct IoCore<S: Service> {
     tick_multishot: bool,
     draining: bool,
     drain_deadline: Option<Instant>,
-    completions: Vec<(u64, i32, u32)>,
-    /// Completions taken early, while making room to submit.
-    backlog: Vec<(u64, i32, u32)>,
+    completions: Vec<ring::Cqe>,
 }
 
 impl<S: Service> IoCore<S> {
@@ -111,13 +111,18 @@ impl<S: Service> IoCore<S> {
         options: CoreOptions,
         lifecycle: Arc<Lifecycle>,
     ) -> Result<Self, UringError> {
-        let ring = uring::build_ring(options.io_budget.ring_entries)?;
+        let ring = Ring::new(options.io_budget.ring_entries)?;
         // Splicing file pages runs on io_uring's kernel workers; bound them so
         // many slow downloads cannot make a core spawn thousands.
         let _ = ring
             .submitter()
             .register_iowq_max_workers(&mut [IOWQ_MAX_WORKERS, IOWQ_MAX_WORKERS]);
-        let buffers = register_buffers(&ring, options.io_budget.recv_buffers)?;
+        let buffers = ring::register_buffers(
+            &ring,
+            options.io_budget.recv_buffers,
+            RECV_BUFFER_SIZE,
+            BUFFER_GROUP,
+        )?;
         Ok(Self {
             ring,
             buffers,
@@ -141,7 +146,6 @@ impl<S: Service> IoCore<S> {
             draining: false,
             drain_deadline: None,
             completions: Vec::with_capacity(256),
-            backlog: Vec::new(),
         })
     }
 
@@ -156,25 +160,11 @@ impl<S: Service> IoCore<S> {
             // answers that failed in doing so are written now.
             self.service.end_turn();
             self.deliver_answers(None);
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
-                    ) => {}
-                Err(e) => return Err(e),
-            }
+            self.ring.submit_and_wait(1)?;
             let now = Instant::now();
             loop {
                 let mut completions = std::mem::take(&mut self.completions);
-                completions.append(&mut self.backlog);
-                completions.extend(
-                    self.ring
-                        .completion()
-                        .map(|c| (c.user_data(), c.result(), c.flags())),
-                );
-                if completions.is_empty() {
+                if self.ring.drain(&mut completions) == 0 {
                     self.completions = completions;
                     break;
                 }
@@ -235,47 +225,29 @@ impl<S: Service> IoCore<S> {
 
     pub(super) fn push(&mut self, entry: &squeue::Entry) {
         // SAFETY: every entry's buffers (connection output, wake counter,
-        // timespec, provided buffers) outlive the operation: see the module docs.
-        while unsafe { self.ring.submission().push(entry) }.is_err() {
-            // The submission queue is full: hand what is queued to the kernel.
-            match self.ring.submit() {
-                Ok(_) => {}
-                // The completion queue overflowed: make room by taking its
-                // completions now; the loop handles them next.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    let reaped = self
-                        .ring
-                        .completion()
-                        .map(|c| (c.user_data(), c.result(), c.flags()));
-                    self.backlog.extend(reaped);
-                }
-                Err(_) => std::thread::yield_now(),
-            }
-        }
+        // timespec, provided buffers) outlive the operation, and a
+        // connection's descriptor closes only once the kernel holds none of
+        // its operations: see the module docs.
+        unsafe { self.ring.push(entry) }
     }
 
     fn arm_accept(&mut self) {
         let Some(listener) = &self.listener else {
             return;
         };
-        let entry = opcode::AcceptMulti::new(types::Fd(listener.as_raw_fd()))
-            // Non-blocking: io_uring then polls a socket that is not ready
-            // instead of parking a kernel worker thread on it.
-            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-            .build()
-            .user_data(user_data(KIND_ACCEPT, 0, 0));
+        // Non-blocking sockets: io_uring then polls one that is not ready
+        // instead of parking a kernel worker thread on it.
+        let entry = ops::accept_multi(listener.as_raw_fd(), user_data(KIND_ACCEPT, 0, 0));
         self.push(&entry);
         self.accept_armed = true;
     }
 
     fn arm_wake(&mut self) {
-        let entry = opcode::Read::new(
-            types::Fd(self.wake.as_raw_fd()),
-            (&mut *self.wake_buf as *mut u64).cast(),
-            8,
-        )
-        .build()
-        .user_data(user_data(KIND_WAKE, 0, 0));
+        let entry = ops::read_eventfd(
+            self.wake.as_raw_fd(),
+            &mut self.wake_buf,
+            user_data(KIND_WAKE, 0, 0),
+        );
         self.push(&entry);
     }
 
@@ -303,7 +275,7 @@ impl<S: Service> IoCore<S> {
             self.refuse(fd);
             return;
         }
-        set_nodelay(fd);
+        let _ = ops::set_nodelay(fd);
         // The peer address costs a syscall; only services that ask get it.
         let peer = if self.service.wants_peer_addr() {
             peer_ip(fd)
@@ -315,7 +287,7 @@ impl<S: Service> IoCore<S> {
             self.generations.push(0);
             (self.conns.len() - 1) as u32
         });
-        let generation = self.generations[slot as usize].wrapping_add(1) & 0x00ff_ffff;
+        let generation = uring::next_generation(self.generations[slot as usize]);
         self.generations[slot as usize] = generation;
         let id = ConnId {
             core: self.core,
@@ -361,9 +333,7 @@ impl<S: Service> IoCore<S> {
         let Some(conn) = self.conns[slot as usize].as_mut() else {
             return;
         };
-        let entry = opcode::RecvMulti::new(types::Fd(conn.fd), group)
-            .build()
-            .user_data(user_data(KIND_RECV, conn.generation, slot));
+        let entry = ops::recv_multi(conn.fd, group, user_data(KIND_RECV, conn.generation, slot));
         conn.recv = Recv::Armed;
         self.push(&entry);
     }
@@ -555,9 +525,10 @@ impl<S: Service> IoCore<S> {
             return;
         };
         if conn.recv.in_kernel() {
-            let cancel = opcode::AsyncCancel::new(user_data(KIND_RECV, conn.generation, slot))
-                .build()
-                .user_data(user_data(KIND_CANCEL, 0, 0));
+            let cancel = ops::cancel(
+                user_data(KIND_RECV, conn.generation, slot),
+                user_data(KIND_CANCEL, 0, 0),
+            );
             self.push(&cancel);
         }
     }
@@ -658,9 +629,7 @@ impl<S: Service> IoCore<S> {
         self.draining = true;
         self.drain_deadline = Some(now + self.options.shutdown_grace);
         if self.accept_armed {
-            let cancel = opcode::AsyncCancel::new(user_data(KIND_ACCEPT, 0, 0))
-                .build()
-                .user_data(user_data(KIND_CANCEL, 0, 0));
+            let cancel = ops::cancel(user_data(KIND_ACCEPT, 0, 0), user_data(KIND_CANCEL, 0, 0));
             self.push(&cancel);
         } else {
             self.listener = None;
@@ -688,11 +657,11 @@ impl<S: Service> IoCore<S> {
 }
 
 fn send_entry(conn: &Conn, slot: u32, sent: usize) -> squeue::Entry {
-    let rest = &conn.sending[sent..];
-    opcode::Send::new(types::Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(user_data(KIND_SEND, conn.generation, slot))
+    ops::send(
+        conn.fd,
+        &conn.sending[sent..],
+        user_data(KIND_SEND, conn.generation, slot),
+    )
 }
 
 /// The connection's peer address (one syscall per connection, for rate limiting).
@@ -709,33 +678,4 @@ fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
         })
     };
     peer.ok()?.1.as_socket().map(|a| a.ip())
-}
-
-fn set_nodelay(fd: RawFd) {
-    let on: libc::c_int = 1;
-    // SAFETY: fd is a TCP socket; the option value is a valid c_int.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-/// Registers the receive buffers, with fewer if locked memory is short.
-fn register_buffers(ring: &IoUring, count: u16) -> Result<BufRing, UringError> {
-    let mut count = count;
-    loop {
-        match BufRing::register(&ring.submitter(), count, RECV_BUFFER_SIZE, BUFFER_GROUP) {
-            Ok(buffers) => return Ok(buffers),
-            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && count > 64 => count /= 2,
-            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
-                return Err(uring::locked_memory("its receive buffer ring", e))
-            }
-            Err(e) => return Err(uring::classify(e)),
-        }
-    }
 }
