@@ -223,6 +223,7 @@ impl<S: 'static> Service for AppService<S> {
         self.limiter.is_some()
     }
 
+    #[inline]
     fn admit(
         &mut self,
         head: &Head<'_, '_>,
