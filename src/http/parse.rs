@@ -1,7 +1,8 @@
 //! Parsing a request head in place (slices into the connection's buffer) and framing its body.
 //!
-//! The head is parsed by `httparse` into a stack array of header slots, so no
-//! header is copied or allocated. Framing rules follow RFC 9112 §6 strictly:
+//! The head is parsed into a stack array of header slots, so no header is
+//! copied or allocated: the common head by a strict fast path
+//! ([`super::fast`]), anything else by `httparse`. Framing rules follow RFC 9112 §6 strictly:
 //! anything that could let two parsers disagree about where a message ends
 //! (request smuggling) is refused.
 
@@ -86,37 +87,61 @@ pub fn parse_head<'b, 'h>(
     limits: &Limits,
 ) -> Result<Option<Head<'b, 'h>>, HttpError> {
     let max_headers = limits.max_headers.min(HEADER_SLOTS);
-    let mut request = httparse::Request::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut request,
-        buf,
-        &mut slots[..max_headers],
-    );
-    let len = match parsed {
-        Ok(Status::Complete(len)) => len,
-        Ok(Status::Partial) => {
-            if buf.len() > limits.max_header_bytes {
-                return Err(HttpError::HeadersTooLarge {
-                    limit: limits.max_header_bytes,
-                });
+    // The common head takes the strict fast path; anything else, httparse.
+    let (method, target, minor, headers, len) =
+        match super::fast::parse(buf, &mut slots[..max_headers]) {
+            Some(parsed) => {
+                // SAFETY: fast::parse initialized the first `parsed.headers`
+                // slots with headers borrowing `buf`, and `slots` stays borrowed
+                // for 'h.
+                let headers: &'h [Header<'b>] = unsafe {
+                    std::slice::from_raw_parts(slots.as_ptr().cast::<Header<'b>>(), parsed.headers)
+                };
+                (
+                    parsed.method,
+                    parsed.target,
+                    parsed.minor,
+                    headers,
+                    parsed.len,
+                )
             }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::TooManyHeaders { limit: max_headers })
-        }
-        Err(httparse::Error::Version) => return Err(HttpError::UnsupportedVersion),
-        Err(e) => return Err(HttpError::Malformed(describe(e))),
-    };
+            None => {
+                let mut request = httparse::Request::new(&mut []);
+                let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+                    &mut request,
+                    buf,
+                    &mut slots[..max_headers],
+                );
+                let len = match parsed {
+                    Ok(Status::Complete(len)) => len,
+                    Ok(Status::Partial) => {
+                        if buf.len() > limits.max_header_bytes {
+                            return Err(HttpError::HeadersTooLarge {
+                                limit: limits.max_header_bytes,
+                            });
+                        }
+                        return Ok(None);
+                    }
+                    Err(httparse::Error::TooManyHeaders) => {
+                        return Err(HttpError::TooManyHeaders { limit: max_headers })
+                    }
+                    Err(httparse::Error::Version) => return Err(HttpError::UnsupportedVersion),
+                    Err(e) => return Err(HttpError::Malformed(describe(e))),
+                };
+                let (Some(method), Some(target), Some(minor)) =
+                    (request.method, request.path, request.version)
+                else {
+                    return Err(HttpError::Malformed("incomplete request line"));
+                };
+                let headers: &'h [Header<'b>] = request.headers;
+                (method, target, minor, headers, len)
+            }
+        };
     if len > limits.max_header_bytes {
         return Err(HttpError::HeadersTooLarge {
             limit: limits.max_header_bytes,
         });
     }
-    let (Some(method), Some(target), Some(minor)) = (request.method, request.path, request.version)
-    else {
-        return Err(HttpError::Malformed("incomplete request line"));
-    };
     if !(target.starts_with('/') || (target == "*" && method == "OPTIONS")) {
         return Err(HttpError::Malformed(
             "the request target must be a path starting with `/`",
@@ -127,7 +152,6 @@ pub fn parse_head<'b, 'h>(
     } else {
         Version::Http11
     };
-    let headers: &'h [Header<'b>] = request.headers;
 
     let mut content_length: Option<u64> = None;
     let mut transfer_encoding = false;
