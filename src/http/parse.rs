@@ -2,7 +2,7 @@
 //!
 //! The head is parsed into a stack array of header slots, so no header is
 //! copied or allocated: the common head by a strict fast path
-//! ([`super::fast`]), anything else by `httparse`. Framing rules follow RFC 9112 §6 strictly:
+//! (`http::fast`), anything else by `httparse`. Framing rules follow RFC 9112 §6 strictly:
 //! anything that could let two parsers disagree about where a message ends
 //! (request smuggling) is refused.
 
