@@ -35,7 +35,7 @@
 //!
 //! # The request path
 //! multishot accept → multishot receive into a kernel-picked provided buffer
-//! ([`net::bufring`]) → parse in place with `httparse` into a stack array
+//! ([`net::bufring`]) → parse in place into a stack array (a strict fast path for the common head, `httparse` for the rest)
 //! ([`http::parse`]) → route ([`app::router`]) → handler writes the response
 //! straight into the connection's output buffer ([`http::response`]) → when
 //! every request in the received bytes is answered, one send. Pipelined
