@@ -200,7 +200,7 @@ impl<S: 'static> AppService<S> {
         }
     }
 
-    /// Writes every response a core's own reply list and plane have ready.
+    /// Writes a deferred answer as the response to the request that awaited it.
     fn render(&mut self, answer: Answer, response: &mut Response<'_>) {
         match answer {
             Answer::Job(answer) => answer.render(response, &mut self.ctx.scratch),

@@ -248,10 +248,6 @@ impl Plane {
         self.finished.pop()
     }
 
-    pub fn has_finished(&self) -> bool {
-        !self.finished.is_empty() || !self.unanswerable.is_empty()
-    }
-
     /// Handles one message from another core's plane.
     pub fn on_message(&mut self, msg: DataMsg, now: Instant) {
         match msg {
@@ -514,11 +510,6 @@ impl Plane {
         ));
     }
 
-    /// Requests whose answers are still being gathered.
-    pub fn in_flight(&self) -> usize {
-        self.gathers.len()
-    }
-
     /// A read of `collection/key` for an application's handler: the
     /// document at once when this core owns its shard and holds it in its
     /// cache partition (projected by `mask`), else the operation to defer
@@ -582,11 +573,6 @@ impl Plane {
             shard,
             op: make(storage),
         }
-    }
-
-    /// Scratch space for handlers building keys.
-    pub fn scratch(&mut self) -> &mut Vec<u8> {
-        &mut self.scratch
     }
 }
 
