@@ -17,9 +17,11 @@ use crate::app::{Ctx, Request};
 use crate::documents::DocError;
 use crate::documents::{DataRequest, Op, Part, Render};
 use crate::http::Response;
+use crate::store::open::PG_WORLD;
 use crate::store::seed::{FORTUNE, WORLD, WORLD_ROWS};
 use crate::store::storage_key;
 use crate::store::thread::{Precondition, StoreOp, StoreOutcome};
+use crate::store::SqlOp;
 
 /// What a TechEmpower route renders once every part is in.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +30,8 @@ pub enum Plan {
     Worlds { array: bool },
     /// `/updates`.
     Updates,
+    /// `/updates` on PostgreSQL shards: one part per shard, its rows as written.
+    UpdateBatches,
     /// `/fortunes`: one scan part per shard.
     Fortunes,
 }
@@ -45,6 +49,38 @@ pub fn queries<S>(request: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Response<'_>)
     defer(ctx, Plan::Worlds { array: true }, ops);
 }
 
+/// The shard of a `world` row on PostgreSQL shards (where seeding put it).
+fn pg_world_shard<S>(ctx: &Ctx<S>, id: u32) -> u32 {
+    ctx.plane.map().shard_of(
+        PG_WORLD.as_bytes(),
+        itoa::Buffer::new().format(id).as_bytes(),
+    )
+}
+
+/// `/updates` on PostgreSQL shards: per shard, each row read on its own and
+/// one batch update of them all, pipelined in one write.
+fn pg_updates<S>(ctx: &mut Ctx<S>, count: usize) {
+    let mut by_shard: Vec<(u32, Vec<(i32, i32)>)> = Vec::new();
+    for _ in 0..count {
+        let id = ctx.rng.between_one_and(WORLD_ROWS);
+        let number = ctx.rng.between_one_and(WORLD_ROWS);
+        let shard = pg_world_shard(ctx, id);
+        let row = (id as i32, number as i32);
+        match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, rows)) => rows.push(row),
+            None => by_shard.push((shard, vec![row])),
+        }
+    }
+    let ops = by_shard
+        .into_iter()
+        .map(|(shard, rows)| Op::Store {
+            shard,
+            op: StoreOp::Sql(SqlOp::UpdateWorlds { rows }),
+        })
+        .collect();
+    defer(ctx, Plan::UpdateBatches, ops);
+}
+
 /// `GET /cached-queries?count=N`: N random World rows through the cache.
 pub fn cached_queries<S>(request: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Response<'_>) {
     let count = count(request.query, "count");
@@ -55,6 +91,9 @@ pub fn cached_queries<S>(request: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Respon
 /// `GET /updates?queries=N`: N random World rows, each given a new random number.
 pub fn updates<S>(request: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Response<'_>) {
     let count = count(request.query, "queries");
+    if ctx.plane.is_postgres() {
+        return pg_updates(ctx, count);
+    }
     let max_bytes = ctx.plane.options().max_document_bytes;
     let ops = (0..count)
         .map(|_| {
@@ -77,6 +116,14 @@ pub fn updates<S>(request: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Response<'_>)
 
 /// `GET /fortunes`: every fortune plus one, sorted, as an HTML table.
 pub fn fortunes<S>(_: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Response<'_>) {
+    if ctx.plane.is_postgres() {
+        // The fortune table lives on shard 0.
+        let ops = vec![Op::Store {
+            shard: 0,
+            op: StoreOp::Sql(SqlOp::Fortunes),
+        }];
+        return defer(ctx, Plan::Fortunes, ops);
+    }
     let ops = super::documents::scan_every_shard(ctx, FORTUNE, None, 1000);
     defer(ctx, Plan::Fortunes, ops);
 }
@@ -113,6 +160,24 @@ fn world_key<S>(ctx: &mut Ctx<S>, id: u32) -> (u32, Vec<u8>) {
 
 fn world_read<S>(ctx: &mut Ctx<S>, cached: bool) -> Op {
     let id = ctx.rng.between_one_and(WORLD_ROWS);
+    if ctx.plane.is_postgres() {
+        let shard = pg_world_shard(ctx, id);
+        if !cached {
+            return Op::Store {
+                shard,
+                op: StoreOp::Sql(SqlOp::World { id: id as i32 }),
+            };
+        }
+        let mut key = Vec::with_capacity(PG_WORLD.len() + 6);
+        storage_key(PG_WORLD, itoa::Buffer::new().format(id), &mut key);
+        return Op::Get {
+            shard,
+            key,
+            mask: None,
+            cached: true,
+            missed: false,
+        };
+    }
     let (shard, key) = world_key(ctx, id);
     Op::Get {
         shard,
@@ -139,7 +204,8 @@ impl Render for Plan {
                 for (n, part) in parts.into_iter().enumerate() {
                     let doc = match part {
                         Part::Doc(Some(stored)) => stored.doc,
-                        Part::Doc(None) => {
+                        Part::Store(StoreOutcome::Found(Some(stored))) => stored.doc,
+                        Part::Doc(None) | Part::Store(StoreOutcome::Found(None)) => {
                             return response
                                 .error(&DocError::Internal("a World row is missing"), scratch)
                         }
@@ -180,6 +246,32 @@ impl Render for Plan {
                         body.push(b',');
                     }
                     body.extend_from_slice(&doc);
+                }
+                body.push(b']');
+                response.send(200, "application/json", &[], &body);
+            }
+            Plan::UpdateBatches => {
+                let mut body = Vec::with_capacity(parts.len() * 34 + 2);
+                body.push(b'[');
+                let mut first = true;
+                for part in parts {
+                    let rows = match part {
+                        Part::Store(StoreOutcome::Scanned(rows)) => rows,
+                        Part::Store(outcome) => {
+                            return response
+                                .error(&super::documents::store_failure(outcome), scratch)
+                        }
+                        Part::Doc(_) => {
+                            return response.error(&DocError::Internal("unexpected part"), scratch)
+                        }
+                    };
+                    for (_, stored) in rows {
+                        if !first {
+                            body.push(b',');
+                        }
+                        first = false;
+                        body.extend_from_slice(&stored.doc);
+                    }
                 }
                 body.push(b']');
                 response.send(200, "application/json", &[], &body);

@@ -14,7 +14,9 @@ use crate::http::response::{render_refusal, FileBody};
 use crate::http::{Head, HttpError, Persistence, Response, Version};
 use crate::limit::{Limiter, Outcome};
 use crate::metrics::CoreMetrics;
-use crate::net::{Awaiting, ConnEvent, ConnId, Handled, Mailbox, Service};
+use crate::net::{
+    Awaiting, ConnEvent, ConnId, Handled, Mailbox, OutboundCompletion, OutboundIo, Service,
+};
 use crate::queue::{self, Completion, JobError};
 use crate::statics::{self, Index};
 use crate::store::thread::StoreReply;
@@ -32,6 +34,8 @@ pub enum CoreMsg<S> {
     Call { from: ConnId, call: Call<S> },
     /// The answer to a call or to blocking work, for a connection of this core.
     Reply { to: ConnId, reply: Reply },
+    /// A PostgreSQL shard connection of this core finished its handshake.
+    PgOpened(crate::store::pg::shard::Opened),
 }
 
 /// A deferred answer, as it comes back to its connection.
@@ -347,6 +351,7 @@ impl<S: 'static> Service for AppService<S> {
                 }
             }
             CoreMsg::Reply { to, reply } => self.ready.push((to, Answer::Reply(reply))),
+            CoreMsg::PgOpened(opened) => self.ctx.plane.on_pg_opened(opened, now),
         }
     }
 
@@ -363,6 +368,14 @@ impl<S: 'static> Service for AppService<S> {
 
     fn end_turn(&mut self) {
         self.ctx.plane.flush_outbox();
+    }
+
+    fn drive_outbound(&mut self, io: &mut OutboundIo<'_>, now: Instant) {
+        self.ctx.plane.drive_outbound(io, now);
+    }
+
+    fn on_outbound(&mut self, io: &mut OutboundIo<'_>, done: OutboundCompletion, now: Instant) {
+        self.ctx.plane.on_outbound(io, done, now);
     }
 
     fn end_batch(&mut self, now: Instant) {

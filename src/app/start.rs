@@ -95,7 +95,11 @@ impl<S: 'static> App<S> {
             .iter()
             .map(|m| m.outlet(CoreMsg::Stored))
             .collect();
-        let store = open_store(&config.store, cores, &store_replies)?;
+        let pg_opened: Vec<_> = mailboxes
+            .iter()
+            .map(|m| m.outlet(CoreMsg::PgOpened))
+            .collect();
+        let store = open_store(&config.store, cores, &store_replies, &pg_opened)?;
         let queues = match &config.queues {
             Some(options) => {
                 let place = match &options.nats {
@@ -143,11 +147,11 @@ impl<S: 'static> App<S> {
         let blocking = Pool::start(cores.max(2))?;
         let peers: Vec<_> = mailboxes.iter().map(|m| m.outlet(CoreMsg::Data)).collect();
         let builders: Vec<_> = store
-            .senders
+            .links
             .into_iter()
             .enumerate()
-            .map(|(core, store_sender)| {
-                let plane = Plane::new(core, Arc::clone(&data), store_sender, peers.clone());
+            .map(|(core, link)| {
+                let plane = Plane::new(core, Arc::clone(&data), link, peers.clone());
                 let router = self.router.clone();
                 let make_state = Arc::clone(&self.make_state);
                 let node = Arc::clone(&node);

@@ -282,6 +282,15 @@ impl<V> Cache<V> {
         Some(entry.value)
     }
 
+    /// Removes every entry (each counts as an invalidation). The ghost
+    /// history stays: it holds key hashes for admission, no values.
+    pub fn clear(&mut self) {
+        let keys: Vec<Arc<[u8]>> = self.index.keys().cloned().collect();
+        for key in keys {
+            self.remove(&key);
+        }
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.index.len()

@@ -27,7 +27,8 @@ use crate::queue::nats::NatsOptions;
 use crate::queue::QueueOptions;
 use crate::runtime::cpu;
 use crate::statics::StaticOptions;
-use crate::store::{ShardStrategy, StoreOptions};
+use crate::store::pg::PgOptions;
+use crate::store::{Backend, ShardStrategy, StoreOptions};
 
 pub use parse::{parse_duration, whole_number_in};
 pub use spec::{AnyOpt, Defaulted, Opt, Optional, Presence, Registry, Source, Spec, Values};
@@ -216,7 +217,32 @@ impl Config {
             (Some(shards), None) => Some(ShardStrategy::Hash { shards }),
             (None, ranges) => ranges,
         };
+        let backend = match (values.get(&o::STORE), values.get(&o::SHARD_URL)) {
+            (o::StoreEngine::Embedded, None) => Backend::Embedded,
+            (o::StoreEngine::Embedded, Some(_)) => {
+                return Err(invalid("shard_url", "--shard-url needs --store postgres"))
+            }
+            (o::StoreEngine::Postgres, None) => {
+                return Err(invalid(
+                    "shard_url",
+                    "--store postgres needs one --shard-url per shard",
+                ))
+            }
+            (o::StoreEngine::Postgres, Some(urls)) => {
+                if urls.len() > crate::store::pg::MAX_SHARDS {
+                    return Err(invalid(
+                        "shard_url",
+                        "at most 1024 shard URLs (each is one server connection)",
+                    ));
+                }
+                Backend::Postgres(PgOptions {
+                    urls,
+                    stale_bound: values.get(&o::CACHE_STALE_BOUND),
+                })
+            }
+        };
         let store = StoreOptions {
+            backend,
             dir: data_dir.clone(),
             shard_map,
             cache_bytes: values.get(&o::CACHE_BYTES),

@@ -12,6 +12,7 @@ use super::spec::{AnyOpt, Opt, Optional};
 use crate::http::parse::HEADER_SLOTS;
 use crate::limit::{Cidr, KeySource, Rate};
 use crate::runtime::cpu;
+use crate::store::pg::PgUrl;
 use crate::store::ShardStrategy;
 
 pub const SERVER: &str = "Server";
@@ -328,6 +329,46 @@ pub const SHARD_RANGES: Opt<ShardStrategy, Optional> = Opt::new(
 .unset("hash sharding")
 .section(DOCUMENTS);
 
+/// Which engine holds the documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEngine {
+    Embedded,
+    Postgres,
+}
+
+pub const STORE: Opt<StoreEngine> = Opt::new(
+    "store",
+    "ENGINE",
+    "Where documents live: `embedded` (redb files, one store thread per io core) or `postgres` (one database per --shard-url, each connection on its owner core's ring).",
+    |text| match text {
+        "embedded" => Ok(StoreEngine::Embedded),
+        "postgres" | "postgresql" => Ok(StoreEngine::Postgres),
+        other => Err(format!("`{other}` is not a store: say embedded or postgres")),
+    },
+)
+.default("embedded")
+.section(DOCUMENTS);
+
+pub const SHARD_URL: Opt<Vec<PgUrl>, Optional> = Opt::new(
+    "shard_url",
+    "URL",
+    "With --store postgres: one `postgres://user[:password]@host[:port]/database` per shard, in shard order (a comma inside a URL is written %2C); a password may also come from PGPASSWORD or the password file.",
+    |text| items(text).map(PgUrl::parse).collect(),
+)
+.list()
+.unset("none")
+.secret()
+.section(DOCUMENTS);
+
+pub const CACHE_STALE_BOUND: Opt<Duration> = Opt::new(
+    "cache_stale_bound",
+    "DURATION",
+    "With --store postgres: a cache hit is served only if every write another node committed more than this long ago has been heard; otherwise the read goes to PostgreSQL.",
+    duration,
+)
+.default("1s")
+.section(DOCUMENTS);
+
 pub const CACHE_BYTES: Opt<usize> = Opt::new(
     "cache_bytes",
     "SIZE",
@@ -539,6 +580,9 @@ pub static ALL: &[&dyn AnyOpt] = &[
     &DATA_DIR,
     &SHARDS,
     &SHARD_RANGES,
+    &STORE,
+    &SHARD_URL,
+    &CACHE_STALE_BOUND,
     &CACHE_BYTES,
     &CACHE_TTL,
     &MAX_DOCUMENT_BYTES,

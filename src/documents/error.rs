@@ -47,6 +47,13 @@ impl ApiError for DocError {
         }
     }
 
+    fn header(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Self::StoreUnavailable(_) => Some(("Retry-After", "1")),
+            _ => None,
+        }
+    }
+
     fn code(&self) -> &str {
         match self {
             Self::BadRequest(_) => "bad_request",

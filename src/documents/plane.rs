@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::Sender;
 
 use super::{
     bump, DataMsg, DataRequest, DataShared, Gathered, Op, Part, PartAddr, PlaneCounters, Render,
@@ -24,8 +23,10 @@ use super::{
 use crate::cache::Cache;
 use crate::json::FieldMask;
 use crate::net::{ConnId, Outlet};
+use crate::net::{OutboundCompletion, OutboundIo};
+use crate::store::pg;
 use crate::store::thread::{StoreOp, StoreOutcome, StoreReply, StoreRequest};
-use crate::store::{ShardMap, StoreOptions, Stored};
+use crate::store::{ShardMap, StoreLink, StoreOptions, Stored};
 
 /// A document as the cache partition holds it, with projections already made.
 struct CachedDoc {
@@ -77,7 +78,7 @@ pub struct Plane {
     core: usize,
     shared: Arc<DataShared>,
     cache: Cache<CachedDoc>,
-    store: Sender<StoreRequest>,
+    store: StoreLink,
     /// The way to every core's plane, by core.
     peers: Vec<Outlet<DataMsg>>,
     /// Tickets the store thread will never answer (it stopped): failed on the next turn.
@@ -106,7 +107,7 @@ impl Plane {
     pub fn new(
         core: usize,
         shared: Arc<DataShared>,
-        store: Sender<StoreRequest>,
+        store: StoreLink,
         peers: Vec<Outlet<DataMsg>>,
     ) -> Self {
         let cores = peers.len();
@@ -173,7 +174,10 @@ impl Plane {
             Arc::clone(&shared.store_counters[0]),
         )
         .map_err(|e| e.to_string())?;
-        Ok((Self::new(0, Arc::clone(&shared), store, vec![peer]), shared))
+        Ok((
+            Self::new(0, Arc::clone(&shared), StoreLink::Thread(store), vec![peer]),
+            shared,
+        ))
     }
 
     pub fn map(&self) -> &ShardMap {
@@ -190,7 +194,19 @@ impl Plane {
 
     /// The fast path for a read of a key this core owns: a cache hit,
     /// projected if a mask is given, without any message.
-    pub fn cached(&mut self, key: &[u8], mask: Option<&FieldMask>, now: Instant) -> Option<Stored> {
+    pub fn cached(
+        &mut self,
+        shard: u32,
+        key: &[u8],
+        mask: Option<&FieldMask>,
+        now: Instant,
+    ) -> Option<Stored> {
+        if let StoreLink::Postgres(pg) = &self.store {
+            // Another node may have changed it: only while every invalidation is heard.
+            if !pg.fresh(shard, now) {
+                return None;
+            }
+        }
         let entry = self.cache.get(key, now)?;
         let stored = match mask {
             None => entry.stored.clone(),
@@ -269,6 +285,7 @@ impl Plane {
     /// operation for a core that has stopped (only while shutting down) fails
     /// at once instead of waiting for an answer that cannot come.
     pub fn flush_outbox(&mut self) {
+        self.pump_postgres(Instant::now());
         for ticket in std::mem::take(&mut self.unanswerable) {
             let outcome = StoreOutcome::Failed(crate::store::StoreError::Engine(
                 "the store thread stopped".into(),
@@ -311,7 +328,7 @@ impl Plane {
                 missed,
             } => {
                 if !missed {
-                    if let Some(stored) = self.cached(&key, mask.as_ref(), now) {
+                    if let Some(stored) = self.cached(shard, &key, mask.as_ref(), now) {
                         self.complete(to, Part::Doc(Some(stored)));
                         return;
                     }
@@ -357,7 +374,9 @@ impl Plane {
                     | StoreOp::Delete { key, .. } => TicketKind::Write {
                         key: key.clone().into_boxed_slice(),
                     },
-                    StoreOp::Scan { .. } | StoreOp::Read { .. } => TicketKind::Scan,
+                    StoreOp::Scan { .. } | StoreOp::Read { .. } | StoreOp::Sql(_) => {
+                        TicketKind::Scan
+                    }
                 };
                 let ticket = self.ask_store(shard, op);
                 self.tickets.insert(
@@ -375,11 +394,66 @@ impl Plane {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         bump(&self.counters.store_ops);
-        if self.store.send(StoreRequest { ticket, shard, op }).is_err() {
-            // The store thread is gone: answer at once rather than never.
-            self.finish_failed(ticket);
+        match &mut self.store {
+            StoreLink::Thread(store) => {
+                if store.send(StoreRequest { ticket, shard, op }).is_err() {
+                    // The store thread is gone: answer at once rather than never.
+                    self.finish_failed(ticket);
+                }
+            }
+            // Its outcome is an event, taken once the ticket is registered.
+            StoreLink::Postgres(pg) => pg.submit(ticket, shard, op, Instant::now()),
         }
         ticket
+    }
+
+    /// Applies what the PostgreSQL connections reported, in wire order.
+    fn pump_postgres(&mut self, now: Instant) {
+        loop {
+            let StoreLink::Postgres(pg) = &mut self.store else {
+                return;
+            };
+            let Some(event) = pg.next_event() else {
+                return;
+            };
+            match event {
+                pg::Event::Outcome { ticket, outcome } => {
+                    self.on_stored_outcome(ticket, outcome, now)
+                }
+                pg::Event::Invalidate(key) => {
+                    self.cache.remove(&key);
+                }
+                // Whatever this core cached may have missed invalidations.
+                pg::Event::Reset(_) => self.cache.clear(),
+            }
+        }
+    }
+
+    /// The end of a loop turn, with the ring: the PostgreSQL connections send what the turn queued.
+    pub fn drive_outbound(&mut self, io: &mut OutboundIo<'_>, now: Instant) {
+        if let StoreLink::Postgres(pg) = &mut self.store {
+            pg.drive(io, now);
+        }
+    }
+
+    /// A completion of one of the PostgreSQL connections.
+    pub fn on_outbound(&mut self, io: &mut OutboundIo<'_>, done: OutboundCompletion, now: Instant) {
+        if let StoreLink::Postgres(pg) = &mut self.store {
+            pg.on_completion(io, done, now);
+        }
+        self.pump_postgres(now);
+    }
+
+    /// A PostgreSQL connection's handshake finished off the core.
+    pub fn on_pg_opened(&mut self, opened: pg::shard::Opened, now: Instant) {
+        if let StoreLink::Postgres(pg) = &mut self.store {
+            pg.on_opened(opened, now);
+        }
+    }
+
+    /// Whether this core's shards are on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.store, StoreLink::Postgres(_))
     }
 
     /// Answers a ticket the store thread will never see, on this core's next
@@ -528,7 +602,7 @@ impl Plane {
         crate::store::storage_key(collection, key, &mut storage);
         let owned_here = self.shared.map.owner(shard) == self.core;
         if owned_here {
-            if let Some(stored) = self.cached(&storage, mask.as_ref(), Instant::now()) {
+            if let Some(stored) = self.cached(shard, &storage, mask.as_ref(), Instant::now()) {
                 self.scratch = storage;
                 return Ok(stored);
             }

@@ -25,7 +25,7 @@ use super::conn::{live_conn, Conn, FileSend, Phase, Recv, Write};
 use super::lifecycle::Lifecycle;
 use super::ops;
 use super::ring::{self, Ring};
-use super::service::{ConnEvent, ConnId, Service};
+use super::service::{ConnEvent, ConnId, OutboundCompletion, OutboundIo, Service, OUTBOUND_KINDS};
 use super::session::{Session, OUTPUT_HIGH_WATER};
 use crate::http::{HttpError, Limits};
 use crate::runtime::uring::{self, split_user_data, user_data, UringError};
@@ -160,6 +160,7 @@ impl<S: Service> IoCore<S> {
             // answers that failed in doing so are written now.
             self.service.end_turn();
             self.deliver_answers(None);
+            self.drive_outbound(Instant::now());
             self.ring.submit_and_wait(1)?;
             let now = Instant::now();
             loop {
@@ -219,8 +220,30 @@ impl<S: Service> IoCore<S> {
                 self.on_tick(now)
             }
             KIND_WAKE => self.on_wake(now),
+            kind if (OUTBOUND_KINDS.connect..=OUTBOUND_KINDS.cancel).contains(&kind) => {
+                let done = OutboundCompletion {
+                    kind,
+                    generation,
+                    slot,
+                    result,
+                    flags,
+                };
+                let mut io = OutboundIo {
+                    ring: &mut self.ring,
+                    buffers: &mut self.buffers,
+                };
+                self.service.on_outbound(&mut io, done, now)
+            }
             _ => {}
         }
+    }
+
+    fn drive_outbound(&mut self, now: Instant) {
+        let mut io = OutboundIo {
+            ring: &mut self.ring,
+            buffers: &mut self.buffers,
+        };
+        self.service.drive_outbound(&mut io, now);
     }
 
     pub(super) fn push(&mut self, entry: &squeue::Entry) {

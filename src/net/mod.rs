@@ -22,4 +22,6 @@ mod splice;
 pub use event_loop::{CoreOptions, IoCore};
 pub use lifecycle::Lifecycle;
 pub use mailbox::{Mailbox, Outlet, Stopped, Waker};
-pub use service::{Awaiting, ConnEvent, ConnId, Handled, Service};
+pub use service::{
+    Awaiting, ConnEvent, ConnId, Handled, OutboundCompletion, OutboundIo, Service, OUTBOUND_KINDS,
+};

@@ -207,6 +207,30 @@ impl<B: SendBuf> Outbound<B> {
         Ok(())
     }
 
+    /// Takes a socket connected elsewhere (a handshake run off the ring,
+    /// say) from [`State::Idle`]: the connection is [`State::Open`] under a
+    /// new generation, ready for [`Outbound::arm_recv`] and sends. The socket
+    /// is made non-blocking. Gives it back if the connection is not idle.
+    pub fn adopt(&mut self, socket: OwnedFd) -> Result<(), OwnedFd> {
+        if self.state != State::Idle || self.connect_in_flight {
+            return Err(socket);
+        }
+        let fd = socket.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this function owns; failure is harmless
+        // (io_uring then polls or parks a worker, both correct).
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        self.generation = crate::runtime::uring::next_generation(self.generation);
+        self.socket = Some(socket);
+        self.state = State::Open;
+        self.sent = 0;
+        Ok(())
+    }
+
     /// Hands back a completion of kind `kinds.connect`. `Live(Ok)`: the
     /// connection is [`State::Open`] (arm its receive); `Live(Err(errno))`:
     /// it failed and is idle again.

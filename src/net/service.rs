@@ -11,6 +11,9 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
+use super::bufring::BufRing;
+use super::outbound::Kinds;
+use super::ring::Ring;
 use crate::http::response::FileBody;
 use crate::http::{Head, HttpError, Version};
 
@@ -56,6 +59,34 @@ pub enum ConnEvent {
     Refused,
     /// Closed for a header, body or idle timeout.
     TimedOut,
+}
+
+/// The `user_data` kinds an io core routes to [`Service::on_outbound`]:
+/// a service makes its [`super::outbound::Outbound`] connections with these.
+pub const OUTBOUND_KINDS: Kinds = Kinds {
+    connect: 10,
+    recv: 11,
+    send: 12,
+    cancel: 13,
+};
+
+/// The core's ring and receive buffers, lent to the service for its own
+/// outbound connections (a database connection, say): they are driven on
+/// the same ring as the core's clients, so one `io_uring_enter` serves both.
+pub struct OutboundIo<'a> {
+    pub ring: &'a mut Ring,
+    pub buffers: &'a mut BufRing,
+}
+
+/// One completion of a service's outbound connection, as the kernel posted it.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundCompletion {
+    /// One of [`OUTBOUND_KINDS`].
+    pub kind: u64,
+    pub generation: u32,
+    pub slot: u32,
+    pub result: i32,
+    pub flags: u32,
 }
 
 /// What an io core drives. One value per core, built on that core's thread
@@ -129,6 +160,19 @@ pub trait Service: 'static {
     /// The end of one loop turn, before the core waits: send what was
     /// batched for other cores.
     fn end_turn(&mut self) {}
+
+    /// Right after [`Self::end_turn`], with the ring: submit what the
+    /// service's outbound connections have to send (everything gathered in
+    /// the turn goes out in one write per connection), adopt new ones.
+    fn drive_outbound(&mut self, io: &mut OutboundIo<'_>, now: Instant) {
+        let _ = (io, now);
+    }
+
+    /// A completion of one of the service's outbound connections (a kind of
+    /// [`OUTBOUND_KINDS`]).
+    fn on_outbound(&mut self, io: &mut OutboundIo<'_>, done: OutboundCompletion, now: Instant) {
+        let _ = (io, done, now);
+    }
 
     /// Every completion of one wake-up has been handled (`now` is when it woke).
     fn end_batch(&mut self, now: Instant) {

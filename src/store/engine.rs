@@ -40,6 +40,9 @@ impl Stored {
 pub enum StoreError {
     #[error("storage engine error: {0}")]
     Engine(String),
+    /// The shard cannot be reached now (its server is down or restarting); try again.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
 }

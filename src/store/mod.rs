@@ -12,6 +12,7 @@
 
 pub mod engine;
 pub mod open;
+pub mod pg;
 pub mod redb_engine;
 pub mod seed;
 pub mod shardmap;
@@ -30,9 +31,41 @@ pub const SCAN_PART_BYTES: usize = 4 << 20;
 /// Most document bytes in one scan response.
 pub const SCAN_RESPONSE_BYTES: usize = 8 << 20;
 
+/// Statements of the TechEmpower tests with the benchmark's own schema
+/// (`world`, `fortune`): PostgreSQL shards only; the embedded store keeps
+/// those tables as documents.
+#[derive(Debug)]
+pub enum SqlOp {
+    /// One `world` row by id.
+    World { id: i32 },
+    /// Every `fortune` row.
+    Fortunes,
+    /// `/updates`: each row read on its own, then one batch update; `(id, new number)`.
+    UpdateWorlds { rows: Vec<(i32, i32)> },
+}
+
+/// How an io core reaches the engines of the shards it owns.
+pub enum StoreLink {
+    /// Its store thread, which answers through the core's mailbox.
+    Thread(crossbeam_channel::Sender<thread::StoreRequest>),
+    /// Its PostgreSQL connections, on the core's own ring.
+    Postgres(Box<pg::PgShards>),
+}
+
+/// Which engine holds the shards.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// redb files under `--data-dir`, one store thread per io core.
+    #[default]
+    Embedded,
+    /// PostgreSQL databases, one per shard.
+    Postgres(pg::PgOptions),
+}
+
 /// Where documents live and how the per-core cache partitions are sized.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
+    pub backend: Backend,
     /// The shard files' directory; `None` for a temporary one removed at exit.
     pub dir: Option<PathBuf>,
     /// The shard map asked for on the command line; `None` keeps the stored one (or the default).
@@ -46,6 +79,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
+            backend: Backend::Embedded,
             dir: None,
             shard_map: None,
             cache_bytes: 64 << 20,

@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
+use super::pg::shard::{Opened, PgCounters, PgShards};
+use super::pg::{handshake, sql, PgOptions};
 use super::redb_engine::RedbEngine;
-use super::thread::{self, OpenShard, StoreCounters, StoreReply, StoreRequest};
-use super::{seed, wal, Engine, ShardMap, StoreOptions};
+use super::thread::{self, OpenShard, StoreCounters, StoreReply};
+use super::{seed, wal, Backend, Engine, ShardMap, ShardStrategy, StoreLink, StoreOptions};
 use crate::net::Outlet;
 
 /// The store could not be opened: where, and why.
@@ -21,10 +23,12 @@ pub struct OpenStore {
     pub options: StoreOptions,
     /// By core: its store thread's counters.
     pub store_counters: Vec<Arc<StoreCounters>>,
-    /// By core: the sender to that core's store thread.
-    pub senders: Vec<crossbeam_channel::Sender<StoreRequest>>,
+    /// By core: how it reaches its shards' engines.
+    pub links: Vec<StoreLink>,
     pub temporary_dir: Option<std::path::PathBuf>,
     pub line: String,
+    /// By core, with PostgreSQL shards: their connections' counters.
+    pub pg_counters: Vec<Arc<PgCounters>>,
 }
 
 /// Opens (or creates) every shard, seeds the TechEmpower tables if they are
@@ -33,7 +37,11 @@ pub fn open_store(
     options: &StoreOptions,
     cores: usize,
     replies: &[Outlet<StoreReply>],
+    pg_opened: &[Outlet<Opened>],
 ) -> Result<OpenStore, OpenError> {
+    if let Backend::Postgres(pg) = &options.backend {
+        return open_postgres(options, pg, cores, pg_opened);
+    }
     let options = options.clone();
     let (dir, temporary_dir) = match &options.dir {
         Some(dir) => (dir.clone(), None),
@@ -77,9 +85,9 @@ pub fn open_store(
         by_core[map.owner(shard)].push(opened);
     }
     let store_counters: Vec<Arc<StoreCounters>> = (0..cores).map(|_| Arc::default()).collect();
-    let mut senders = Vec::with_capacity(cores);
+    let mut links = Vec::with_capacity(cores);
     for (core, shards) in by_core.into_iter().enumerate() {
-        senders.push(
+        links.push(StoreLink::Thread(
             thread::start(
                 core,
                 shards,
@@ -88,7 +96,7 @@ pub fn open_store(
                 Arc::clone(&store_counters[core]),
             )
             .map_err(|e| fail(e.to_string()))?,
-        );
+        ));
     }
     let place = match &temporary_dir {
         Some(dir) => format!(
@@ -110,9 +118,108 @@ pub fn open_store(
         map,
         options,
         store_counters,
-        senders,
+        links,
         temporary_dir,
         line,
+        pg_counters: Vec::new(),
+    })
+}
+
+/// The internal collection the PostgreSQL `world` rows are cached under
+/// (`/cached-queries`); a document collection cannot start with `.`.
+pub const PG_WORLD: &str = ".world";
+
+/// Connects to every PostgreSQL shard (in parallel, off the io cores),
+/// creates the schema where missing, seeds the TechEmpower rows each shard
+/// holds, and hands each core the connections of the shards it owns.
+fn open_postgres(
+    options: &StoreOptions,
+    pg: &PgOptions,
+    cores: usize,
+    opened: &[Outlet<Opened>],
+) -> Result<OpenStore, OpenError> {
+    let fail = |message: String| OpenError {
+        dir: "PostgreSQL shards".into(),
+        message,
+    };
+    let shards = pg.urls.len();
+    if shards == 0 {
+        return Err(fail(
+            "--store postgres needs at least one --shard-url".into(),
+        ));
+    }
+    let strategy = options.shard_map.clone().unwrap_or(ShardStrategy::Hash {
+        shards: shards as u32,
+    });
+    if strategy.shards() as usize != shards {
+        return Err(fail(format!(
+            "the shard map has {} shards but {shards} --shard-url were given: one URL per shard",
+            strategy.shards()
+        )));
+    }
+    let map = ShardMap::new(1, strategy, cores);
+    let handshakes: Vec<_> = pg
+        .urls
+        .iter()
+        .enumerate()
+        .map(|(shard, url)| {
+            let shard = shard as u32;
+            let world_ids: Vec<u32> = (1..=seed::WORLD_ROWS)
+                .filter(|id| {
+                    map.shard_of(
+                        PG_WORLD.as_bytes(),
+                        itoa::Buffer::new().format(*id).as_bytes(),
+                    ) == shard
+                })
+                .collect();
+            let setup = handshake::Setup {
+                schema: true,
+                seed: Some(sql::seed(&world_ids, shard == 0)),
+            };
+            let url = url.clone();
+            std::thread::spawn(move || handshake::open(&url, &setup))
+        })
+        .collect();
+    let mut by_core: Vec<Vec<_>> = (0..cores).map(|_| Vec::new()).collect();
+    for (shard, handle) in handshakes.into_iter().enumerate() {
+        let ready = handle
+            .join()
+            .map_err(|_| fail("a connection thread panicked".into()))?
+            .map_err(|e| fail(format!("shard {shard}: {e}")))?;
+        let shard = shard as u32;
+        by_core[map.owner(shard)].push((
+            shard,
+            std::sync::Arc::new(pg.urls[shard as usize].clone()),
+            Ok(ready),
+        ));
+    }
+    let pg_counters: Vec<Arc<PgCounters>> = (0..cores).map(|_| Arc::default()).collect();
+    let links = by_core
+        .into_iter()
+        .enumerate()
+        .map(|(core, shards)| {
+            StoreLink::Postgres(Box::new(PgShards::new(
+                shards,
+                opened[core].clone(),
+                pg.stale_bound,
+                Arc::clone(&pg_counters[core]),
+            )))
+        })
+        .collect();
+    let urls: Vec<String> = pg.urls.iter().map(ToString::to_string).collect();
+    let line = format!(
+        "percore: documents in PostgreSQL, {shards} shard(s): {}; {map}; cache hits at most {:?} stale",
+        urls.join(", "),
+        pg.stale_bound
+    );
+    Ok(OpenStore {
+        map,
+        options: options.clone(),
+        store_counters: (0..cores).map(|_| Arc::default()).collect(),
+        links,
+        temporary_dir: None,
+        line,
+        pg_counters,
     })
 }
 

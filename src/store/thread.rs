@@ -104,6 +104,8 @@ pub enum StoreOp {
         to: Vec<u8>,
         limit: usize,
     },
+    /// A statement on the TechEmpower tables of a PostgreSQL shard.
+    Sql(super::SqlOp),
 }
 
 #[derive(Debug)]
@@ -572,6 +574,9 @@ impl Worker {
                     None => StoreOutcome::Failed(StoreError::Engine("shard vanished".into())),
                 }
             }
+            StoreOp::Sql(op) => StoreOutcome::Failed(StoreError::Engine(format!(
+                "{op:?} runs on PostgreSQL shards only"
+            ))),
             StoreOp::Delete { key, cond } => {
                 let current = match self.current(shard, &key, pending) {
                     Ok(current) => current.map(|s| s.version),

@@ -1,0 +1,1174 @@
+//! One io core's PostgreSQL shard connections on its own ring: queries of a loop turn pipelined in one write, replies matched in order, invalidations heard, reconnection with backoff.
+//!
+//! Each operation becomes `Bind`, `Execute`, `Sync` of a prepared statement
+//! (a read-modify-write, PATCH, becomes two in turn), appended to the
+//! connection's pending bytes; at the end of the loop turn
+//! ([`PgShards::drive`]) whatever is pending goes out in one send while no
+//! other is in flight. Replies come back in order: an operation's outcome
+//! is decided at its `CommandComplete` or `ErrorResponse`, and its
+//! `ReadyForQuery` ends it. Outcomes, invalidations from other nodes and
+//! resets leave as [`Event`]s in the order they came off the wire, which
+//! is what keeps the cache partition right: a read's row and a later
+//! write's notification are applied in that order.
+//!
+//! A connection that fails (the server went away, a reset, a protocol
+//! error) fails every operation in flight at once, and so does every new
+//! one for the shard until a new connection is up: 503 with
+//! `Retry-After`, for that shard's keys only. Reconnection runs the
+//! handshake on a short-lived thread, with backoff from 100 ms to 5 s, and
+//! the new socket is adopted by the ring when it is ready.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::backend::{DataRowBody, Message};
+use postgres_protocol::message::frontend;
+use postgres_protocol::types as pgtypes;
+use postgres_protocol::IsNull;
+
+use super::handshake::{self, error_fields, Ready, Setup};
+use super::sql::{self, oid, Statement};
+use super::url::PgUrl;
+use super::PgError;
+use crate::net::outbound::{Completion, Outbound, Recv, Sent, State};
+use crate::net::{OutboundCompletion, OutboundIo, Outlet, OUTBOUND_KINDS};
+use crate::store::thread::{Precondition, StoreOp, StoreOutcome, TagSet};
+use crate::store::{SqlOp, StoreError, Stored, SCAN_PART_BYTES};
+
+/// What the shards tell the plane, in wire order.
+#[derive(Debug)]
+pub enum Event {
+    /// The outcome of the operation with this ticket.
+    Outcome { ticket: u64, outcome: StoreOutcome },
+    /// Another node changed this storage key: drop it from the cache.
+    Invalidate(Vec<u8>),
+    /// Invalidations of this shard may have been missed: cache nothing of it.
+    Reset(u32),
+}
+
+/// A handshake finished off the core, for the connection of `shard`.
+#[derive(Debug)]
+pub struct Opened {
+    pub shard: u32,
+    pub result: Result<Ready, PgError>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Attempts of a PATCH whose document another writer changed between its read and its write.
+const PATCH_ATTEMPTS: u32 = 8;
+/// Most bytes one send carries; the rest follows in the next.
+const MAX_SEND: usize = 1 << 20;
+
+enum Link {
+    /// No connection: operations fail at once. Reconnect at `retry_at`.
+    Down {
+        retry_at: Instant,
+        backoff: Duration,
+        error: String,
+    },
+    /// A handshake is running on its own thread.
+    Opening {
+        backoff: Duration,
+    },
+    Up {
+        backend_pid: i32,
+    },
+}
+
+/// What one `Sync`-terminated query was for.
+enum Query {
+    Get,
+    Put {
+        doc: Bytes,
+    },
+    Delete,
+    Scan {
+        collection: Vec<u8>,
+    },
+    /// The read half of a PATCH.
+    PatchRead {
+        key: Vec<u8>,
+        patch: Bytes,
+        cond: Precondition,
+        max_bytes: usize,
+        attempt: u32,
+    },
+    /// The write half, conditional on the version the read saw.
+    PatchWrite {
+        key: Vec<u8>,
+        patch: Bytes,
+        cond: Precondition,
+        max_bytes: usize,
+        attempt: u32,
+        doc: Bytes,
+    },
+    World,
+    Fortunes,
+    /// A read of a row `/updates` writes; its answer is not needed.
+    Discard,
+    UpdateWorlds {
+        rows: Vec<(i32, i32)>,
+    },
+    /// A lone `Sync`: proves the connection heard every earlier notification.
+    Ping,
+}
+
+struct InFlight {
+    /// `None` for queries no one waits on.
+    ticket: Option<u64>,
+    query: Query,
+    /// When it was queued: its `ReadyForQuery` proves every notification
+    /// committed before then was heard.
+    queued_at: Instant,
+    rows: Vec<DataRowBody>,
+    /// The outcome went out already (at its completion or error).
+    answered: bool,
+}
+
+struct ShardConn {
+    shard: u32,
+    url: Arc<PgUrl>,
+    io: Outbound<Vec<u8>>,
+    link: Link,
+    /// Messages not sent yet.
+    pending: BytesMut,
+    /// Queries sent or pending, in order.
+    queue: VecDeque<InFlight>,
+    received: BytesMut,
+    /// The queue time of the latest query whose `ReadyForQuery` came back.
+    synced_at: Option<Instant>,
+    /// A spare send buffer.
+    spare: Vec<u8>,
+}
+
+/// Counters for `/metrics`, by shard.
+#[derive(Debug, Default)]
+pub struct PgCounters {
+    pub queries: std::sync::atomic::AtomicU64,
+    pub sends: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+    pub reconnects: std::sync::atomic::AtomicU64,
+    pub invalidations: std::sync::atomic::AtomicU64,
+    pub up: std::sync::atomic::AtomicU64,
+}
+
+/// One io core's connections to the PostgreSQL shards it owns.
+pub struct PgShards {
+    conns: Vec<ShardConn>,
+    by_shard: HashMap<u32, usize>,
+    events: VecDeque<Event>,
+    opened: Outlet<Opened>,
+    stale_bound: Duration,
+    counters: Arc<PgCounters>,
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    counter.store(counter.load(Relaxed) + 1, Relaxed);
+}
+
+impl PgShards {
+    /// The connections of the shards this core owns: `(shard, url, ready
+    /// connection or the error that kept it down)`. Handshakes of later
+    /// reconnections post to `opened`, which must reach
+    /// [`PgShards::on_opened`] on this core.
+    pub fn new(
+        shards: Vec<(u32, Arc<PgUrl>, Result<Ready, PgError>)>,
+        opened: Outlet<Opened>,
+        stale_bound: Duration,
+        counters: Arc<PgCounters>,
+    ) -> Self {
+        let now = Instant::now();
+        let mut this = Self {
+            conns: Vec::new(),
+            by_shard: HashMap::new(),
+            events: VecDeque::new(),
+            opened,
+            stale_bound,
+            counters,
+        };
+        for (slot, (shard, url, ready)) in shards.into_iter().enumerate() {
+            let mut conn = ShardConn {
+                shard,
+                url,
+                io: Outbound::new(slot as u32, OUTBOUND_KINDS),
+                link: Link::Down {
+                    retry_at: now,
+                    backoff: BACKOFF_MIN,
+                    error: "not connected yet".into(),
+                },
+                pending: BytesMut::with_capacity(16 << 10),
+                queue: VecDeque::new(),
+                received: BytesMut::with_capacity(16 << 10),
+                synced_at: None,
+                spare: Vec::new(),
+            };
+            match ready {
+                Ok(ready) => conn.adopt(ready, now, &this.counters),
+                Err(error) => {
+                    conn.link = Link::Down {
+                        retry_at: now + BACKOFF_MIN,
+                        backoff: BACKOFF_MIN,
+                        error: error.to_string(),
+                    }
+                }
+            }
+            this.by_shard.insert(shard, slot);
+            this.conns.push(conn);
+        }
+        this
+    }
+
+    /// Whether a cache hit for `shard` may be served at `now`: its
+    /// connection is up and got back, less than the staleness bound ago, the
+    /// answer to a query queued no earlier than that. PostgreSQL sends a
+    /// session the notifications of every transaction that committed before
+    /// it answers a later `Sync`, so every write committed more than the
+    /// bound before `now` has been heard (and its key dropped).
+    pub fn fresh(&self, shard: u32, now: Instant) -> bool {
+        let Some(&slot) = self.by_shard.get(&shard) else {
+            return false;
+        };
+        let conn = &self.conns[slot];
+        matches!(conn.link, Link::Up { .. })
+            && conn
+                .synced_at
+                .is_some_and(|at| now.saturating_duration_since(at) < self.stale_bound)
+    }
+
+    /// The next event, in wire order.
+    pub fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Queues `op` for `shard`'s connection; it goes out at the end of the turn.
+    pub fn submit(&mut self, ticket: u64, shard: u32, op: StoreOp, now: Instant) {
+        let Some(&slot) = self.by_shard.get(&shard) else {
+            self.events.push_back(Event::Outcome {
+                ticket,
+                outcome: StoreOutcome::Failed(StoreError::Engine(format!(
+                    "shard {shard} is not owned by this core"
+                ))),
+            });
+            return;
+        };
+        let conn = &mut self.conns[slot];
+        let down = match &conn.link {
+            Link::Down { error, .. } => Some(error.clone()),
+            Link::Opening { .. } => Some("reconnecting".to_owned()),
+            Link::Up { .. } => None,
+        };
+        if let Some(reason) = down {
+            let outcome = StoreOutcome::Failed(StoreError::Unavailable(format!(
+                "PostgreSQL shard {shard} ({}) is down: {reason}",
+                conn.url
+            )));
+            self.events.push_back(Event::Outcome { ticket, outcome });
+            return;
+        }
+        bump(&self.counters.queries);
+        if let Err(outcome) = conn.encode(ticket, op, now) {
+            self.events.push_back(Event::Outcome { ticket, outcome });
+        }
+    }
+
+    /// End of a loop turn: sends what is pending, keeps idle connections
+    /// proving their freshness, starts reconnections that are due, adopts
+    /// connections whose handshakes finished.
+    pub fn drive(&mut self, io: &mut OutboundIo<'_>, now: Instant) {
+        for conn in &mut self.conns {
+            match conn.link {
+                Link::Up { .. } => {
+                    let proven = conn
+                        .synced_at
+                        .is_some_and(|at| now.saturating_duration_since(at) < self.stale_bound / 2);
+                    let waiting = conn.queue.iter().any(|q| matches!(q.query, Query::Ping));
+                    if !proven && !waiting {
+                        frontend::sync(&mut conn.pending);
+                        conn.queue.push_back(InFlight {
+                            ticket: None,
+                            query: Query::Ping,
+                            queued_at: now,
+                            rows: Vec::new(),
+                            answered: true,
+                        });
+                    }
+                    if conn.io.recv_armed() || conn.io.state() == State::Open {
+                        conn.io.arm_recv(io.ring, io.buffers);
+                    }
+                    conn.flush(io, &self.counters);
+                }
+                Link::Down {
+                    retry_at, backoff, ..
+                } if now >= retry_at && conn.io.state() == State::Idle => {
+                    conn.link = Link::Opening { backoff };
+                    bump(&self.counters.reconnects);
+                    let url = Arc::clone(&conn.url);
+                    let shard = conn.shard;
+                    let opened = self.opened.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("percore-pg-{shard}"))
+                        .spawn(move || {
+                            let result = handshake::open(&url, &Setup::default());
+                            // The core may have stopped meanwhile: nothing to tell then.
+                            let _ = opened.post(Opened { shard, result });
+                            opened.wake();
+                        });
+                    if let Err(error) = spawned {
+                        conn.link = Link::Down {
+                            retry_at: now + backoff,
+                            backoff: (backoff * 2).min(BACKOFF_MAX),
+                            error: format!("cannot start a connection thread: {error}"),
+                        };
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A handshake finished: adopt its socket, or wait longer before the next.
+    pub fn on_opened(&mut self, opened: Opened, now: Instant) {
+        let Some(&slot) = self.by_shard.get(&opened.shard) else {
+            return;
+        };
+        let conn = &mut self.conns[slot];
+        let Link::Opening { backoff } = conn.link else {
+            return;
+        };
+        match opened.result {
+            Ok(ready) if conn.io.state() == State::Idle => conn.adopt(ready, now, &self.counters),
+            Ok(_) => {
+                conn.link = Link::Down {
+                    retry_at: now + backoff,
+                    backoff,
+                    error: "the previous connection is still closing".into(),
+                }
+            }
+            Err(error) => {
+                conn.link = Link::Down {
+                    retry_at: now + backoff,
+                    backoff: (backoff * 2).min(BACKOFF_MAX),
+                    error: error.to_string(),
+                }
+            }
+        }
+    }
+
+    /// A completion of one of the connections' operations.
+    pub fn on_completion(
+        &mut self,
+        io: &mut OutboundIo<'_>,
+        done: OutboundCompletion,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conns.get_mut(done.slot as usize) else {
+            return;
+        };
+        let failure = match done.kind {
+            k if k == OUTBOUND_KINDS.recv => {
+                let received = &mut conn.received;
+                match conn.io.on_recv(
+                    io.buffers,
+                    done.generation,
+                    done.result,
+                    done.flags,
+                    |data| received.extend_from_slice(data),
+                ) {
+                    Completion::Live(Recv::Data(_)) => {
+                        let result = conn.parse(&mut self.events, &self.counters, now);
+                        if !conn.io.recv_armed() && result.is_ok() {
+                            conn.io.arm_recv(io.ring, io.buffers);
+                        }
+                        result.err()
+                    }
+                    Completion::Live(Recv::NoBuffers) => {
+                        conn.io.arm_recv(io.ring, io.buffers);
+                        None
+                    }
+                    Completion::Live(Recv::Eof) => Some("PostgreSQL closed the connection".into()),
+                    Completion::Live(Recv::Error(errno)) => Some(format!(
+                        "receive failed: {}",
+                        std::io::Error::from_raw_os_error(errno)
+                    )),
+                    _ => None,
+                }
+            }
+            k if k == OUTBOUND_KINDS.send => {
+                match conn.io.on_send(io.ring, done.generation, done.result) {
+                    Completion::Live(Sent::Done(mut buffer)) => {
+                        buffer.clear();
+                        conn.spare = buffer;
+                        conn.flush(io, &self.counters);
+                        None
+                    }
+                    Completion::Live(Sent::Sending) => None,
+                    Completion::Live(Sent::Failed(errno)) => Some(format!(
+                        "send failed: {}",
+                        std::io::Error::from_raw_os_error(errno)
+                    )),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(reason) = failure {
+            self.fail(done.slot as usize, io, reason, now);
+        }
+    }
+
+    /// The connection of `slot` is lost: fail what it carried, forget its
+    /// cache, and reconnect after a backoff.
+    fn fail(&mut self, slot: usize, io: &mut OutboundIo<'_>, reason: String, now: Instant) {
+        let conn = &mut self.conns[slot];
+        let error = format!("PostgreSQL shard {} ({}): {reason}", conn.shard, conn.url);
+        for query in conn.queue.drain(..) {
+            if let (Some(ticket), false) = (query.ticket, query.answered) {
+                self.events.push_back(Event::Outcome {
+                    ticket,
+                    outcome: StoreOutcome::Failed(StoreError::Unavailable(error.clone())),
+                });
+            }
+        }
+        conn.pending.clear();
+        conn.received.clear();
+        conn.synced_at = None;
+        conn.io.close(io.ring);
+        conn.link = Link::Down {
+            retry_at: now + BACKOFF_MIN,
+            backoff: BACKOFF_MIN * 2,
+            error: reason,
+        };
+        self.counters
+            .up
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.events.push_back(Event::Reset(conn.shard));
+    }
+
+    /// Shards whose connection is down, with why: for `/readyz` and logs.
+    pub fn down(&self) -> impl Iterator<Item = (u32, String)> + '_ {
+        self.conns.iter().filter_map(|c| match &c.link {
+            Link::Down { error, .. } => Some((c.shard, error.clone())),
+            Link::Opening { .. } => Some((c.shard, "reconnecting".into())),
+            Link::Up { .. } => None,
+        })
+    }
+}
+
+/// The wire form of a precondition: mode (0 none, 1 `*`, 2 list) and versions.
+fn tags(tags: &Option<TagSet>) -> (i32, Vec<i64>) {
+    match tags {
+        None => (0, Vec::new()),
+        Some(TagSet::Any) => (1, Vec::new()),
+        Some(TagSet::Versions(versions)) => (2, versions.iter().map(|&v| v as i64).collect()),
+    }
+}
+
+/// A bound parameter.
+enum Param<'a> {
+    Text(&'a [u8]),
+    Int4(i32),
+    Int8(i64),
+    Int4Array(&'a [i32]),
+    Int8Array(&'a [i64]),
+}
+
+fn serialize(
+    param: &Param<'_>,
+    buf: &mut BytesMut,
+) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    match param {
+        Param::Text(bytes) => buf.extend_from_slice(bytes),
+        Param::Int4(v) => pgtypes::int4_to_sql(*v, buf),
+        Param::Int8(v) => pgtypes::int8_to_sql(*v, buf),
+        Param::Int4Array(values) => pgtypes::array_to_sql(
+            Some(pgtypes::ArrayDimension {
+                len: values.len() as i32,
+                lower_bound: 1,
+            }),
+            oid::INT4,
+            values.iter(),
+            |v, buf| {
+                pgtypes::int4_to_sql(*v, buf);
+                Ok(IsNull::No)
+            },
+            buf,
+        )?,
+        Param::Int8Array(values) => pgtypes::array_to_sql(
+            Some(pgtypes::ArrayDimension {
+                len: values.len() as i32,
+                lower_bound: 1,
+            }),
+            oid::INT8,
+            values.iter(),
+            |v, buf| {
+                pgtypes::int8_to_sql(*v, buf);
+                Ok(IsNull::No)
+            },
+            buf,
+        )?,
+    }
+    Ok(IsNull::No)
+}
+
+/// Splits a storage key (`collection`, NUL, `key`) into its two parts.
+fn split_key(storage: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = storage.iter().position(|&b| b == 0)?;
+    Some((&storage[..at], &storage[at + 1..]))
+}
+
+impl ShardConn {
+    fn adopt(&mut self, ready: Ready, now: Instant, counters: &PgCounters) {
+        match self.io.adopt(ready.socket) {
+            Ok(()) => {
+                self.link = Link::Up {
+                    backend_pid: ready.backend_pid,
+                };
+                // The handshake's LISTEN took effect before its ReadyForQuery.
+                self.synced_at = Some(now);
+                self.pending.clear();
+                self.received.clear();
+                counters
+                    .up
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.link = Link::Down {
+                    retry_at: now + BACKOFF_MIN,
+                    backoff: BACKOFF_MIN,
+                    error: "the previous connection is still closing".into(),
+                }
+            }
+        }
+    }
+
+    fn bind(&mut self, statement: &Statement, params: &[Param<'_>]) -> Result<(), StoreOutcome> {
+        let formats = [1i16];
+        frontend::bind(
+            "",
+            statement.name,
+            formats.iter().copied(),
+            params.iter(),
+            |param, buf| serialize(param, buf),
+            formats.iter().copied(),
+            &mut self.pending,
+        )
+        .map_err(|_| StoreOutcome::Failed(StoreError::Engine("cannot encode a query".into())))?;
+        frontend::execute("", 0, &mut self.pending).map_err(|_| {
+            StoreOutcome::Failed(StoreError::Engine("cannot encode a query".into()))
+        })?;
+        frontend::sync(&mut self.pending);
+        Ok(())
+    }
+
+    fn push(&mut self, ticket: Option<u64>, query: Query, now: Instant) {
+        self.queue.push_back(InFlight {
+            ticket,
+            query,
+            queued_at: now,
+            rows: Vec::new(),
+            answered: ticket.is_none(),
+        });
+    }
+
+    /// Appends the statements of `op` to the pending bytes.
+    fn encode(&mut self, ticket: u64, op: StoreOp, now: Instant) -> Result<(), StoreOutcome> {
+        let bad_key = || {
+            StoreOutcome::Failed(StoreError::Engine(
+                "a storage key without its collection".into(),
+            ))
+        };
+        match op {
+            StoreOp::Read { key } => {
+                let (collection, name) = split_key(&key).ok_or_else(bad_key)?;
+                if collection == crate::store::open::PG_WORLD.as_bytes() {
+                    // A `world` row read through the cache (`/cached-queries`).
+                    let id = std::str::from_utf8(name)
+                        .ok()
+                        .and_then(|id| id.parse().ok())
+                        .ok_or_else(bad_key)?;
+                    self.bind(&sql::WORLD, &[Param::Int4(id)])?;
+                    self.push(Some(ticket), Query::World, now);
+                } else {
+                    self.bind(&sql::GET, &[Param::Text(collection), Param::Text(name)])?;
+                    self.push(Some(ticket), Query::Get, now);
+                }
+            }
+            StoreOp::Put { key, doc, cond } => {
+                self.encode_put(&key, &doc, &cond, None)?;
+                self.push(Some(ticket), Query::Put { doc }, now);
+            }
+            StoreOp::Patch {
+                key,
+                patch,
+                cond,
+                max_bytes,
+            } => {
+                let (collection, name) = split_key(&key).ok_or_else(bad_key)?;
+                self.bind(&sql::GET, &[Param::Text(collection), Param::Text(name)])?;
+                self.push(
+                    Some(ticket),
+                    Query::PatchRead {
+                        key,
+                        patch,
+                        cond,
+                        max_bytes,
+                        attempt: 1,
+                    },
+                    now,
+                );
+            }
+            StoreOp::Delete { key, cond } => {
+                let (collection, name) = split_key(&key).ok_or_else(bad_key)?;
+                let (im, imv) = tags(&cond.if_match);
+                let (inm, inmv) = tags(&cond.if_none_match);
+                self.bind(
+                    &sql::DELETE,
+                    &[
+                        Param::Text(collection),
+                        Param::Text(name),
+                        Param::Int4(im),
+                        Param::Int8Array(&imv),
+                        Param::Int4(inm),
+                        Param::Int8Array(&inmv),
+                    ],
+                )?;
+                self.push(Some(ticket), Query::Delete, now);
+            }
+            StoreOp::Scan { from, to: _, limit } => {
+                let (collection, after) = split_key(&from).ok_or_else(bad_key)?;
+                // `from` is the collection's first key, or the key after `after` (`after`, NUL).
+                let after = after.strip_suffix(&[0]).unwrap_or(after);
+                self.bind(
+                    &sql::SCAN,
+                    &[
+                        Param::Text(collection),
+                        Param::Text(after),
+                        Param::Int8(limit as i64),
+                    ],
+                )?;
+                let collection = collection.to_vec();
+                self.push(Some(ticket), Query::Scan { collection }, now);
+            }
+            StoreOp::Sql(SqlOp::World { id }) => {
+                self.bind(&sql::WORLD, &[Param::Int4(id)])?;
+                self.push(Some(ticket), Query::World, now);
+            }
+            StoreOp::Sql(SqlOp::Fortunes) => {
+                self.bind(&sql::FORTUNES, &[])?;
+                self.push(Some(ticket), Query::Fortunes, now);
+            }
+            StoreOp::Sql(SqlOp::UpdateWorlds { mut rows }) => {
+                // Each row is read on its own, as the benchmark asks; the
+                // reads and the one batch update go out in the same write.
+                for &(id, _) in &rows {
+                    self.bind(&sql::WORLD, &[Param::Int4(id)])?;
+                    self.push(None, Query::Discard, now);
+                }
+                let mut sorted = rows.clone();
+                sorted.sort_unstable();
+                sorted.dedup_by_key(|row| row.0);
+                let ids: Vec<i32> = sorted.iter().map(|r| r.0).collect();
+                let numbers: Vec<i32> = sorted.iter().map(|r| r.1).collect();
+                self.bind(
+                    &sql::UPDATE_WORLDS,
+                    &[Param::Int4Array(&ids), Param::Int4Array(&numbers)],
+                )?;
+                // A row asked for twice answers with the number written.
+                let written: HashMap<i32, i32> = sorted.into_iter().collect();
+                for row in &mut rows {
+                    row.1 = written[&row.0];
+                }
+                self.push(Some(ticket), Query::UpdateWorlds { rows }, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// A conditional write: the client's preconditions, or (for a PATCH)
+    /// exactly the version its read saw.
+    fn encode_put(
+        &mut self,
+        key: &[u8],
+        doc: &[u8],
+        cond: &Precondition,
+        expected: Option<u64>,
+    ) -> Result<(), StoreOutcome> {
+        let (collection, name) = split_key(key).ok_or_else(|| {
+            StoreOutcome::Failed(StoreError::Engine(
+                "a storage key without its collection".into(),
+            ))
+        })?;
+        let (im, imv) = match expected {
+            Some(version) => (2, vec![version as i64]),
+            None => tags(&cond.if_match),
+        };
+        let (inm, inmv) = match expected {
+            Some(_) => (0, Vec::new()),
+            None => tags(&cond.if_none_match),
+        };
+        self.bind(
+            &sql::PUT,
+            &[
+                Param::Text(collection),
+                Param::Text(name),
+                Param::Text(doc),
+                Param::Int4(im),
+                Param::Int8Array(&imv),
+                Param::Int4(inm),
+                Param::Int8Array(&inmv),
+            ],
+        )
+    }
+
+    /// Sends the pending bytes if no send is in flight.
+    fn flush(&mut self, io: &mut OutboundIo<'_>, counters: &PgCounters) {
+        if self.pending.is_empty() || self.io.send_in_flight() || self.io.state() != State::Open {
+            return;
+        }
+        let take = self.pending.len().min(MAX_SEND);
+        let mut buffer = std::mem::take(&mut self.spare);
+        buffer.extend_from_slice(&self.pending[..take]);
+        let _ = self.pending.split_to(take);
+        bump(&counters.sends);
+        if let Err(mut buffer) = self.io.send(io.ring, buffer) {
+            // Not open after all: the failure shows on the receive side.
+            buffer.clear();
+            self.spare = buffer;
+        }
+    }
+
+    /// Handles every complete message received.
+    fn parse(
+        &mut self,
+        events: &mut VecDeque<Event>,
+        counters: &PgCounters,
+        now: Instant,
+    ) -> Result<(), String> {
+        loop {
+            let message = match Message::parse(&mut self.received) {
+                Ok(Some(message)) => message,
+                Ok(None) => return Ok(()),
+                Err(error) => return Err(format!("unreadable message from PostgreSQL: {error}")),
+            };
+            match message {
+                Message::DataRow(row) => match self.queue.front_mut() {
+                    Some(query) => query.rows.push(row),
+                    None => return Err("a row for no query".into()),
+                },
+                Message::CommandComplete(_) | Message::EmptyQueryResponse => {
+                    let Some(query) = self.queue.front_mut() else {
+                        return Err("a completion for no query".into());
+                    };
+                    if !query.answered {
+                        query.answered = true;
+                        let rows = std::mem::take(&mut query.rows);
+                        let ticket = query.ticket.expect("unanswered queries have tickets");
+                        let query = std::mem::replace(&mut query.query, Query::Ping);
+                        if let Query::UpdateWorlds { rows: written } = &query {
+                            // `/cached-queries` on this node must not serve the old numbers.
+                            for (id, _) in written {
+                                let mut key = Vec::with_capacity(16);
+                                crate::store::storage_key(
+                                    crate::store::open::PG_WORLD,
+                                    itoa::Buffer::new().format(*id),
+                                    &mut key,
+                                );
+                                events.push_back(Event::Invalidate(key));
+                            }
+                        }
+                        if let Some(outcome) = self.complete(ticket, query, rows, now) {
+                            events.push_back(Event::Outcome { ticket, outcome });
+                        }
+                    }
+                }
+                Message::ErrorResponse(body) => {
+                    bump(&counters.errors);
+                    let (code, message) = error_fields(&body);
+                    let Some(query) = self.queue.front_mut() else {
+                        // A fatal error outside any query (the server shutting down, say).
+                        return Err(format!("PostgreSQL error {code}: {message}"));
+                    };
+                    if !query.answered {
+                        query.answered = true;
+                        let ticket = query.ticket.expect("unanswered queries have tickets");
+                        // 57P01 admin_shutdown and friends: the server is going away.
+                        let error = if code.starts_with("57") || code.starts_with("08") {
+                            StoreError::Unavailable(format!("PostgreSQL error {code}: {message}"))
+                        } else {
+                            StoreError::Engine(format!("PostgreSQL error {code}: {message}"))
+                        };
+                        events.push_back(Event::Outcome {
+                            ticket,
+                            outcome: StoreOutcome::Failed(error),
+                        });
+                    }
+                }
+                Message::ReadyForQuery(_) => {
+                    let Some(query) = self.queue.pop_front() else {
+                        return Err("ReadyForQuery for no query".into());
+                    };
+                    self.synced_at = Some(query.queued_at);
+                    if !query.answered {
+                        if let Some(ticket) = query.ticket {
+                            events.push_back(Event::Outcome {
+                                ticket,
+                                outcome: StoreOutcome::Failed(StoreError::Engine(
+                                    "PostgreSQL answered a query with nothing".into(),
+                                )),
+                            });
+                        }
+                    }
+                }
+                Message::NotificationResponse(body) => {
+                    let own = matches!(self.link, Link::Up { backend_pid } if backend_pid == body.process_id());
+                    if own {
+                        continue;
+                    }
+                    bump(&counters.invalidations);
+                    match body.message().ok().and_then(invalidated_key) {
+                        Some(key) => events.push_back(Event::Invalidate(key)),
+                        None => events.push_back(Event::Reset(self.shard)),
+                    }
+                }
+                Message::BindComplete
+                | Message::ParseComplete
+                | Message::NoticeResponse(_)
+                | Message::ParameterStatus(_)
+                | Message::NoData
+                | Message::RowDescription(_)
+                | Message::ParameterDescription(_)
+                | Message::CloseComplete => {}
+                _ => return Err("an unexpected message from PostgreSQL".into()),
+            }
+        }
+    }
+
+    /// The outcome of a query whose rows are all in; `None` when a next
+    /// step was queued instead (a PATCH's write, or its retry).
+    fn complete(
+        &mut self,
+        ticket: u64,
+        query: Query,
+        rows: Vec<DataRowBody>,
+        now: Instant,
+    ) -> Option<StoreOutcome> {
+        let outcome = match query {
+            Query::Get => match rows.first() {
+                None => StoreOutcome::Found(None),
+                Some(row) => match stored(row) {
+                    Ok(stored) => StoreOutcome::Found(Some(stored)),
+                    Err(error) => StoreOutcome::Failed(error),
+                },
+            },
+            Query::Put { doc, .. } => match put_status(rows.first()) {
+                Ok(PutStatus::Written { version, created }) => StoreOutcome::Written {
+                    stored: Stored { version, doc },
+                    created,
+                },
+                Ok(PutStatus::Refused { current }) => StoreOutcome::PreconditionFailed { current },
+                Err(error) => StoreOutcome::Failed(error),
+            },
+            Query::Delete => match columns(rows.first()) {
+                Ok(cols) => match (int4(cols.first()), int8(cols.get(1))) {
+                    (Some(0), _) => StoreOutcome::Deleted,
+                    (Some(1), current) => StoreOutcome::PreconditionFailed {
+                        current: current.map(|v| v as u64),
+                    },
+                    (Some(2), _) => StoreOutcome::Missing,
+                    _ => StoreOutcome::Failed(malformed()),
+                },
+                Err(error) => StoreOutcome::Failed(error),
+            },
+            Query::Scan { collection } => {
+                let mut items = Vec::with_capacity(rows.len());
+                let mut bytes = 0;
+                for row in &rows {
+                    let Ok(cols) = columns(Some(row)) else {
+                        return Some(StoreOutcome::Failed(malformed()));
+                    };
+                    let (Some(key), Some(version), Some(body)) = (
+                        cols.first().copied().flatten(),
+                        int8(cols.get(1)),
+                        cols.get(2).copied().flatten(),
+                    ) else {
+                        return Some(StoreOutcome::Failed(malformed()));
+                    };
+                    let mut storage = Vec::with_capacity(collection.len() + 1 + key.len());
+                    storage.extend_from_slice(&collection);
+                    storage.push(0);
+                    storage.extend_from_slice(key);
+                    items.push((
+                        storage,
+                        Stored {
+                            version: version as u64,
+                            doc: Bytes::copy_from_slice(body),
+                        },
+                    ));
+                    bytes += body.len();
+                    if bytes >= SCAN_PART_BYTES {
+                        break;
+                    }
+                }
+                StoreOutcome::Scanned(items)
+            }
+            Query::PatchRead {
+                key,
+                patch,
+                cond,
+                max_bytes,
+                attempt,
+            } => {
+                let current = match rows.first().map(stored).transpose() {
+                    Ok(current) => current,
+                    Err(error) => return Some(StoreOutcome::Failed(error)),
+                };
+                let Some(current) = current else {
+                    return Some(if cond.if_match.is_some() {
+                        StoreOutcome::PreconditionFailed { current: None }
+                    } else {
+                        StoreOutcome::Missing
+                    });
+                };
+                if !cond.allows(Some(current.version)) {
+                    return Some(StoreOutcome::PreconditionFailed {
+                        current: Some(current.version),
+                    });
+                }
+                let mut scratch = Vec::new();
+                let merged =
+                    match crate::json::merge_patch(Some(&current.doc), &patch, &mut scratch) {
+                        Ok(merged) => merged,
+                        Err(error @ crate::json::JsonError::Stored { .. }) => {
+                            return Some(StoreOutcome::Failed(StoreError::Engine(
+                                error.to_string(),
+                            )))
+                        }
+                        Err(error) => return Some(StoreOutcome::Invalid(error.to_string())),
+                    };
+                if merged.len() > max_bytes {
+                    return Some(StoreOutcome::TooLarge {
+                        size: merged.len(),
+                        limit: max_bytes,
+                    });
+                }
+                let doc = Bytes::from(merged);
+                if let Err(outcome) = self.encode_put(&key, &doc, &cond, Some(current.version)) {
+                    return Some(outcome);
+                }
+                self.push(
+                    Some(ticket),
+                    Query::PatchWrite {
+                        key,
+                        patch,
+                        cond,
+                        max_bytes,
+                        attempt,
+                        doc,
+                    },
+                    now,
+                );
+                return None;
+            }
+            Query::PatchWrite {
+                key,
+                patch,
+                cond,
+                max_bytes,
+                attempt,
+                doc,
+            } => match put_status(rows.first()) {
+                Ok(PutStatus::Written { version, .. }) => StoreOutcome::Written {
+                    stored: Stored { version, doc },
+                    created: false,
+                },
+                // Another writer changed it between the read and the write: read again.
+                Ok(PutStatus::Refused { .. }) if attempt < PATCH_ATTEMPTS => {
+                    let Some((collection, name)) = split_key(&key) else {
+                        return Some(StoreOutcome::Failed(malformed()));
+                    };
+                    let (collection, name) = (collection.to_vec(), name.to_vec());
+                    if let Err(outcome) =
+                        self.bind(&sql::GET, &[Param::Text(&collection), Param::Text(&name)])
+                    {
+                        return Some(outcome);
+                    }
+                    self.push(
+                        Some(ticket),
+                        Query::PatchRead {
+                            key,
+                            patch,
+                            cond,
+                            max_bytes,
+                            attempt: attempt + 1,
+                        },
+                        now,
+                    );
+                    return None;
+                }
+                Ok(PutStatus::Refused { .. }) => StoreOutcome::Failed(StoreError::Unavailable(
+                    "the document changed under every attempt to patch it; try again".into(),
+                )),
+                Err(error) => StoreOutcome::Failed(error),
+            },
+            Query::World => match rows.first().map(|row| columns(Some(row))) {
+                Some(Ok(cols)) => match (int4(cols.first()), int4(cols.get(1))) {
+                    (Some(id), Some(number)) => StoreOutcome::Found(Some(Stored {
+                        version: 0,
+                        doc: world_json(id, number),
+                    })),
+                    _ => StoreOutcome::Failed(malformed()),
+                },
+                Some(Err(error)) => StoreOutcome::Failed(error),
+                None => StoreOutcome::Found(None),
+            },
+            Query::Fortunes => {
+                let mut items = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let Ok(cols) = columns(Some(row)) else {
+                        return Some(StoreOutcome::Failed(malformed()));
+                    };
+                    let (Some(id), Some(message)) =
+                        (int4(cols.first()), cols.get(1).copied().flatten())
+                    else {
+                        return Some(StoreOutcome::Failed(malformed()));
+                    };
+                    let Ok(message) = std::str::from_utf8(message) else {
+                        return Some(StoreOutcome::Failed(malformed()));
+                    };
+                    let doc = serde_json::json!({ "id": id, "message": message }).to_string();
+                    items.push((
+                        Vec::new(),
+                        Stored {
+                            version: 0,
+                            doc: Bytes::from(doc),
+                        },
+                    ));
+                }
+                StoreOutcome::Scanned(items)
+            }
+            Query::UpdateWorlds { rows: written } => StoreOutcome::Scanned(
+                written
+                    .into_iter()
+                    .map(|(id, number)| {
+                        (
+                            Vec::new(),
+                            Stored {
+                                version: 0,
+                                doc: world_json(id, number),
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            Query::Discard | Query::Ping => return None,
+        };
+        Some(outcome)
+    }
+}
+
+fn world_json(id: i32, number: i32) -> Bytes {
+    let mut doc = Vec::with_capacity(40);
+    doc.extend_from_slice(b"{\"id\":");
+    doc.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    doc.extend_from_slice(b",\"randomNumber\":");
+    doc.extend_from_slice(itoa::Buffer::new().format(number).as_bytes());
+    doc.push(b'}');
+    Bytes::from(doc)
+}
+
+fn malformed() -> StoreError {
+    StoreError::Engine("PostgreSQL answered with a row percore cannot read".into())
+}
+
+fn columns(row: Option<&DataRowBody>) -> Result<Vec<Option<&[u8]>>, StoreError> {
+    let row = row.ok_or_else(malformed)?;
+    let buffer = row.buffer();
+    row.ranges()
+        .map(|range| Ok(range.map(|r| &buffer[r])))
+        .collect()
+        .map_err(|_| malformed())
+}
+
+fn int4(col: Option<&Option<&[u8]>>) -> Option<i32> {
+    pgtypes::int4_from_sql(col.copied().flatten()?).ok()
+}
+
+fn int8(col: Option<&Option<&[u8]>>) -> Option<i64> {
+    pgtypes::int8_from_sql(col.copied().flatten()?).ok()
+}
+
+fn stored(row: &DataRowBody) -> Result<Stored, StoreError> {
+    let cols = columns(Some(row))?;
+    match (int8(cols.first()), cols.get(1).copied().flatten()) {
+        (Some(version), Some(body)) => Ok(Stored {
+            version: version as u64,
+            doc: Bytes::copy_from_slice(body),
+        }),
+        _ => Err(malformed()),
+    }
+}
+
+enum PutStatus {
+    Written { version: u64, created: bool },
+    Refused { current: Option<u64> },
+}
+
+fn put_status(row: Option<&DataRowBody>) -> Result<PutStatus, StoreError> {
+    let cols = columns(row)?;
+    match (int4(cols.first()), int8(cols.get(1))) {
+        (Some(0), Some(version)) => Ok(PutStatus::Written {
+            version: version as u64,
+            created: cols
+                .get(2)
+                .copied()
+                .flatten()
+                .and_then(|b| pgtypes::bool_from_sql(b).ok())
+                .unwrap_or(false),
+        }),
+        (Some(1), current) => Ok(PutStatus::Refused {
+            current: current.map(|v| v as u64),
+        }),
+        _ => Err(malformed()),
+    }
+}
+
+/// The storage key a notification names (`length:collection` then the
+/// key), or `None` for `*`: everything of the shard.
+fn invalidated_key(payload: &str) -> Option<Vec<u8>> {
+    let (length, rest) = payload.split_once(':')?;
+    let length: usize = length.parse().ok()?;
+    if rest.len() < length || !rest.is_char_boundary(length) {
+        return None;
+    }
+    let (collection, key) = rest.split_at(length);
+    let mut storage = Vec::with_capacity(payload.len());
+    crate::store::storage_key(collection, key, &mut storage);
+    Some(storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_payloads_name_storage_keys() {
+        assert_eq!(
+            invalidated_key("5:users7:a").unwrap(),
+            b"users\x007:a".to_vec()
+        );
+        assert_eq!(invalidated_key("3:abc").unwrap(), b"abc\x00".to_vec());
+        assert!(invalidated_key("*").is_none());
+        assert!(invalidated_key("9:short").is_none());
+    }
+
+    #[test]
+    fn storage_keys_split_at_the_first_nul() {
+        assert_eq!(split_key(b"c\0k\0x"), Some((&b"c"[..], &b"k\0x"[..])));
+        assert_eq!(split_key(b"nokey"), None);
+    }
+}

@@ -1,0 +1,213 @@
+//! The SQL percore runs on a PostgreSQL shard: its schema, the functions that make conditional writes one round trip, and the prepared statements.
+//!
+//! Documents live in `percore_documents` with the body as `json`, not
+//! `jsonb`: `json` keeps the exact bytes a client stored (key order,
+//! numbers as written), so an answer, its ETag and its `?fields=`
+//! projection are the same as on the embedded store, and a write costs no
+//! conversion; users still query it with `->`, `->>` and `json_*`
+//! functions, or add an expression index. Keys sort bytewise (`COLLATE
+//! "C"`), the order scans page in. Every write notifies the channel
+//! [`CHANNEL`] with the key it changed, in the writing transaction, so
+//! every other node's cache partition drops it when the write commits.
+
+/// The channel writes notify and every owner connection listens on.
+pub const CHANNEL: &str = "percore_documents";
+
+/// Creates what is missing, under a transaction-scoped advisory lock so
+/// nodes starting together do not race on the catalog. Safe to run again.
+pub const SCHEMA: &str = r#"
+SELECT pg_advisory_xact_lock(7303145601);
+CREATE TABLE IF NOT EXISTS percore_documents (
+    collection text COLLATE "C" NOT NULL,
+    key text COLLATE "C" NOT NULL,
+    version bigint NOT NULL,
+    body json NOT NULL,
+    PRIMARY KEY (collection, key)
+);
+CREATE SEQUENCE IF NOT EXISTS percore_version;
+CREATE TABLE IF NOT EXISTS world (
+    id integer PRIMARY KEY,
+    randomnumber integer NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS fortune (
+    id integer PRIMARY KEY,
+    message varchar(2048) NOT NULL
+);
+CREATE OR REPLACE FUNCTION percore_allows(cur bigint, im int, imv bigint[], inm int, inmv bigint[])
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT NOT (
+        (im = 1 AND cur IS NULL)
+        OR (im = 2 AND (cur IS NULL OR NOT cur = ANY(imv)))
+        OR (inm = 1 AND cur IS NOT NULL)
+        OR (inm = 2 AND cur IS NOT NULL AND cur = ANY(inmv))
+    )
+$$;
+CREATE OR REPLACE FUNCTION percore_notify(c text, k text) RETURNS void LANGUAGE sql AS $$
+    SELECT pg_notify('percore_documents',
+        CASE WHEN octet_length(c) + octet_length(k) > 7000 THEN '*'
+             ELSE octet_length(c)::text || ':' || c || k END)
+$$;
+CREATE OR REPLACE FUNCTION percore_put(c text, k text, b json, im int, imv bigint[], inm int, inmv bigint[])
+RETURNS TABLE (status int, version bigint, created boolean) LANGUAGE plpgsql AS $$
+DECLARE cur bigint; nv bigint;
+BEGIN
+    LOOP
+        SELECT d.version INTO cur FROM percore_documents d
+            WHERE d.collection = c AND d.key = k FOR UPDATE;
+        IF NOT percore_allows(cur, im, imv, inm, inmv) THEN
+            RETURN QUERY SELECT 1, cur, false; RETURN;
+        END IF;
+        nv := nextval('percore_version');
+        IF cur IS NULL THEN
+            INSERT INTO percore_documents AS d (collection, key, version, body)
+                VALUES (c, k, nv, b) ON CONFLICT DO NOTHING;
+            IF FOUND THEN
+                PERFORM percore_notify(c, k);
+                RETURN QUERY SELECT 0, nv, true; RETURN;
+            END IF;
+            -- Created by another writer meanwhile: decide again under its row lock.
+        ELSE
+            UPDATE percore_documents d SET version = nv, body = b
+                WHERE d.collection = c AND d.key = k;
+            PERFORM percore_notify(c, k);
+            RETURN QUERY SELECT 0, nv, false; RETURN;
+        END IF;
+    END LOOP;
+END
+$$;
+CREATE OR REPLACE FUNCTION percore_delete(c text, k text, im int, imv bigint[], inm int, inmv bigint[])
+RETURNS TABLE (status int, version bigint) LANGUAGE plpgsql AS $$
+DECLARE cur bigint;
+BEGIN
+    SELECT d.version INTO cur FROM percore_documents d
+        WHERE d.collection = c AND d.key = k FOR UPDATE;
+    IF NOT percore_allows(cur, im, imv, inm, inmv) THEN
+        RETURN QUERY SELECT 1, cur; RETURN;
+    END IF;
+    IF cur IS NULL THEN
+        RETURN QUERY SELECT 2, NULL::bigint; RETURN;
+    END IF;
+    DELETE FROM percore_documents d WHERE d.collection = c AND d.key = k;
+    PERFORM percore_notify(c, k);
+    RETURN QUERY SELECT 0, cur;
+END
+$$;
+"#;
+
+/// PostgreSQL type OIDs of the parameters percore binds.
+pub mod oid {
+    pub const INT4: u32 = 23;
+    pub const INT8: u32 = 20;
+    pub const TEXT: u32 = 25;
+    pub const JSON: u32 = 114;
+    pub const INT4_ARRAY: u32 = 1007;
+    pub const INT8_ARRAY: u32 = 1016;
+}
+
+/// A statement prepared on every shard connection once it is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statement {
+    pub name: &'static str,
+    pub sql: &'static str,
+    pub params: &'static [u32],
+}
+
+pub const GET: Statement = Statement {
+    name: "pc_get",
+    sql: "SELECT version, body FROM percore_documents WHERE collection = $1 AND key = $2",
+    params: &[oid::TEXT, oid::TEXT],
+};
+
+pub const PUT: Statement = Statement {
+    name: "pc_put",
+    sql: "SELECT status, version, created FROM percore_put($1, $2, $3, $4, $5, $6, $7)",
+    params: &[
+        oid::TEXT,
+        oid::TEXT,
+        oid::JSON,
+        oid::INT4,
+        oid::INT8_ARRAY,
+        oid::INT4,
+        oid::INT8_ARRAY,
+    ],
+};
+
+pub const DELETE: Statement = Statement {
+    name: "pc_delete",
+    sql: "SELECT status, version FROM percore_delete($1, $2, $3, $4, $5, $6)",
+    params: &[
+        oid::TEXT,
+        oid::TEXT,
+        oid::INT4,
+        oid::INT8_ARRAY,
+        oid::INT4,
+        oid::INT8_ARRAY,
+    ],
+};
+
+pub const SCAN: Statement = Statement {
+    name: "pc_scan",
+    sql: "SELECT key, version, body FROM percore_documents \
+          WHERE collection = $1 AND key > $2 ORDER BY key LIMIT $3",
+    params: &[oid::TEXT, oid::TEXT, oid::INT8],
+};
+
+pub const WORLD: Statement = Statement {
+    name: "pc_world",
+    sql: "SELECT id, randomnumber FROM world WHERE id = $1",
+    params: &[oid::INT4],
+};
+
+pub const FORTUNES: Statement = Statement {
+    name: "pc_fortunes",
+    sql: "SELECT id, message FROM fortune",
+    params: &[],
+};
+
+/// The TechEmpower `/updates` batch: one statement, ids sorted by the
+/// caller so concurrent batches take their row locks in the same order.
+pub const UPDATE_WORLDS: Statement = Statement {
+    name: "pc_update_worlds",
+    sql: "UPDATE world SET randomnumber = v.r \
+          FROM (SELECT unnest($1::int4[]) AS i, unnest($2::int4[]) AS r) AS v \
+          WHERE world.id = v.i",
+    params: &[oid::INT4_ARRAY, oid::INT4_ARRAY],
+};
+
+/// Every statement, prepared on each connection.
+pub const STATEMENTS: [Statement; 7] = [GET, PUT, DELETE, SCAN, WORLD, FORTUNES, UPDATE_WORLDS];
+
+/// The TechEmpower rows this shard holds that are missing, written without
+/// touching a row that exists: the World ids the shard map gives this
+/// shard, and (on shard 0) the twelve fortunes.
+pub fn seed(world_ids: &[u32], fortunes: bool) -> String {
+    let mut sql = String::with_capacity(world_ids.len() * 6 + 2048);
+    if !world_ids.is_empty() {
+        sql.push_str(
+            "INSERT INTO world (id, randomnumber) \
+             SELECT i, 1 + floor(random() * 10000)::int FROM unnest('{",
+        );
+        for (n, id) in world_ids.iter().enumerate() {
+            if n > 0 {
+                sql.push(',');
+            }
+            sql.push_str(itoa::Buffer::new().format(*id));
+        }
+        sql.push_str("}'::int4[]) AS i ON CONFLICT DO NOTHING;");
+    }
+    if fortunes {
+        sql.push_str("INSERT INTO fortune (id, message) VALUES ");
+        for (n, message) in crate::store::seed::FORTUNES.iter().enumerate() {
+            if n > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            sql.push_str(itoa::Buffer::new().format(n + 1));
+            sql.push_str(",'");
+            sql.push_str(&message.replace('\'', "''"));
+            sql.push_str("')");
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING;");
+    }
+    sql
+}
