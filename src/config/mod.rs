@@ -235,6 +235,19 @@ impl Config {
                         "at most 1024 shard URLs (each is one server connection)",
                     ));
                 }
+                for (n, url) in urls.iter().enumerate() {
+                    let place =
+                        |u: &crate::store::pg::PgUrl| (u.host.clone(), u.port, u.database.clone());
+                    if let Some(first) = urls[..n].iter().position(|u| place(u) == place(url)) {
+                        return Err(invalid(
+                            "shard_url",
+                            format!(
+                                "shards {first} and {n} both name {url}: every shard needs a database of its own \
+                                 (a shard's table is the whole shard; scans read all of it)"
+                            ),
+                        ));
+                    }
+                }
                 Backend::Postgres(PgOptions {
                     urls,
                     stale_bound: values.get(&o::CACHE_STALE_BOUND),
