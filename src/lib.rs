@@ -83,6 +83,19 @@
 //! thread makes each batch of writes durable with one fdatasync of its
 //! core's write-ahead log ([`store::wal`]), whatever shards the batch touched.
 //!
+//! # PostgreSQL shards
+//! With `--store postgres` each shard is a PostgreSQL database
+//! ([`store::pg`]). The owner core holds the shard's one connection on its
+//! own ring: a service may drive outbound connections on the io core's
+//! ring ([`net::Service::drive_outbound`], [`net::Service::on_outbound`],
+//! [`net::OutboundIo`]), so a database socket costs no thread hop and its
+//! completions come in the same `io_uring_enter` as the clients'. The
+//! queries of one loop turn go out in one write, each with its own `Sync`;
+//! the handshake runs off the core. Writes notify the other nodes in their
+//! transaction; a cache hit is served only while the shard's connection has
+//! proven, within `--cache-stale-bound`, that it heard every earlier commit
+//! ([`store::pg::shard::PgShards::fresh`]).
+//!
 //! # Limits that matter at start-up
 //! io_uring must be allowed (`kernel.io_uring_disabled=0`, no seccomp filter
 //! blocking it). Without `CAP_IPC_LOCK` the kernel charges each core's rings

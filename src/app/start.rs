@@ -121,6 +121,7 @@ impl<S: 'static> App<S> {
             plane_counters: (0..cores)
                 .map(|_| Arc::<PlaneCounters>::default())
                 .collect(),
+            pg_counters: store.pg_counters,
         });
         let lifecycle = Arc::new(Lifecycle::new(cores));
         let node = Arc::new(Node {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::{DataShared, PlaneCounters};
 use crate::cache::CacheCounters;
+use crate::store::pg::shard::PgCounters;
 use crate::store::thread::StoreCounters;
 
 /// Picks one counter out of a set of counters.
@@ -107,8 +108,50 @@ impl DataShared {
                 |c| &c.store_ops,
             ),
         ];
+        const POSTGRES: [Row<PgCounters>; 6] = [
+            (
+                "percore_pg_queries_total",
+                "counter",
+                "Operations sent to the core's PostgreSQL shard connections.",
+                |c| &c.queries,
+            ),
+            (
+                "percore_pg_sends_total",
+                "counter",
+                "Writes to those connections; queries per write is the pipelining depth.",
+                |c| &c.sends,
+            ),
+            (
+                "percore_pg_errors_total",
+                "counter",
+                "Error responses from PostgreSQL.",
+                |c| &c.errors,
+            ),
+            (
+                "percore_pg_reconnects_total",
+                "counter",
+                "Connection attempts after a shard's connection was lost.",
+                |c| &c.reconnects,
+            ),
+            (
+                "percore_pg_invalidations_total",
+                "counter",
+                "Writes of other nodes heard (each drops a key from the cache partition).",
+                |c| &c.invalidations,
+            ),
+            (
+                "percore_pg_connections_up",
+                "gauge",
+                "Shard connections of the core that are up.",
+                |c| &c.up,
+            ),
+        ];
         render_per_core(&CACHE, &data.cache_counters, out);
-        render_per_core(&STORE, &data.store_counters, out);
+        if data.pg_counters.is_empty() {
+            render_per_core(&STORE, &data.store_counters, out);
+        } else {
+            render_per_core(&POSTGRES, &data.pg_counters, out);
+        }
         render_per_core(&PLANE, &data.plane_counters, out);
         let name = "percore_store_commit_seconds_total";
         let _ = writeln!(out, "# HELP {name} Time spent making batches durable (log append and fdatasync, engine apply).\n# TYPE {name} counter");

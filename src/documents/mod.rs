@@ -163,4 +163,6 @@ pub struct DataShared {
     pub cache_counters: Vec<Arc<CacheCounters>>,
     pub store_counters: Vec<Arc<StoreCounters>>,
     pub plane_counters: Vec<Arc<PlaneCounters>>,
+    /// By core, with PostgreSQL shards (empty otherwise): their connections' counters.
+    pub pg_counters: Vec<Arc<crate::store::pg::shard::PgCounters>>,
 }

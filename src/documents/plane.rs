@@ -160,6 +160,7 @@ impl Plane {
             cache_counters: vec![Arc::default()],
             store_counters: vec![Arc::default()],
             plane_counters: vec![Arc::default()],
+            pg_counters: Vec::new(),
         });
         let shard = crate::store::thread::OpenShard {
             shard: 0,
