@@ -175,6 +175,22 @@ impl Cluster {
         run_as_postgres(&mut command);
     }
 
+    /// The postmaster and every process it started.
+    fn pids(&self) -> Vec<String> {
+        let pidfile = std::fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap();
+        let postmaster = pidfile.lines().next().unwrap().trim().to_owned();
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .unwrap();
+        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        pids.push(postmaster);
+        pids
+    }
+
     /// SQL on its socket (trust).
     fn sql(&self, db: &str, query: &str) -> String {
         let dir = self.dir.display().to_string();
@@ -545,7 +561,10 @@ fn a_shard_that_goes_away_fails_fast_its_keys_only_and_comes_back_losing_nothing
     let cluster = Cluster::start(free_port(), 20);
     cluster.sql("postgres", "CREATE DATABASE shard1");
     let remote = cluster.url("shard1", Some(CLUSTER_PASSWORD));
-    let server = Arc::new(serve(&[local.url(), remote], &["--cores", "2"]));
+    let server = Arc::new(serve(
+        &[local.url(), remote],
+        &["--cores", "2", "--shard-answer-timeout", "2s"],
+    ));
 
     // Which keys live where, as a user would find out: with SQL.
     for n in 0..40 {
@@ -657,6 +676,42 @@ fn a_shard_that_goes_away_fails_fast_its_keys_only_and_comes_back_losing_nothing
         assert_eq!(response.status, 200, "acknowledged write {n} was lost");
         assert_eq!(response.text(), body);
     }
+
+    // A server that hangs (stopped, its sockets open) does not hang requests:
+    // a write to its shard gets 503 once the answer is overdue, and it comes back.
+    let pids = cluster.pids();
+    signal_all(&pids, "STOP");
+    let started = Instant::now();
+    let response = server.call("PUT", &format!("/v1/k/{}", on_remote[0]), Some("{}"));
+    let waited = started.elapsed();
+    signal_all(&pids, "CONT");
+    assert_eq!(
+        response.status,
+        503,
+        "a read from a hung shard: {}",
+        response.text()
+    );
+    assert!(
+        waited < Duration::from_secs(30),
+        "a request waited {waited:?} on a hung shard"
+    );
+    assert_eq!(server.get(&format!("/v1/k/{}", on_local[0])).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.get(&format!("/v1/k/{}", on_remote[0])).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the shard did not come back after it hung"
+        );
+    }
+}
+
+fn signal_all(pids: &[String], signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids)
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
 
 #[test]

@@ -251,6 +251,7 @@ impl Config {
                 Backend::Postgres(PgOptions {
                     urls,
                     stale_bound: values.get(&o::CACHE_STALE_BOUND),
+                    answer_timeout: values.get(&o::SHARD_ANSWER_TIMEOUT),
                 })
             }
         };

@@ -360,6 +360,15 @@ pub const SHARD_URL: Opt<Vec<PgUrl>, Optional> = Opt::new(
 .secret()
 .section(DOCUMENTS);
 
+pub const SHARD_ANSWER_TIMEOUT: Opt<Duration> = Opt::new(
+    "shard_answer_timeout",
+    "DURATION",
+    "With --store postgres: a shard connection whose oldest query has had no answer this long is given up; its requests get 503 and it reconnects.",
+    duration,
+)
+.default("5s")
+.section(DOCUMENTS);
+
 pub const CACHE_STALE_BOUND: Opt<Duration> = Opt::new(
     "cache_stale_bound",
     "DURATION",
@@ -582,6 +591,7 @@ pub static ALL: &[&dyn AnyOpt] = &[
     &SHARD_RANGES,
     &STORE,
     &SHARD_URL,
+    &SHARD_ANSWER_TIMEOUT,
     &CACHE_STALE_BOUND,
     &CACHE_BYTES,
     &CACHE_TTL,

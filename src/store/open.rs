@@ -201,7 +201,7 @@ fn open_postgres(
             StoreLink::Postgres(Box::new(PgShards::new(
                 shards,
                 opened[core].clone(),
-                pg.stale_bound,
+                pg,
                 Arc::clone(&pg_counters[core]),
             )))
         })

@@ -72,6 +72,8 @@ pub struct PgOptions {
     /// A cache hit is served only if the shard's connection heard every
     /// invalidation committed more than this long ago.
     pub stale_bound: Duration,
+    /// A connection whose oldest query has waited this long is given up.
+    pub answer_timeout: Duration,
 }
 
 /// The most shard URLs percore opens: each is one server connection.

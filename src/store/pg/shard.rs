@@ -163,6 +163,10 @@ pub struct PgShards {
     events: VecDeque<Event>,
     opened: Outlet<Opened>,
     stale_bound: Duration,
+    /// A connection whose oldest query has had no answer this long is given
+    /// up (a server that hangs must not hang requests): its queries fail
+    /// with 503 and it reconnects.
+    answer_timeout: Duration,
     counters: Arc<PgCounters>,
 }
 
@@ -179,7 +183,7 @@ impl PgShards {
     pub fn new(
         shards: Vec<(u32, Arc<PgUrl>, Result<Ready, PgError>)>,
         opened: Outlet<Opened>,
-        stale_bound: Duration,
+        options: &super::PgOptions,
         counters: Arc<PgCounters>,
     ) -> Self {
         let now = Instant::now();
@@ -188,7 +192,8 @@ impl PgShards {
             by_shard: HashMap::new(),
             events: VecDeque::new(),
             opened,
-            stale_bound,
+            stale_bound: options.stale_bound,
+            answer_timeout: options.answer_timeout,
             counters,
         };
         for (slot, (shard, url, ready)) in shards.into_iter().enumerate() {
@@ -280,6 +285,19 @@ impl PgShards {
     /// proving their freshness, starts reconnections that are due, adopts
     /// connections whose handshakes finished.
     pub fn drive(&mut self, io: &mut OutboundIo<'_>, now: Instant) {
+        let hung: Vec<usize> = (0..self.conns.len())
+            .filter(|&slot| {
+                let conn = &self.conns[slot];
+                matches!(conn.link, Link::Up { .. })
+                    && conn.queue.front().is_some_and(|q| {
+                        now.saturating_duration_since(q.queued_at) > self.answer_timeout
+                    })
+            })
+            .collect();
+        for slot in hung {
+            let reason = format!("no answer from PostgreSQL in {:?}", self.answer_timeout);
+            self.fail(slot, io, reason, now);
+        }
         for conn in &mut self.conns {
             match conn.link {
                 Link::Up { .. } => {
@@ -297,9 +315,7 @@ impl PgShards {
                             answered: true,
                         });
                     }
-                    if conn.io.recv_armed() || conn.io.state() == State::Open {
-                        conn.io.arm_recv(io.ring, io.buffers);
-                    }
+                    conn.io.arm_recv(io.ring, io.buffers);
                     conn.flush(io, &self.counters);
                 }
                 Link::Down {
