@@ -255,6 +255,11 @@ impl Blocking {
     /// Runs SQL through the simple query protocol; fails on its first error.
     fn simple(&mut self, sql: &str) -> Result<(), PgError> {
         frontend::query(sql, &mut self.write).map_err(|e| PgError::Protocol(e.to_string()))?;
+        self.until_ready()
+    }
+
+    /// Sends what is written and reads up to `ReadyForQuery`; the first error fails it.
+    fn until_ready(&mut self) -> Result<(), PgError> {
         self.flush()?;
         let mut failed = None;
         loop {
@@ -284,22 +289,7 @@ impl Blocking {
             .map_err(|e| PgError::Protocol(e.to_string()))?;
         }
         frontend::sync(&mut self.write);
-        self.flush()?;
-        let mut failed = None;
-        loop {
-            match self.next()? {
-                Message::ReadyForQuery(_) => {
-                    return match failed {
-                        Some(error) => Err(error),
-                        None => Ok(()),
-                    }
-                }
-                Message::ErrorResponse(body) => {
-                    failed.get_or_insert(self.refusal(&body));
-                }
-                _ => {}
-            }
-        }
+        self.until_ready()
     }
 }
 

@@ -35,7 +35,7 @@ use super::url::PgUrl;
 use super::PgError;
 use crate::net::outbound::{Completion, Outbound, Recv, Sent, State};
 use crate::net::{OutboundCompletion, OutboundIo, Outlet, OUTBOUND_KINDS};
-use crate::store::thread::{Precondition, StoreOp, StoreOutcome, TagSet};
+use crate::store::thread::{patched, Precondition, StoreOp, StoreOutcome, TagSet};
 use crate::store::{SqlOp, StoreError, Stored, SCAN_PART_BYTES};
 
 /// What the shards tell the plane, in wire order.
@@ -501,34 +501,42 @@ fn serialize(
         Param::Text(bytes) => buf.extend_from_slice(bytes),
         Param::Int4(v) => pgtypes::int4_to_sql(*v, buf),
         Param::Int8(v) => pgtypes::int8_to_sql(*v, buf),
-        Param::Int4Array(values) => pgtypes::array_to_sql(
-            Some(pgtypes::ArrayDimension {
-                len: values.len() as i32,
-                lower_bound: 1,
-            }),
+        Param::Int4Array(values) => array(
             oid::INT4,
-            values.iter(),
-            |v, buf| {
-                pgtypes::int4_to_sql(*v, buf);
-                Ok(IsNull::No)
-            },
+            values,
+            |v, buf| pgtypes::int4_to_sql(v, buf),
             buf,
         )?,
-        Param::Int8Array(values) => pgtypes::array_to_sql(
-            Some(pgtypes::ArrayDimension {
-                len: values.len() as i32,
-                lower_bound: 1,
-            }),
+        Param::Int8Array(values) => array(
             oid::INT8,
-            values.iter(),
-            |v, buf| {
-                pgtypes::int8_to_sql(*v, buf);
-                Ok(IsNull::No)
-            },
+            values,
+            |v, buf| pgtypes::int8_to_sql(v, buf),
             buf,
         )?,
     }
     Ok(IsNull::No)
+}
+
+/// A one-dimensional array of `element`s in binary form.
+fn array<T: Copy>(
+    element: u32,
+    values: &[T],
+    write: impl Fn(T, &mut BytesMut),
+    buf: &mut BytesMut,
+) -> Result<(), Box<dyn std::error::Error + Sync + Send>> {
+    pgtypes::array_to_sql(
+        Some(pgtypes::ArrayDimension {
+            len: values.len() as i32,
+            lower_bound: 1,
+        }),
+        element,
+        values.iter(),
+        |v, buf| {
+            write(*v, buf);
+            Ok(IsNull::No)
+        },
+        buf,
+    )
 }
 
 /// Splits a storage key (`collection`, NUL, `key`) into its two parts.
@@ -623,21 +631,17 @@ impl ShardConn {
                 patch,
                 cond,
                 max_bytes,
-            } => {
-                let (collection, name) = split_key(&key).ok_or_else(bad_key)?;
-                self.bind(&sql::GET, &[Param::Text(collection), Param::Text(name)])?;
-                self.push(
-                    Some(ticket),
-                    Query::PatchRead {
-                        key,
-                        patch,
-                        cond,
-                        max_bytes,
-                        attempt: 1,
-                    },
-                    now,
-                );
-            }
+            } => self.read_for_patch(
+                ticket,
+                Query::PatchRead {
+                    key,
+                    patch,
+                    cond,
+                    max_bytes,
+                    attempt: 1,
+                },
+                now,
+            )?,
             StoreOp::Delete { key, cond } => {
                 let (collection, name) = split_key(&key).ok_or_else(bad_key)?;
                 let (im, imv) = tags(&cond.if_match);
@@ -702,6 +706,23 @@ impl ShardConn {
                 self.push(Some(ticket), Query::UpdateWorlds { rows }, now);
             }
         }
+        Ok(())
+    }
+
+    /// Queues the read half of a PATCH (`read` is a [`Query::PatchRead`]).
+    fn read_for_patch(
+        &mut self,
+        ticket: u64,
+        read: Query,
+        now: Instant,
+    ) -> Result<(), StoreOutcome> {
+        let Query::PatchRead { key, .. } = &read else {
+            return Err(StoreOutcome::Failed(malformed()));
+        };
+        let (collection, name) = split_key(key).ok_or_else(|| StoreOutcome::Failed(malformed()))?;
+        let (collection, name) = (collection.to_vec(), name.to_vec());
+        self.bind(&sql::GET, &[Param::Text(&collection), Param::Text(&name)])?;
+        self.push(Some(ticket), read, now);
         Ok(())
     }
 
@@ -950,29 +971,10 @@ impl ShardConn {
                         StoreOutcome::Missing
                     });
                 };
-                if !cond.allows(Some(current.version)) {
-                    return Some(StoreOutcome::PreconditionFailed {
-                        current: Some(current.version),
-                    });
-                }
-                let mut scratch = Vec::new();
-                let merged =
-                    match crate::json::merge_patch(Some(&current.doc), &patch, &mut scratch) {
-                        Ok(merged) => merged,
-                        Err(error @ crate::json::JsonError::Stored { .. }) => {
-                            return Some(StoreOutcome::Failed(StoreError::Engine(
-                                error.to_string(),
-                            )))
-                        }
-                        Err(error) => return Some(StoreOutcome::Invalid(error.to_string())),
-                    };
-                if merged.len() > max_bytes {
-                    return Some(StoreOutcome::TooLarge {
-                        size: merged.len(),
-                        limit: max_bytes,
-                    });
-                }
-                let doc = Bytes::from(merged);
+                let doc = match patched(&current, &patch, &cond, max_bytes) {
+                    Ok(doc) => doc,
+                    Err(outcome) => return Some(outcome),
+                };
                 if let Err(outcome) = self.encode_put(&key, &doc, &cond, Some(current.version)) {
                     return Some(outcome);
                 }
@@ -1004,27 +1006,14 @@ impl ShardConn {
                 },
                 // Another writer changed it between the read and the write: read again.
                 Ok(PutStatus::Refused { .. }) if attempt < PATCH_ATTEMPTS => {
-                    let Some((collection, name)) = split_key(&key) else {
-                        return Some(StoreOutcome::Failed(malformed()));
+                    let read = Query::PatchRead {
+                        key,
+                        patch,
+                        cond,
+                        max_bytes,
+                        attempt: attempt + 1,
                     };
-                    let (collection, name) = (collection.to_vec(), name.to_vec());
-                    if let Err(outcome) =
-                        self.bind(&sql::GET, &[Param::Text(&collection), Param::Text(&name)])
-                    {
-                        return Some(outcome);
-                    }
-                    self.push(
-                        Some(ticket),
-                        Query::PatchRead {
-                            key,
-                            patch,
-                            cond,
-                            max_bytes,
-                            attempt: attempt + 1,
-                        },
-                        now,
-                    );
-                    return None;
+                    return self.read_for_patch(ticket, read, now).err();
                 }
                 Ok(PutStatus::Refused { .. }) => StoreOutcome::Failed(StoreError::Unavailable(
                     "the document changed under every attempt to patch it; try again".into(),
