@@ -501,18 +501,8 @@ fn serialize(
         Param::Text(bytes) => buf.extend_from_slice(bytes),
         Param::Int4(v) => pgtypes::int4_to_sql(*v, buf),
         Param::Int8(v) => pgtypes::int8_to_sql(*v, buf),
-        Param::Int4Array(values) => array(
-            oid::INT4,
-            values,
-            |v, buf| pgtypes::int4_to_sql(v, buf),
-            buf,
-        )?,
-        Param::Int8Array(values) => array(
-            oid::INT8,
-            values,
-            |v, buf| pgtypes::int8_to_sql(v, buf),
-            buf,
-        )?,
+        Param::Int4Array(values) => array(oid::INT4, values, pgtypes::int4_to_sql, buf)?,
+        Param::Int8Array(values) => array(oid::INT8, values, pgtypes::int8_to_sql, buf)?,
     }
     Ok(IsNull::No)
 }
