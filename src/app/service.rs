@@ -393,6 +393,7 @@ impl<S: 'static> Service for AppService<S> {
             ConnEvent::Closed => self.metrics.connection_closed(),
             ConnEvent::Refused => self.metrics.connection_refused(),
             ConnEvent::TimedOut => self.metrics.connection_timed_out(),
+            ConnEvent::OffCpu => self.metrics.accepted_off_cpu(),
         }
     }
 }

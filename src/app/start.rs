@@ -35,6 +35,8 @@ pub struct Server {
     temporary_dir: Option<std::path::PathBuf>,
     /// One line describing the store, for the start-up log.
     pub store_line: String,
+    /// Whether connections are steered to the io core on their CPU, for the start-up log.
+    pub steering: runtime::Steering,
 }
 
 impl Server {
@@ -68,7 +70,7 @@ impl<S: 'static> App<S> {
             }
         }
         let kinds = JobKinds::new(kinds).map_err(ServeError::App)?;
-        let (listeners, addr) = runtime::bind(config.listen, cores)?;
+        let (listeners, addr, steering) = runtime::bind(config.listen, &config.cpus, config.steer)?;
         let mut route_names: Vec<&'static str> =
             self.routes().into_iter().map(|(_, p)| p).collect();
         let limiter = config.rate_limit.clone().map(Limiter::new);
@@ -183,6 +185,7 @@ impl<S: 'static> App<S> {
             cores,
             temporary_dir: store.temporary_dir,
             store_line: store.line,
+            steering,
         })
     }
 
@@ -241,6 +244,7 @@ impl<S: 'static> App<S> {
             cpu::format_cpu_list(&config.cpus)
         );
         println!("{}", server.store_line);
+        println!("{}", server.steering);
         let _ = io::stdout().flush();
         let signal = runtime::wait_for_signal(&signals, None);
         let signal = if signal == Some(libc::SIGINT) {

@@ -133,6 +133,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// One CPU per io core, in core order.
     pub cpus: Vec<usize>,
+    /// Steer each connection to the io core on the CPU that took its SYN (`--steer`).
+    pub steer: bool,
     pub max_connections_per_core: usize,
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
@@ -289,6 +291,7 @@ impl Config {
         Ok(Self {
             listen: values.get(&o::LISTEN),
             cpus,
+            steer: values.get(&o::STEER),
             max_connections_per_core: values.get(&o::MAX_CONNECTIONS_PER_CORE),
             idle_timeout: values.get(&o::IDLE_TIMEOUT),
             header_timeout: values.get(&o::HEADER_TIMEOUT),

@@ -70,6 +70,19 @@ pub const CPUS: Opt<Vec<usize>, Optional> = Opt::new(
 .unset("the CPUs this process may use")
 .section(SERVER);
 
+pub const STEER: Opt<bool> = Opt::new(
+    "steer",
+    "on|off",
+    "Hand each new connection to the io core on the CPU that took its SYN (a classic BPF program on the listeners' reuseport group); `off` leaves the kernel's hash.",
+    |text| match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{text}` is not `on` or `off`")),
+    },
+)
+.default("on")
+.section(SERVER);
+
 pub const MAX_CONNECTIONS_PER_CORE: Opt<usize> = Opt::new(
     "max_connections_per_core",
     "N",
@@ -565,6 +578,7 @@ pub static ALL: &[&dyn AnyOpt] = &[
     &LISTEN,
     &CORES,
     &CPUS,
+    &STEER,
     &MAX_CONNECTIONS_PER_CORE,
     &IDLE_TIMEOUT,
     &HEADER_TIMEOUT,

@@ -54,6 +54,8 @@ struct CoreShared {
     requests_by_status: [AtomicU64; STATUS_SLOTS],
     open_connections: AtomicU64,
     accepted: AtomicU64,
+    /// Accepted connections whose packets arrive on another CPU than the core's.
+    accepted_off_cpu: AtomicU64,
     refused: AtomicU64,
     timed_out: AtomicU64,
     /// Rate-limit decisions, indexed by [`decision_slot`].
@@ -79,6 +81,7 @@ impl Registry {
                     requests_by_status: std::array::from_fn(|_| AtomicU64::new(0)),
                     open_connections: AtomicU64::new(0),
                     accepted: AtomicU64::new(0),
+                    accepted_off_cpu: AtomicU64::new(0),
                     refused: AtomicU64::new(0),
                     timed_out: AtomicU64::new(0),
                     rate_limit: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -161,7 +164,7 @@ impl Registry {
                 }
             }
         }
-        let gauges: [(&str, &str, &str, CounterField); 4] = [
+        let gauges: [(&str, &str, &str, CounterField); 5] = [
             (
                 "percore_open_connections",
                 "gauge",
@@ -173,6 +176,12 @@ impl Registry {
                 "counter",
                 "Connections accepted, by io core.",
                 |c| &c.accepted,
+            ),
+            (
+                "percore_accepted_off_cpu_total",
+                "counter",
+                "Connections accepted whose packets the kernel took on another CPU than their io core's (SO_INCOMING_CPU), by io core; CPU steering keeps it at 0.",
+                |c| &c.accepted_off_cpu,
             ),
             (
                 "percore_connections_refused_total",
@@ -300,6 +309,11 @@ impl CoreMetrics {
         open.store(open.load(Relaxed).saturating_sub(1), Relaxed);
     }
 
+    /// Counts an accepted connection whose packets arrive on another CPU than this core's.
+    pub fn accepted_off_cpu(&self) {
+        bump(&self.shared().accepted_off_cpu, 1);
+    }
+
     pub fn connection_refused(&self) {
         bump(&self.shared().refused, 1);
     }
@@ -350,6 +364,7 @@ mod tests {
         core0.finish_batch(started);
         core1.finish_batch(started);
         core1.connection_opened();
+        core1.accepted_off_cpu();
         core0.publish();
         core1.publish();
         assert_eq!(registry.requests_with_status(200), 2);
@@ -360,6 +375,8 @@ mod tests {
         );
         assert!(text.contains("percore_requests_total{core=\"1\",status=\"404\"} 1\n"));
         assert!(text.contains("percore_open_connections{core=\"1\"} 1\n"));
+        assert!(text.contains("percore_accepted_off_cpu_total{core=\"0\"} 0\n"));
+        assert!(text.contains("percore_accepted_off_cpu_total{core=\"1\"} 1\n"));
         assert!(text.contains("percore_request_duration_seconds_count{route=\"/json\"} 2\n"));
         assert!(text.contains("percore_request_duration_seconds_count{route=\"(unmatched)\"} 1\n"));
     }

@@ -23,6 +23,7 @@ use socket2::Socket;
 use super::bufring::BufRing;
 use super::conn::{live_conn, Conn, FileSend, Phase, Recv, Write};
 use super::lifecycle::Lifecycle;
+use super::listener;
 use super::ops;
 use super::ring::{self, Ring};
 use super::service::{ConnEvent, ConnId, OutboundCompletion, OutboundIo, Service, OUTBOUND_KINDS};
@@ -84,6 +85,8 @@ pub struct IoCore<S: Service> {
     free: Vec<u32>,
     live: usize,
     core: usize,
+    /// The CPU this core's thread is pinned to, against which accepted sockets' `SO_INCOMING_CPU` is compared.
+    cpu: usize,
     pub(super) service: S,
     pub(super) options: CoreOptions,
     lifecycle: Arc<Lifecycle>,
@@ -101,9 +104,11 @@ pub struct IoCore<S: Service> {
 }
 
 impl<S: Service> IoCore<S> {
-    /// Builds core `core` on the calling thread (the ring is bound to it).
+    /// Builds core `core`, pinned to `cpu`, on the calling thread (the ring is bound to it).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         core: usize,
+        cpu: usize,
         listener: Socket,
         wake: OwnedFd,
         inbox: Receiver<S::Msg>,
@@ -134,6 +139,7 @@ impl<S: Service> IoCore<S> {
             free: Vec::new(),
             live: 0,
             core,
+            cpu,
             service,
             options,
             lifecycle,
@@ -320,6 +326,11 @@ impl<S: Service> IoCore<S> {
         self.conns[slot as usize] = Some(Conn::new(fd, generation, Session::new(id, peer), now));
         self.live += 1;
         self.service.on_connection(ConnEvent::Opened);
+        // Steering (net::listener) should make the kernel hand this core only
+        // connections whose packets arrive on its own CPU; count the others.
+        if listener::incoming_cpu(fd).is_some_and(|cpu| cpu != self.cpu) {
+            self.service.on_connection(ConnEvent::OffCpu);
+        }
         self.arm_recv(slot);
     }
 

@@ -59,6 +59,9 @@ pub enum ConnEvent {
     Refused,
     /// Closed for a header, body or idle timeout.
     TimedOut,
+    /// Just opened, but its packets arrive on another CPU than this core's
+    /// (`SO_INCOMING_CPU`): what CPU steering is there to avoid.
+    OffCpu,
 }
 
 /// The `user_data` kinds an io core routes to [`Service::on_outbound`]:

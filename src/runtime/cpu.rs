@@ -50,6 +50,15 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// The CPUs the kernel has online (`/sys/devices/system/cpu/online`), any of
+/// which may take interrupts; this process's own CPUs if that cannot be read.
+pub fn online_cpus() -> Vec<usize> {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|text| parse_cpu_list(&text).ok())
+        .unwrap_or_else(allowed_cpus)
+}
+
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     // SAFETY: as above; CPU_SET writes inside the set for cpu < CPU_SETSIZE,
@@ -105,5 +114,7 @@ mod tests {
     #[test]
     fn this_process_has_cpus() {
         assert!(!allowed_cpus().is_empty());
+        let online = online_cpus();
+        assert!(allowed_cpus().iter().all(|cpu| online.contains(cpu)));
     }
 }

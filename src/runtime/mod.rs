@@ -7,6 +7,7 @@
 //! knows what the cores serve: [`launch`] takes one service builder per core.
 
 pub mod cpu;
+pub mod steer;
 pub mod uring;
 
 use std::io;
@@ -22,6 +23,7 @@ use socket2::Socket;
 use thiserror::Error;
 
 use crate::net::{listener, CoreOptions, IoCore, Lifecycle, Mailbox, Service, Waker};
+pub use steer::Steering;
 use uring::UringError;
 
 /// Why the server could not start or run.
@@ -84,10 +86,19 @@ impl<M: Send + 'static> Wiring<M> {
     }
 }
 
-/// Binds one `SO_REUSEPORT` listener per core on `addr`; returns them and the address bound.
-pub fn bind(addr: SocketAddr, cores: usize) -> Result<(Vec<Socket>, SocketAddr), ServeError> {
+/// Binds one `SO_REUSEPORT` listener per core on `addr`, core `i` on
+/// `cpus[i]`, steered by CPU if `steer` ([`Steering`]); returns them, the
+/// address bound and what became of steering.
+pub fn bind(
+    addr: SocketAddr,
+    cpus: &[usize],
+    steer: bool,
+) -> Result<(Vec<Socket>, SocketAddr, Steering), ServeError> {
     uring::raise_memlock_limit();
-    listener::bind_reuseport(addr, cores).map_err(|source| ServeError::Bind { addr, source })
+    let (listeners, bound) = listener::bind_reuseport(addr, cpus.len())
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let steering = Steering::apply(&listeners, cpus, steer);
+    Ok((listeners, bound, steering))
 }
 
 /// The running io cores.
@@ -134,6 +145,7 @@ where
                 let service = build();
                 match IoCore::new(
                     core,
+                    cpu,
                     listener,
                     wake,
                     inbox,

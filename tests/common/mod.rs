@@ -40,6 +40,12 @@ impl Server {
         if !args.contains(&"--cores") {
             all.extend(["--cores", "1"]);
         }
+        // Steered, every connection of an unpinned test thread would land on
+        // the core of whichever CPU the thread ran on; tests of several cores
+        // want the kernel's hash to spread them (tests/steering.rs tests steering).
+        if !args.contains(&"--steer") {
+            all.extend(["--steer", "off"]);
+        }
         all.extend_from_slice(args);
         let mut child = command
             .args(&all)
@@ -72,6 +78,13 @@ impl Server {
             child: Some(child),
             stdout: Some(stdout),
         }
+    }
+
+    /// The next line the server printed (after the start-up line: the store's, then steering's).
+    pub fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.as_mut().unwrap().read_line(&mut line).unwrap();
+        line
     }
 
     /// Starts the server and also returns the second start-up line (the document store's).
