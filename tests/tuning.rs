@@ -65,9 +65,7 @@ impl Drop for Netns {
 }
 
 fn run_ok(command: &mut Command) -> Result<String, String> {
-    let out = command
-        .output()
-        .map_err(|e| format!("{command:?}: {e}"))?;
+    let out = command.output().map_err(|e| format!("{command:?}: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -171,6 +169,13 @@ struct Run {
     netns: Netns,
     root: PathBuf,
     state: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Run {
@@ -232,6 +237,7 @@ fn apply_check_revert_in_a_namespace_of_our_own() {
         netns,
         root,
         state: dir.join("saved.json"),
+        dir: dir.clone(),
     };
     let has_ethtool = run.netns.run(&["ethtool", "--version"]).is_ok();
     if has_ethtool {
@@ -252,7 +258,11 @@ fn apply_check_revert_in_a_namespace_of_our_own() {
     // check: one line per setting, non-zero on drift.
     let check = run.tune(&["check"]);
     let out = text(&check);
-    assert_eq!(check.status.code(), Some(1), "check on a drifted host: {out}");
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "check on a drifted host: {out}"
+    );
     for expected in [
         "drift  net.ipv4.tcp_max_syn_backlog: 512 (target 8192)",
         "drift  fs.file-max: 100000 (target 2097152)",
@@ -310,7 +320,10 @@ fn apply_check_revert_in_a_namespace_of_our_own() {
     assert!(run.state.exists(), "apply saved nothing");
     let applied = run.snapshot();
     assert_ne!(applied.0, before.0, "apply changed no host-wide file");
-    assert_ne!(applied.1, before.1, "apply changed nothing in the namespace");
+    assert_ne!(
+        applied.1, before.1,
+        "apply changed nothing in the namespace"
+    );
     let read = |rel: &str| std::fs::read_to_string(run.root.join(rel)).unwrap();
     assert_eq!(read("proc/sys/fs/file-max"), "2097152\n");
     assert_eq!(
@@ -318,10 +331,14 @@ fn apply_check_revert_in_a_namespace_of_our_own() {
         "performance\n"
     );
     assert_eq!(read("proc/irq/41/smp_affinity_list"), "1\n");
-    assert_eq!(read("proc/cmdline"), before.0[&run.root.join("proc/cmdline")]
-        .iter()
-        .map(|&b| b as char)
-        .collect::<String>(), "apply touched the boot line");
+    assert_eq!(
+        read("proc/cmdline"),
+        before.0[&run.root.join("proc/cmdline")]
+            .iter()
+            .map(|&b| b as char)
+            .collect::<String>(),
+        "apply touched the boot line"
+    );
     let check = run.tune(&["check"]);
     assert!(
         check.status.success(),
@@ -333,7 +350,11 @@ fn apply_check_revert_in_a_namespace_of_our_own() {
     let saved = std::fs::read(&run.state).unwrap();
     let again = run.tune(&["apply"]);
     assert!(again.status.success(), "{}", text(&again));
-    assert!(text(&again).contains("nothing to change"), "{}", text(&again));
+    assert!(
+        text(&again).contains("nothing to change"),
+        "{}",
+        text(&again)
+    );
     assert_eq!(run.snapshot(), applied, "a second apply changed something");
     assert_eq!(std::fs::read(&run.state).unwrap(), saved);
 
@@ -341,9 +362,21 @@ fn apply_check_revert_in_a_namespace_of_our_own() {
     std::fs::write(run.root.join("proc/sys/fs/nr_open"), "1024\n").unwrap();
     let refused = run.tune(&["apply"]);
     assert!(!refused.status.success(), "{}", text(&refused));
-    assert!(text(&refused).contains("earlier save"), "{}", text(&refused));
-    assert_eq!(std::fs::read(&run.state).unwrap(), saved, "the save was overwritten");
-    assert_eq!(read("proc/sys/fs/nr_open"), "1024\n", "a refused apply wrote");
+    assert!(
+        text(&refused).contains("earlier save"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(
+        std::fs::read(&run.state).unwrap(),
+        saved,
+        "the save was overwritten"
+    );
+    assert_eq!(
+        read("proc/sys/fs/nr_open"),
+        "1024\n",
+        "a refused apply wrote"
+    );
     std::fs::write(run.root.join("proc/sys/fs/nr_open"), "1048576\n").unwrap();
 
     // revert: every value byte for byte, and the save is gone.
@@ -354,7 +387,9 @@ fn apply_check_revert_in_a_namespace_of_our_own() {
     assert_eq!(after.1, before.1, "revert left the namespace different");
     assert!(!run.state.exists(), "revert kept the save");
     let nothing = run.tune(&["revert"]);
-    assert!(!nothing.status.success(), "a second revert: {}", text(&nothing));
-
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !nothing.status.success(),
+        "a second revert: {}",
+        text(&nothing)
+    );
 }
