@@ -148,3 +148,23 @@ fn without_steering_the_counter_shows_connections_off_their_cpu() {
         "no connection landed off its CPU without steering"
     );
 }
+
+#[test]
+fn cpus_without_an_io_core_are_named_at_start_up() {
+    let Some(cpus) = two_cpus() else { return };
+    let mut server = Server::start(&[
+        "--cores",
+        "1",
+        "--cpus",
+        &cpus[0].to_string(),
+        "--steer",
+        "on",
+    ]);
+    let _store = server.next_line();
+    let steering = server.next_line();
+    assert!(
+        steering.starts_with(&format!("steering: on; CPU {} runs no io core", cpus[1])),
+        "the start-up log says {steering:?}"
+    );
+    assert!(steering.contains("spread by hash"), "{steering}");
+}

@@ -64,9 +64,11 @@ impl fmt::Display for Steering {
             ),
             Self::Partial { uncovered, cores } => write!(
                 f,
-                "steering: on; CPU{} {} run no io core, so a connection whose SYN lands there is spread by hash as without steering (point the NIC's interrupts at CPUs {} to keep every connection local: tuning/apply)",
-                if uncovered.len() == 1 { "" } else { "s" },
+                "steering: on; {} {} {} no io core, so a connection whose SYN lands there is spread by hash as without steering (point the NIC's interrupts at the io cores' CPUs, {}, to keep every connection local: tuning/apply --cpus {})",
+                if uncovered.len() == 1 { "CPU" } else { "CPUs" },
                 format_cpu_list(uncovered),
+                if uncovered.len() == 1 { "runs" } else { "run" },
+                format_cpu_list(cores),
                 format_cpu_list(cores)
             ),
             Self::Off => write!(f, "steering: off (--steer off); the kernel spreads connections by hash"),
