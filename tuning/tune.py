@@ -250,6 +250,8 @@ def kind_service(s, host):
         return [Item(s["id"], "-", "stopped", "n/a", s["purpose"], note="services are not inspected under PERCORE_TUNING_ROOT")]
     if not host.tool("systemctl"):
         return [Item(s["id"], "-", "stopped", "n/a", s["purpose"], note="no systemctl")]
+    if not os.path.isdir("/run/systemd/system"):
+        return [Item(s["id"], "-", "stopped", "n/a", s["purpose"], note="systemd is not running here")]
     state = subprocess.run(["systemctl", "is-active", name], capture_output=True, text=True).stdout.strip() or "unknown"
     if state != "active":
         return [Item(s["id"], state, "stopped", "ok", s["purpose"])]
