@@ -10,7 +10,8 @@ is the sending client's, so this is the only way two CPUs can show
 steering, and it is not a NIC (see the README's *Tuning a host*). Reports,
 per run: requests/s, p99, server CPU per request (utime+stime of the server
 over the run / requests), connections accepted off their CPU
-(percore_accepted_off_cpu_total), steal; and the on/off ratio per round.
+(percore_accepted_off_cpu_total), steal, and the CPU busy with neither
+server nor client (other work on the machine); and the on/off ratio per round.
 Needs `cargo build --release` first.
 """
 
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -35,10 +37,17 @@ def cpu_ticks(pid):
 
 
 def steal():
+    """(steal, busy, all) ticks over every CPU, from /proc/stat."""
     with open("/proc/stat") as f:
         cpu = f.readline().split()[1:]
     values = [int(x) for x in cpu]
-    return values[7], sum(values)
+    idle = values[3] + values[4]
+    return values[7], sum(values[:8]) - idle - values[7], sum(values[:8])
+
+
+def children_ticks():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) * TICK
 
 
 def metric(url, name):
@@ -57,14 +66,14 @@ def run(steer, args, port):
             sys.exit(f"percore did not start: {lines}")
         base = f"http://127.0.0.1:{port}"
         off0, acc0 = metric(base + "/metrics", "percore_accepted_off_cpu_total"), metric(base + "/metrics", "percore_connections_accepted_total")
-        t0, (s0, a0) = cpu_ticks(server.pid), steal()
+        t0, (s0, b0, a0), c0 = cpu_ticks(server.pid), steal(), children_ticks()
         out = f"/tmp/percore-steering-{steer}.json"
         subprocess.run(
             [PERCORE, "bench", base + "/json", "--cpus", args.cpus, "--connections", str(args.connections),
              "--duration", f"{args.duration}s", "--json", out],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        t1, (s1, a1) = cpu_ticks(server.pid), steal()
+        t1, (s1, b1, a1), c1 = cpu_ticks(server.pid), steal(), children_ticks()
         off1, acc1 = metric(base + "/metrics", "percore_accepted_off_cpu_total"), metric(base + "/metrics", "percore_connections_accepted_total")
         report = json.load(open(out))
         requests = report["requests"]
@@ -77,6 +86,8 @@ def run(steer, args, port):
             "accepted": int(acc1 - acc0 - 1),  # less the first scrape
             "off_cpu": int(off1 - off0),
             "steal_pct": 100 * (s1 - s0) / max(1, a1 - a0),
+            # CPU busy with neither the server nor the load generator: other work on the machine.
+            "other_pct": 100 * max(0, (b1 - b0) - (t1 - t0) - (c1 - c0)) / max(1, a1 - a0),
             "steering_line": lines[2].strip(),
         }
     finally:
@@ -104,7 +115,7 @@ def main():
             print(
                 f"round {r + 1} steer {steer:>3}: {result['rps']:>9,.0f} req/s  p99 {result['p99_us']:>5.0f} us  "
                 f"server {result['server_cpu_us_per_req']:.2f} CPU-us/req  client {result['client_cpu_us_per_req']:.2f}  "
-                f"off-CPU {result['off_cpu']}/{result['accepted']} accepted  steal {result['steal_pct']:.1f}%",
+                f"off-CPU {result['off_cpu']}/{result['accepted']} accepted  steal {result['steal_pct']:.1f}%  other {result['other_pct']:.0f}%",
                 flush=True,
             )
             time.sleep(0.5)
