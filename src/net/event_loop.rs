@@ -23,7 +23,6 @@ use socket2::Socket;
 use super::bufring::BufRing;
 use super::conn::{live_conn, Conn, FileSend, Phase, Recv, Write};
 use super::lifecycle::Lifecycle;
-use super::listener;
 use super::ops;
 use super::ring::{self, Ring};
 use super::service::{ConnEvent, ConnId, OutboundCompletion, OutboundIo, Service, OUTBOUND_KINDS};
@@ -328,7 +327,7 @@ impl<S: Service> IoCore<S> {
         self.service.on_connection(ConnEvent::Opened);
         // Steering (net::listener) should make the kernel hand this core only
         // connections whose packets arrive on its own CPU; count the others.
-        if listener::incoming_cpu(fd).is_some_and(|cpu| cpu != self.cpu) {
+        if ops::incoming_cpu(fd).is_some_and(|cpu| cpu != self.cpu) {
             self.service.on_connection(ConnEvent::OffCpu);
         }
         self.arm_recv(slot);

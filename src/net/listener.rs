@@ -5,13 +5,13 @@
 //! to the group instead (`SO_ATTACH_REUSEPORT_CBPF`, no toolchain needed)
 //! that reads the CPU whose softirq took the SYN and returns the index of
 //! the listener whose io core runs there: the connection's packets and its
-//! io core then share a CPU. [`incoming_cpu`] tells, per accepted socket,
+//! io core then share a CPU. [`super::ops::incoming_cpu`] tells, per accepted socket,
 //! where its packets arrived, so the io core can count connections that
 //! landed elsewhere.
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -121,29 +121,6 @@ pub fn steer_by_cpu(listeners: &[Socket], cpus: &[usize]) -> io::Result<()> {
     }
 }
 
-/// The CPU whose softirq took the connection's packets (`SO_INCOMING_CPU`), if the kernel says.
-#[inline]
-pub fn incoming_cpu(fd: RawFd) -> Option<usize> {
-    let mut cpu: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: cpu and len are valid for writes of the sizes given; a bad
-    // descriptor only makes getsockopt fail.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_INCOMING_CPU,
-            (&mut cpu as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 {
-        usize::try_from(cpu).ok()
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +142,6 @@ mod tests {
         let (listeners, bound) = bind_reuseport(addr, 2).unwrap();
         steer_by_cpu(&listeners, &[0, 1]).unwrap();
         let client = std::net::TcpStream::connect(bound).unwrap();
-        assert!(incoming_cpu(client.as_raw_fd()).is_some());
+        assert!(crate::net::ops::incoming_cpu(client.as_raw_fd()).is_some());
     }
 }

@@ -32,6 +32,29 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// The CPU whose softirq took the connection's packets (`SO_INCOMING_CPU`), if the kernel says.
+#[inline]
+pub fn incoming_cpu(fd: RawFd) -> Option<usize> {
+    let mut cpu: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: cpu and len are valid for writes of the sizes given; a bad
+    // descriptor only makes getsockopt fail.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_CPU,
+            (&mut cpu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        usize::try_from(cpu).ok()
+    } else {
+        None
+    }
+}
+
 /// A multishot receive on `fd` into buffers the kernel picks from `group`.
 ///
 /// Each completion with a result > 0 carries the buffer id
