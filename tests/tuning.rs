@@ -153,12 +153,12 @@ fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-/// The namespace's side: its network sysctls, the veth's XPS maps, and what ethtool and tc say.
+/// The namespace's side: its network sysctls, the veth's XPS and RPS maps, and what ethtool and tc say.
 const NETNS_STATE: &str = r#"
 for f in /proc/sys/net/core/somaxconn /proc/sys/net/core/rmem_max /proc/sys/net/core/wmem_max \
          /proc/sys/net/ipv4/tcp_max_syn_backlog /proc/sys/net/ipv4/ip_local_port_range \
          /proc/sys/net/ipv4/tcp_tw_reuse /proc/sys/net/ipv4/tcp_congestion_control \
-         /sys/class/net/veth0/queues/tx-*/xps_cpus; do
+         /sys/class/net/veth0/queues/tx-*/xps_cpus /sys/class/net/veth0/queues/rx-*/rps_cpus; do
   printf '%s=' "$f"; od -An -c "$f" | tr -s ' ' | tr -d '\n'; echo
 done
 if command -v ethtool >/dev/null; then ethtool -k veth0 | grep generic-receive; ethtool -l veth0; fi
@@ -278,6 +278,8 @@ fn apply_check_revert_in_a_namespace_of_our_own() {
     }
     if has_ethtool {
         assert!(out.contains("drift  gro: on (target off)"), "{out}");
+        // One RX queue for two io cores: RPS spreads it over both.
+        assert!(out.contains("drift  rps veth0 rx-0: 0 (target 3)"), "{out}");
         assert!(
             out.contains("drift  nic queues: rx 1 tx 1 (target rx 2 tx 2)"),
             "{out}"

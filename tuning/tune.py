@@ -367,19 +367,21 @@ def mask_value(text):
         return None
 
 
-def kind_xps(s, host):
+def queue_maps(s, host, direction, file, label, spread):
+    """One CPU mask per queue of the NIC: `spread(q, queues)` gives queue q's mask."""
     missing = need_iface(s, host, "one queue per CPU", tool=None)
     if missing:
         return [missing]
-    queues = sorted(glob.glob(f"/sys/class/net/{host.iface}/queues/tx-*/xps_cpus"), key=lambda p: int(p.split("tx-")[1].split("/")[0]))
+    prefix = f"/sys/class/net/{host.iface}/queues/{direction}-"
+    queues = sorted(glob.glob(f"{prefix}*/{file}"), key=lambda p: int(p[len(prefix):].split("/")[0]))
     if not queues:
-        return [Item(s["id"], "-", "one queue per CPU", "n/a", s["purpose"], note=f"{host.iface} has no XPS (a kernel without CONFIG_XPS)")]
+        return [Item(s["id"], "-", "one queue per CPU", "n/a", s["purpose"], note=f"{host.iface} has no {file} (a kernel without it)")]
     items = []
     for q, path in enumerate(queues):
-        mask = sum(1 << c for i, c in enumerate(host.cpus) if i % len(queues) == q)
+        mask = spread(q, len(queues))
         target = format(mask, "x")
         current = host.read(path)
-        name = f"xps {host.iface} tx-{q}"
+        name = f"{label} {host.iface} {direction}-{q}"
         if current is None:
             items.append(Item(name, "-", target, "n/a", s["purpose"], note=f"{path} cannot be read here"))
         elif mask_value(current) == mask:
@@ -387,6 +389,25 @@ def kind_xps(s, host):
         else:
             items.append(Item(name, current, target, "drift", s["purpose"], FileChange(path, target)))
     return items
+
+
+def io_cpus_of_queue(host, q, queues):
+    """The io cores' CPUs that queue q serves: core i's CPU goes to queue i mod queues."""
+    return sum(1 << c for i, c in enumerate(host.cpus) if i % queues == q)
+
+
+def kind_xps(s, host):
+    return queue_maps(s, host, "tx", "xps_cpus", "xps", lambda q, n: io_cpus_of_queue(host, q, n))
+
+
+def kind_rps(s, host):
+    # With a queue per io core the NIC spreads flows itself (RSS): RPS off.
+    # With fewer, RPS spreads each queue's flows over the io cores it
+    # serves, so their softirq (and so steering) lands on every io core.
+    def spread(q, queues):
+        return 0 if queues >= len(host.cpus) else io_cpus_of_queue(host, q, queues)
+
+    return queue_maps(s, host, "rx", "rps_cpus", "rps", spread)
 
 
 def kind_coalesce(s, host):
@@ -504,6 +525,7 @@ KINDS = {
     "channels": kind_channels,
     "irq-affinity": kind_irq_affinity,
     "xps": kind_xps,
+    "rps": kind_rps,
     "coalesce": kind_coalesce,
     "feature": kind_feature,
     "qdisc": kind_qdisc,
