@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""percore on PostgreSQL against its peers: the TechEmpower database tests and the document GET/PUT.
+
+Usage (from the repository root; run it alone on the machine):
+
+    flock /tmp/percore-bench.lock python3 benches/pg.py [--rounds 3] [--duration 10]
+        [--targets percore,axum-pg,xitca-pg] [--tests db,queries,fortunes,updates,doc-get,doc-put]
+        [--connections 64] [--server-cpu 0] [--client-cpu 1] [--out benches/results/pg.json]
+
+What it does:
+  * (re)creates the database `percore_bench` on 127.0.0.1:5432 (user postgres, trust),
+    lets percore create and seed its schema (world, fortune, percore_documents), and
+    seeds 100,000 documents `bench/kNNNNNN` with SQL;
+  * pins every PostgreSQL process of the machine (the postmaster and its backends;
+    new backends inherit it) to --client-cpu, beside wrk, and the server under test
+    to --server-cpu; restores PostgreSQL to every CPU at the end;
+  * for each round, each test, each target in turn (rounds interleaved, starting
+    target rotating): start the server, wait for /db, warm up 2 s, then
+    `wrk -t1 -c64 -dDURs --latency` (the document tests with benches/docs_get.lua and
+    docs_put.lua over the seeded keys), sampling before and after: the server's
+    utime+stime (its process tree), every postgres process's utime+stime, and
+    /proc/stat's steal; then stop it;
+  * prints, per test, medians over the rounds: requests/s, p99, the server's CPU µs
+    per request, PostgreSQL's CPU µs per request, and percore's ratio of requests per
+    server-CPU-second against each peer (with PostgreSQL's CPU per request beside);
+    writes every run to --out.
+
+Targets:
+  percore    target/release/percore serve --cores 1 --store postgres, one shard
+             (the document GET runs with --cache-bytes 0: every read goes to
+             PostgreSQL, the "miss" case; the TechEmpower reads never cache)
+  axum-pg    benches/peers/axum-pg: axum + tokio-postgres + deadpool (peer a)
+  xitca-pg   benches/peers/xitca-pg: the xitca-web TechEmpower entry's approach (peer b);
+             it has no document routes and sits out doc-get and doc-put
+A target whose binary is missing is reported and skipped.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare as cmp  # noqa: E402  (sampling, wrk parsing, server stop: one copy of each)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DB = "percore_bench"
+URL = f"postgres://postgres@127.0.0.1:5432/{DB}"
+DOCS = 100_000
+TESTS = {
+    "db": ("/db", None),
+    "queries": ("/queries?queries=20", None),
+    "fortunes": ("/fortunes", None),
+    "updates": ("/updates?queries=20", None),
+    "doc-get": ("/", "docs_get.lua"),
+    "doc-put": ("/", "docs_put.lua"),
+}
+DOC_TESTS = {"doc-get", "doc-put"}
+
+
+def psql(sql, db=DB):
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1",
+                    "-qtAc", sql], check=True, capture_output=True, text=True)
+
+
+def binary(target):
+    if target == "percore":
+        return os.path.join(ROOT, "target", "release", "percore")
+    return os.path.join(ROOT, "benches", "peers", "target", "release", target)
+
+
+def server_argv(target, port, cpu, test):
+    if target == "percore":
+        argv = [binary(target), "serve", "--cores", "1", "--cpus", str(cpu),
+                "--listen", f"127.0.0.1:{port}", "--store", "postgres", "--shard-url", URL]
+        if test == "doc-get":
+            argv += ["--cache-bytes", "0"]
+        return ["taskset", "-c", str(cpu)] + argv
+    return ["taskset", "-c", str(cpu), binary(target), "--listen", f"127.0.0.1:{port}",
+            "--database-url", URL]
+
+
+def postgres_pids():
+    out = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def pin_postgres(cpus):
+    for pid in postgres_pids():
+        subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], capture_output=True)
+
+
+def postgres_ticks():
+    total = 0
+    for pid in postgres_pids():
+        try:
+            f = cmp._stat_fields(pid)
+            total += int(f[14 - 3]) + int(f[15 - 3])
+        except OSError:
+            pass
+    return total
+
+
+def prepare():
+    psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", db="postgres")
+    psql(f"CREATE DATABASE {DB}", db="postgres")
+    port = cmp.free_port()
+    proc = subprocess.Popen(server_argv("percore", port, 0, "db"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    error = cmp.wait_ready(proc, port, "/db")
+    cmp.stop(proc)
+    if error:
+        sys.exit(f"percore could not create the schema: {error}")
+    # The documents docs_get.lua reads: bench/k000000 .. k099999, ~150 bytes each.
+    psql("INSERT INTO percore_documents (collection, key, version, body) "
+         "SELECT 'bench', 'k' || lpad(i::text, 6, '0'), nextval('percore_version'), "
+         "json_build_object('id', 'k' || lpad(i::text, 6, '0'), 'name', 'user ' || i, "
+         "'email', 'user' || i || '@example.com', 'age', 10 + i % 90, 'active', true, "
+         "'tags', json_build_array('alpha', 'beta'), 'note', 'lorem ipsum dolor sit a') "
+         f"FROM generate_series(0, {DOCS - 1}) AS i ON CONFLICT DO NOTHING")
+    psql("VACUUM ANALYZE")
+
+
+def wrk_argv(args, port, test, duration, latency=True):
+    path, lua = TESTS[test]
+    argv = ["taskset", "-c", str(args.client_cpu), "wrk", "-t1", f"-c{args.connections}",
+            f"-d{duration}s"]
+    if latency:
+        argv.append("--latency")
+    url = f"http://127.0.0.1:{port}{path}"
+    if lua:
+        argv += ["-s", os.path.join(ROOT, "benches", lua), url, "--", "bench", str(DOCS)]
+    else:
+        argv.append(url)
+    return argv
+
+
+def run_one(args, target, test, rnd):
+    port = cmp.free_port()
+    argv = server_argv(target, port, args.server_cpu, test)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = {"target": target, "test": test, "round": rnd}
+    try:
+        error = cmp.wait_ready(proc, port, "/db" if target != "xitca-pg" else "/db")
+        if error:
+            run["error"] = error
+            return run
+        subprocess.run(wrk_argv(args, port, test, 2, latency=False), capture_output=True)
+        stat0, server0, pg0 = cmp.stat_cpu_lines(), cmp.proc_cpu_ticks(proc.pid), postgres_ticks()
+        done = subprocess.run(wrk_argv(args, port, test, args.duration), capture_output=True,
+                              text=True)
+        stat1, server1, pg1 = cmp.stat_cpu_lines(), cmp.proc_cpu_ticks(proc.pid), postgres_ticks()
+        parsed = cmp.parse_wrk(done.stdout)
+        run.update(parsed)
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+        requests = parsed["total_requests"] or 0
+        if requests:
+            run["server_cpu_us_per_req"] = (server1 - server0) * tick_us / requests
+            run["pg_cpu_us_per_req"] = (pg1 - pg0) * tick_us / requests
+        run["steal_pct"] = cmp.steal_pct(stat0, stat1, "cpu")
+        errors = sum(parsed["socket_errors"].values()) + parsed["non_2xx_3xx"]
+        if errors:
+            run["flagged"] = f"{errors} errors or non-2xx answers"
+    finally:
+        cmp.stop(proc)
+    return run
+
+
+def summarize(runs, tests, targets):
+    lines = []
+    for test in tests:
+        lines.append(f"\n### {test} ({TESTS[test][0] if not TESTS[test][1] else TESTS[test][1]})\n")
+        lines.append("| target | req/s | p99 | server CPU µs/req | PostgreSQL CPU µs/req | steal % |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        medians = {}
+        for target in targets:
+            good = [r for r in runs if r["target"] == target and r["test"] == test
+                    and "error" not in r and "flagged" not in r and r.get("server_cpu_us_per_req")]
+            if not good:
+                bad = [r.get("error") or r.get("flagged") for r in runs
+                       if r["target"] == target and r["test"] == test]
+                lines.append(f"| {target} | — | — | — | — | — | {bad[:1]}")
+                continue
+            m = {k: statistics.median(r[k] for r in good)
+                 for k in ("requests_per_s", "p99_us", "server_cpu_us_per_req", "pg_cpu_us_per_req",
+                           "steal_pct")}
+            medians[target] = m
+            lines.append(f"| {target} | {m['requests_per_s']:,.0f} | {m['p99_us'] / 1e3:.2f} ms | "
+                         f"{m['server_cpu_us_per_req']:.1f} | {m['pg_cpu_us_per_req']:.1f} | "
+                         f"{m['steal_pct']:.1f} |")
+        if "percore" in medians:
+            p = medians["percore"]
+            for peer, m in medians.items():
+                if peer == "percore":
+                    continue
+                lines.append(f"\npercore ÷ {peer}: requests per server-CPU-second "
+                             f"{m['server_cpu_us_per_req'] / p['server_cpu_us_per_req']:.2f}×, "
+                             f"requests/s {p['requests_per_s'] / m['requests_per_s']:.2f}×, "
+                             f"PostgreSQL CPU per request {p['pg_cpu_us_per_req'] / m['pg_cpu_us_per_req']:.2f}× "
+                             f"(below 1 is less)")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--targets", default="percore,axum-pg,xitca-pg")
+    ap.add_argument("--tests", default=",".join(TESTS))
+    ap.add_argument("--server-cpu", type=int, default=0)
+    ap.add_argument("--client-cpu", type=int, default=1)
+    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "pg.json"))
+    args = ap.parse_args()
+    targets = [t for t in args.targets.split(",") if t]
+    tests = [t for t in args.tests.split(",") if t]
+    for target in list(targets):
+        if not os.path.exists(binary(target)):
+            print(f"skipping {target}: {binary(target)} is missing (build it first)")
+            targets.remove(target)
+    prepare()
+    pin_postgres(str(args.client_cpu))
+    runs = []
+    try:
+        for rnd in range(args.rounds):
+            for test in tests:
+                order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+                for target in order:
+                    if target == "xitca-pg" and test in DOC_TESTS:
+                        continue
+                    run = run_one(args, target, test, rnd)
+                    runs.append(run)
+                    print(f"round {rnd + 1} {test:9} {target:9} "
+                          f"{run.get('requests_per_s') or 0:>10,.0f} req/s  "
+                          f"server {run.get('server_cpu_us_per_req') or 0:6.1f} µs/req  "
+                          f"pg {run.get('pg_cpu_us_per_req') or 0:6.1f} µs/req  "
+                          f"{run.get('error') or run.get('flagged') or ''}", flush=True)
+    finally:
+        pin_postgres(f"0-{os.cpu_count() - 1}")
+    summary = summarize(runs, tests, targets)
+    print(summary)
+    with open(args.out, "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args), "runs": runs,
+                   "summary": summary}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
