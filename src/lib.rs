@@ -97,9 +97,10 @@
 //! [`net::OutboundIo`]), so a database socket costs no thread hop and its
 //! completions come in the same `io_uring_enter` as the clients'. The
 //! queries of one loop turn go out in one write, each with its own `Sync`;
-//! the handshake runs off the core. Writes notify the other nodes in their
-//! transaction; a cache hit is served only while the shard's connection has
-//! proven, within `--cache-stale-bound`, that it heard every earlier commit
+//! the handshake runs off the core. Writes record their keys in a change
+//! table in their own transaction, which every node polls; a cache hit is
+//! served only while the shard's connection has proven, within
+//! `--cache-stale-bound`, that it saw every earlier commit
 //! ([`store::pg::shard::PgShards::fresh`]).
 //!
 //! # Limits that matter at start-up

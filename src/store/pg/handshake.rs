@@ -22,8 +22,8 @@ use super::PgError;
 #[derive(Debug)]
 pub struct Ready {
     pub socket: OwnedFd,
-    /// The server process behind it: notifications it sent itself are not invalidations.
-    pub backend_pid: i32,
+    /// Where polling for other nodes' changes starts ([`sql::POLL`]).
+    pub horizon: i64,
 }
 
 /// What to do on the connection before it is handed over.
@@ -36,11 +36,11 @@ pub struct Setup {
 }
 
 /// Connects to `url`, authenticates, runs `setup`, listens on
-/// [`sql::CHANNEL`] and prepares [`sql::STATEMENTS`]; all within the URL's
+/// reads the change horizon and prepares [`sql::STATEMENTS`]; all within the URL's
 /// connect timeout per step.
 pub fn open(url: &PgUrl, setup: &Setup) -> Result<Ready, PgError> {
     let mut conn = Blocking::connect(url)?;
-    let backend_pid = conn.start_up(url)?;
+    conn.start_up(url)?;
     if setup.schema {
         conn.simple(sql::SCHEMA)?;
     }
@@ -49,13 +49,10 @@ pub fn open(url: &PgUrl, setup: &Setup) -> Result<Ready, PgError> {
             conn.simple(seed)?;
         }
     }
-    conn.simple(&format!("LISTEN {}", sql::CHANNEL))?;
     conn.prepare(&sql::STATEMENTS)?;
+    let horizon = conn.horizon()?;
     let socket = OwnedFd::from(conn.stream);
-    Ok(Ready {
-        socket,
-        backend_pid,
-    })
+    Ok(Ready { socket, horizon })
 }
 
 struct Blocking {
@@ -134,8 +131,8 @@ impl Blocking {
         }
     }
 
-    /// Start-up and authentication; returns the backend's process id.
-    fn start_up(&mut self, url: &PgUrl) -> Result<i32, PgError> {
+    /// Start-up and authentication.
+    fn start_up(&mut self, url: &PgUrl) -> Result<(), PgError> {
         let params = [
             ("user", url.user.as_str()),
             ("database", url.database.as_str()),
@@ -146,7 +143,6 @@ impl Blocking {
             .map_err(|e| PgError::Protocol(e.to_string()))?;
         self.flush()?;
         let mut scram: Option<ScramSha256> = None;
-        let mut pid = 0;
         loop {
             match self.next()? {
                 Message::AuthenticationOk => {}
@@ -210,9 +206,10 @@ impl Blocking {
                         message: format!("the server's SCRAM proof does not check out: {e}"),
                     })?;
                 }
-                Message::BackendKeyData(body) => pid = body.process_id(),
-                Message::ParameterStatus(_) | Message::NoticeResponse(_) => {}
-                Message::ReadyForQuery(_) => return Ok(pid),
+                Message::BackendKeyData(_)
+                | Message::ParameterStatus(_)
+                | Message::NoticeResponse(_) => {}
+                Message::ReadyForQuery(_) => return Ok(()),
                 Message::ErrorResponse(body) => return Err(self.refusal(&body)),
                 _ => {
                     return Err(PgError::Auth {
@@ -249,6 +246,35 @@ impl Blocking {
                 code,
                 message,
             },
+        }
+    }
+
+    /// The oldest transaction running now: every change committed later has
+    /// an id at or above it.
+    fn horizon(&mut self) -> Result<i64, PgError> {
+        frontend::query(sql::HORIZON, &mut self.write)
+            .map_err(|e| PgError::Protocol(e.to_string()))?;
+        self.flush()?;
+        let mut horizon = None;
+        loop {
+            match self.next()? {
+                Message::DataRow(row) => {
+                    let buffer = row.buffer();
+                    let mut ranges = row.ranges();
+                    if let Ok(Some(Some(range))) = ranges.next() {
+                        horizon = std::str::from_utf8(&buffer[range])
+                            .ok()
+                            .and_then(|text| text.parse().ok());
+                    }
+                }
+                Message::ErrorResponse(body) => return Err(self.refusal(&body)),
+                Message::ReadyForQuery(_) => {
+                    return horizon.ok_or_else(|| {
+                        PgError::Protocol("no transaction horizon in the answer".into())
+                    })
+                }
+                _ => {}
+            }
         }
     }
 

@@ -11,13 +11,15 @@
 //! are matched in order. A write is answered only after PostgreSQL
 //! committed it.
 //!
-//! Several nodes may point at the same shards. Each write notifies
-//! [`sql::CHANNEL`] in its transaction, and every owner connection listens
-//! there, so a node drops a key from its cache partition when another node
-//! changes it. A cache hit is served only while the shard's connection
-//! answered, within the staleness bound, a query sent after any commit it
-//! could have missed (see [`shard::PgShards::fresh`]); while the connection
-//! is down its keys get 503, and its cache starts empty when it returns.
+//! Several nodes may point at the same shards. Each write records its key
+//! in `percore_changes` in its own transaction, and every owner connection
+//! polls that table every half staleness bound, from the horizon of its
+//! previous poll ([`sql::POLL`]), so a node drops a key from its cache
+//! partition once another node's change to it has committed. A cache hit is
+//! served only while the shard's connection has completed, within the
+//! staleness bound, a poll queued after any commit it could have missed
+//! (see [`shard::PgShards::fresh`]); while the connection is down its keys
+//! get 503, and its cache starts empty when it returns.
 
 pub mod handshake;
 pub mod shard;

@@ -1,4 +1,4 @@
-//! One io core's PostgreSQL shard connections on its own ring: queries of a loop turn pipelined in one write, replies matched in order, invalidations heard, reconnection with backoff.
+//! One io core's PostgreSQL shard connections on its own ring: queries of a loop turn pipelined in one write, replies matched in order, other nodes' changes polled, reconnection with backoff.
 //!
 //! Each operation becomes `Bind`, `Execute`, `Sync` of a prepared statement
 //! (a read-modify-write, PATCH, becomes two in turn), appended to the
@@ -6,10 +6,11 @@
 //! ([`PgShards::drive`]) whatever is pending goes out in one send while no
 //! other is in flight. Replies come back in order: an operation's outcome
 //! is decided at its `CommandComplete` or `ErrorResponse`, and its
-//! `ReadyForQuery` ends it. Outcomes, invalidations from other nodes and
-//! resets leave as [`Event`]s in the order they came off the wire, which
-//! is what keeps the cache partition right: a read's row and a later
-//! write's notification are applied in that order.
+//! `ReadyForQuery` ends it. Outcomes, invalidations from other nodes'
+//! changes (polled every half staleness bound, [`sql::POLL`]) and resets
+//! leave as [`Event`]s in the order they came off the wire, which is what
+//! keeps the cache partition right: a read's row and a later poll's
+//! invalidation of it are applied in that order.
 //!
 //! A connection that fails (the server went away, a reset, a protocol
 //! error) fails every operation in flight at once, and so does every new
@@ -58,6 +59,8 @@ pub struct Opened {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a connection deletes changes older than [`sql::CHANGES_KEPT_SECS`].
+const FORGET_EVERY: Duration = Duration::from_secs(10);
 /// Attempts of a PATCH whose document another writer changed between its read and its write.
 const PATCH_ATTEMPTS: u32 = 8;
 /// Most bytes one send carries; the rest follows in the next.
@@ -74,9 +77,7 @@ enum Link {
     Opening {
         backoff: Duration,
     },
-    Up {
-        backend_pid: i32,
-    },
+    Up,
 }
 
 /// What one `Sync`-terminated query was for.
@@ -113,16 +114,18 @@ enum Query {
     UpdateWorlds {
         rows: Vec<(i32, i32)>,
     },
-    /// A lone `Sync`: proves the connection heard every earlier notification.
-    Ping,
+    /// Other nodes' changes since the last poll ([`sql::POLL`]).
+    Poll,
+    /// Old changes forgotten ([`sql::FORGET_CHANGES`]).
+    Forget,
 }
 
 struct InFlight {
     /// `None` for queries no one waits on.
     ticket: Option<u64>,
     query: Query,
-    /// When it was queued: its `ReadyForQuery` proves every notification
-    /// committed before then was heard.
+    /// When it was queued: for a poll, every change committed before then
+    /// is in its answer.
     queued_at: Instant,
     rows: Vec<DataRowBody>,
     /// The outcome went out already (at its completion or error).
@@ -139,8 +142,16 @@ struct ShardConn {
     /// Queries sent or pending, in order.
     queue: VecDeque<InFlight>,
     received: BytesMut,
-    /// The queue time of the latest query whose `ReadyForQuery` came back.
+    /// The queue time of the latest poll whose answer came back: every
+    /// change committed before then has been applied.
     synced_at: Option<Instant>,
+    /// Where the next poll starts.
+    horizon: i64,
+    /// When the last poll was queued, and whether it is still out.
+    polled_at: Option<Instant>,
+    polling: bool,
+    /// When old changes were last forgotten.
+    forgot_at: Instant,
     /// A spare send buffer.
     spare: Vec<u8>,
 }
@@ -210,6 +221,10 @@ impl PgShards {
                 queue: VecDeque::new(),
                 received: BytesMut::with_capacity(16 << 10),
                 synced_at: None,
+                horizon: 0,
+                polled_at: None,
+                polling: false,
+                forgot_at: now,
                 spare: Vec::new(),
             };
             match ready {
@@ -229,17 +244,16 @@ impl PgShards {
     }
 
     /// Whether a cache hit for `shard` may be served at `now`: its
-    /// connection is up and got back, less than the staleness bound ago, the
-    /// answer to a query queued no earlier than that. PostgreSQL sends a
-    /// session the notifications of every transaction that committed before
-    /// it answers a later `Sync`, so every write committed more than the
-    /// bound before `now` has been heard (and its key dropped).
+    /// connection is up and has applied the answer of a poll queued less
+    /// than the staleness bound before `now`. That poll's snapshot saw every
+    /// change committed before it was queued, so every write another node
+    /// committed more than the bound before `now` has dropped its key.
     pub fn fresh(&self, shard: u32, now: Instant) -> bool {
         let Some(&slot) = self.by_shard.get(&shard) else {
             return false;
         };
         let conn = &self.conns[slot];
-        matches!(conn.link, Link::Up { .. })
+        matches!(conn.link, Link::Up)
             && conn
                 .synced_at
                 .is_some_and(|at| now.saturating_duration_since(at) < self.stale_bound)
@@ -265,7 +279,7 @@ impl PgShards {
         let down = match &conn.link {
             Link::Down { error, .. } => Some(error.clone()),
             Link::Opening { .. } => Some("reconnecting".to_owned()),
-            Link::Up { .. } => None,
+            Link::Up => None,
         };
         if let Some(reason) = down {
             let outcome = StoreOutcome::Failed(StoreError::Unavailable(format!(
@@ -288,7 +302,7 @@ impl PgShards {
         let hung: Vec<usize> = (0..self.conns.len())
             .filter(|&slot| {
                 let conn = &self.conns[slot];
-                matches!(conn.link, Link::Up { .. })
+                matches!(conn.link, Link::Up)
                     && conn.queue.front().is_some_and(|q| {
                         now.saturating_duration_since(q.queued_at) > self.answer_timeout
                     })
@@ -300,20 +314,27 @@ impl PgShards {
         }
         for conn in &mut self.conns {
             match conn.link {
-                Link::Up { .. } => {
-                    let proven = conn
-                        .synced_at
-                        .is_some_and(|at| now.saturating_duration_since(at) < self.stale_bound / 2);
-                    let waiting = conn.queue.iter().any(|q| matches!(q.query, Query::Ping));
-                    if !proven && !waiting {
-                        frontend::sync(&mut conn.pending);
-                        conn.queue.push_back(InFlight {
-                            ticket: None,
-                            query: Query::Ping,
-                            queued_at: now,
-                            rows: Vec::new(),
-                            answered: true,
-                        });
+                Link::Up => {
+                    let due = conn
+                        .polled_at
+                        .is_none_or(|at| now.saturating_duration_since(at) >= self.stale_bound / 2);
+                    if due && !conn.polling {
+                        let horizon = conn.horizon;
+                        if conn.bind(&sql::POLL, &[Param::Int8(horizon)]).is_ok() {
+                            conn.push(None, Query::Poll, now);
+                            conn.polling = true;
+                            conn.polled_at = Some(now);
+                        }
+                    }
+                    if now.saturating_duration_since(conn.forgot_at) >= FORGET_EVERY {
+                        let kept = sql::CHANGES_KEPT_SECS as i64;
+                        if conn
+                            .bind(&sql::FORGET_CHANGES, &[Param::Int8(kept)])
+                            .is_ok()
+                        {
+                            conn.push(None, Query::Forget, now);
+                        }
+                        conn.forgot_at = now;
                     }
                     conn.io.arm_recv(io.ring, io.buffers);
                     conn.flush(io, &self.counters);
@@ -470,7 +491,7 @@ impl PgShards {
         self.conns.iter().filter_map(|c| match &c.link {
             Link::Down { error, .. } => Some((c.shard, error.clone())),
             Link::Opening { .. } => Some((c.shard, "reconnecting".into())),
-            Link::Up { .. } => None,
+            Link::Up => None,
         })
     }
 }
@@ -539,11 +560,13 @@ impl ShardConn {
     fn adopt(&mut self, ready: Ready, now: Instant, counters: &PgCounters) {
         match self.io.adopt(ready.socket) {
             Ok(()) => {
-                self.link = Link::Up {
-                    backend_pid: ready.backend_pid,
-                };
-                // The handshake's LISTEN took effect before its ReadyForQuery.
+                self.link = Link::Up;
+                // The cache partition holds nothing of this shard yet, and
+                // every change committed from here on is at or above the horizon.
                 self.synced_at = Some(now);
+                self.horizon = ready.horizon;
+                self.polled_at = None;
+                self.polling = false;
                 self.pending.clear();
                 self.received.clear();
                 counters
@@ -791,11 +814,15 @@ impl ShardConn {
                     let Some(query) = self.queue.front_mut() else {
                         return Err("a completion for no query".into());
                     };
-                    if !query.answered {
+                    if matches!(query.query, Query::Poll) {
+                        let rows = std::mem::take(&mut query.rows);
+                        let queued_at = query.queued_at;
+                        self.apply_poll(rows, queued_at, events, counters)?;
+                    } else if !query.answered {
                         query.answered = true;
                         let rows = std::mem::take(&mut query.rows);
                         let ticket = query.ticket.expect("unanswered queries have tickets");
-                        let query = std::mem::replace(&mut query.query, Query::Ping);
+                        let query = std::mem::replace(&mut query.query, Query::Forget);
                         if let Query::UpdateWorlds { rows: written } = &query {
                             // `/cached-queries` on this node must not serve the old numbers.
                             for (id, _) in written {
@@ -839,7 +866,9 @@ impl ShardConn {
                     let Some(query) = self.queue.pop_front() else {
                         return Err("ReadyForQuery for no query".into());
                     };
-                    self.synced_at = Some(query.queued_at);
+                    if matches!(query.query, Query::Poll) {
+                        self.polling = false;
+                    }
                     if !query.answered {
                         if let Some(ticket) = query.ticket {
                             events.push_back(Event::Outcome {
@@ -851,18 +880,8 @@ impl ShardConn {
                         }
                     }
                 }
-                Message::NotificationResponse(body) => {
-                    let own = matches!(self.link, Link::Up { backend_pid } if backend_pid == body.process_id());
-                    if own {
-                        continue;
-                    }
-                    bump(&counters.invalidations);
-                    match body.message().ok().and_then(invalidated_key) {
-                        Some(key) => events.push_back(Event::Invalidate(key)),
-                        None => events.push_back(Event::Reset(self.shard)),
-                    }
-                }
                 Message::BindComplete
+                | Message::NotificationResponse(_)
                 | Message::ParseComplete
                 | Message::NoticeResponse(_)
                 | Message::ParameterStatus(_)
@@ -873,6 +892,50 @@ impl ShardConn {
                 _ => return Err("an unexpected message from PostgreSQL".into()),
             }
         }
+    }
+
+    /// Applies a poll's answer: its horizon, then every key another node
+    /// changed, as invalidations; the poll's queue time becomes the proof of
+    /// freshness. After a gap longer than half the time changes are kept,
+    /// some may be gone: the cache partition starts over.
+    fn apply_poll(
+        &mut self,
+        rows: Vec<DataRowBody>,
+        queued_at: Instant,
+        events: &mut VecDeque<Event>,
+        counters: &PgCounters,
+    ) -> Result<(), String> {
+        let kept = Duration::from_secs(sql::CHANGES_KEPT_SECS);
+        if self
+            .synced_at
+            .is_some_and(|at| queued_at.saturating_duration_since(at) > kept / 2)
+        {
+            events.push_back(Event::Reset(self.shard));
+        }
+        for row in &rows {
+            let cols = columns(Some(row)).map_err(|e| e.to_string())?;
+            match (
+                cols.get(1).copied().flatten(),
+                cols.get(2).copied().flatten(),
+            ) {
+                (None, None) => {
+                    if let Some(horizon) = int8(cols.first()) {
+                        self.horizon = horizon;
+                    }
+                }
+                (Some(collection), Some(key)) => {
+                    bump(&counters.invalidations);
+                    let mut storage = Vec::with_capacity(collection.len() + 1 + key.len());
+                    storage.extend_from_slice(collection);
+                    storage.push(0);
+                    storage.extend_from_slice(key);
+                    events.push_back(Event::Invalidate(storage));
+                }
+                _ => return Err("a change without its key".into()),
+            }
+        }
+        self.synced_at = Some(queued_at);
+        Ok(())
     }
 
     /// The outcome of a query whose rows are all in; `None` when a next
@@ -1060,7 +1123,7 @@ impl ShardConn {
                     })
                     .collect(),
             ),
-            Query::Discard | Query::Ping => return None,
+            Query::Discard | Query::Poll | Query::Forget => return None,
         };
         Some(outcome)
     }
@@ -1132,34 +1195,9 @@ fn put_status(row: Option<&DataRowBody>) -> Result<PutStatus, StoreError> {
     }
 }
 
-/// The storage key a notification names (`length:collection` then the
-/// key), or `None` for `*`: everything of the shard.
-fn invalidated_key(payload: &str) -> Option<Vec<u8>> {
-    let (length, rest) = payload.split_once(':')?;
-    let length: usize = length.parse().ok()?;
-    if rest.len() < length || !rest.is_char_boundary(length) {
-        return None;
-    }
-    let (collection, key) = rest.split_at(length);
-    let mut storage = Vec::with_capacity(payload.len());
-    crate::store::storage_key(collection, key, &mut storage);
-    Some(storage)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn notification_payloads_name_storage_keys() {
-        assert_eq!(
-            invalidated_key("5:users7:a").unwrap(),
-            b"users\x007:a".to_vec()
-        );
-        assert_eq!(invalidated_key("3:abc").unwrap(), b"abc\x00".to_vec());
-        assert!(invalidated_key("*").is_none());
-        assert!(invalidated_key("9:short").is_none());
-    }
 
     #[test]
     fn storage_keys_split_at_the_first_nul() {
