@@ -34,6 +34,8 @@ pub enum Plan {
     UpdateBatches,
     /// `/fortunes`: one scan part per shard.
     Fortunes,
+    /// `/fortunes` on PostgreSQL shards: the `fortune` table's rows, id and message.
+    FortuneRows,
 }
 
 /// `GET /db`: one random World row.
@@ -122,7 +124,7 @@ pub fn fortunes<S>(_: &Request<'_>, ctx: &mut Ctx<S>, _: &mut Response<'_>) {
             shard: 0,
             op: StoreOp::Sql(SqlOp::Fortunes),
         }];
-        return defer(ctx, Plan::Fortunes, ops);
+        return defer(ctx, Plan::FortuneRows, ops);
     }
     let ops = super::documents::scan_every_shard(ctx, FORTUNE, None, 1000);
     defer(ctx, Plan::Fortunes, ops);
@@ -282,16 +284,13 @@ impl Render for Plan {
                     id: i64,
                     message: String,
                 }
-                let mut fortunes = vec![Fortune {
-                    id: 0,
-                    message: "Additional fortune added at request time.".into(),
-                }];
+                let mut fortunes = Vec::with_capacity(16);
                 for part in parts {
                     match part {
                         Part::Store(StoreOutcome::Scanned(items)) => {
                             for (_, stored) in items {
                                 match serde_json::from_slice::<Fortune>(&stored.doc) {
-                                    Ok(fortune) => fortunes.push(fortune),
+                                    Ok(f) => fortunes.push((f.id, f.message)),
                                     Err(_) => {
                                         return response.error(
                                             &DocError::Internal(
@@ -312,21 +311,52 @@ impl Render for Plan {
                         }
                     }
                 }
-                fortunes.sort_by(|a, b| a.message.cmp(&b.message).then(Ordering::Equal));
-                let mut html = String::with_capacity(2048);
-                html.push_str("<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>");
-                for fortune in &fortunes {
-                    html.push_str("<tr><td>");
-                    html.push_str(itoa::Buffer::new().format(fortune.id));
-                    html.push_str("</td><td>");
-                    escape_html(&fortune.message, &mut html);
-                    html.push_str("</td></tr>");
+                let rows = fortunes.iter().map(|(id, m)| (*id, m.as_str())).collect();
+                send_fortunes(rows, response);
+            }
+            Plan::FortuneRows => {
+                // Rows of the `fortune` table: the id in the key, the message as the body.
+                let rows = match parts.first() {
+                    Some(Part::Store(StoreOutcome::Scanned(items))) => items
+                        .iter()
+                        .map(|(id, stored)| {
+                            let id = std::str::from_utf8(id).ok()?.parse().ok()?;
+                            Some((id, std::str::from_utf8(&stored.doc).ok()?))
+                        })
+                        .collect::<Option<Vec<_>>>(),
+                    Some(Part::Store(outcome)) => {
+                        return response
+                            .error(&super::documents::store_failure(outcome.clone()), scratch)
+                    }
+                    _ => None,
+                };
+                match rows {
+                    Some(rows) => send_fortunes(rows, response),
+                    None => {
+                        response.error(&DocError::Internal("a fortune row is malformed"), scratch)
+                    }
                 }
-                html.push_str("</table></body></html>");
-                response.send(200, "text/html; charset=utf-8", &[], html.as_bytes());
             }
         }
     }
+}
+
+/// The fortunes page: the rows plus the one added at request time, sorted
+/// by message, HTML-escaped.
+fn send_fortunes(mut rows: Vec<(i64, &str)>, response: &mut Response<'_>) {
+    rows.push((0, "Additional fortune added at request time."));
+    rows.sort_by(|a, b| a.1.cmp(b.1).then(Ordering::Equal));
+    let mut html = String::with_capacity(2048);
+    html.push_str("<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>");
+    for (id, message) in &rows {
+        html.push_str("<tr><td>");
+        html.push_str(itoa::Buffer::new().format(*id));
+        html.push_str("</td><td>");
+        escape_html(message, &mut html);
+        html.push_str("</td></tr>");
+    }
+    html.push_str("</table></body></html>");
+    response.send(200, "text/html; charset=utf-8", &[], html.as_bytes());
 }
 
 /// Escapes text for an HTML element's content (and attributes).

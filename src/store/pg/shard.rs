@@ -1095,15 +1095,11 @@ impl ShardConn {
                     else {
                         return Some(StoreOutcome::Failed(malformed()));
                     };
-                    let Ok(message) = std::str::from_utf8(message) else {
-                        return Some(StoreOutcome::Failed(malformed()));
-                    };
-                    let doc = serde_json::json!({ "id": id, "message": message }).to_string();
                     items.push((
-                        Vec::new(),
+                        itoa::Buffer::new().format(id).as_bytes().to_vec(),
                         Stored {
                             version: 0,
-                            doc: Bytes::from(doc),
+                            doc: Bytes::copy_from_slice(message),
                         },
                     ));
                 }
