@@ -219,8 +219,14 @@ impl Drop for Cluster {
             .arg(pg_bin("pg_ctl"))
             .arg("-D")
             .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
+            .args(["-m", "immediate", "-w", "-t", "10", "stop"])
             .output();
+        // Still there (stopped by a failing test, say): end it for good.
+        if self.dir.join("data/postmaster.pid").exists() {
+            let pids = self.pids();
+            let _ = Command::new("kill").arg("-CONT").args(&pids).status();
+            let _ = Command::new("kill").arg("-KILL").args(&pids).status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -679,12 +685,11 @@ fn a_shard_that_goes_away_fails_fast_its_keys_only_and_comes_back_losing_nothing
 
     // A server that hangs (stopped, its sockets open) does not hang requests:
     // a write to its shard gets 503 once the answer is overdue, and it comes back.
-    let pids = cluster.pids();
-    signal_all(&pids, "STOP");
+    let frozen = Frozen::new(cluster.pids());
     let started = Instant::now();
     let response = server.call("PUT", &format!("/v1/k/{}", on_remote[0]), Some("{}"));
     let waited = started.elapsed();
-    signal_all(&pids, "CONT");
+    drop(frozen);
     assert_eq!(
         response.status,
         503,
@@ -702,6 +707,23 @@ fn a_shard_that_goes_away_fails_fast_its_keys_only_and_comes_back_losing_nothing
             Instant::now() < deadline,
             "the shard did not come back after it hung"
         );
+    }
+}
+
+/// Processes stopped with SIGSTOP, continued when dropped (a failing test
+/// must not leave a frozen cluster that cannot be shut down).
+struct Frozen(Vec<String>);
+
+impl Frozen {
+    fn new(pids: Vec<String>) -> Self {
+        signal_all(&pids, "STOP");
+        Self(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-CONT").args(&self.0).status();
     }
 }
 
