@@ -437,6 +437,71 @@ fn documents_live_in_postgres_and_read_with_sql() {
     );
 }
 
+fn metric(server: &Server, name: &str) -> u64 {
+    server
+        .get("/metrics")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn concurrent_writes_share_commits_and_each_gets_its_own_answer() {
+    if !pg_ready() {
+        return;
+    }
+    let db = TestDb::new("batch");
+    let server = Arc::new(serve(&[db.url()], &[]));
+    assert_eq!(server.call("PUT", "/v1/t/taken", Some("{}")).status, 201);
+    let before = metric(&server, "percore_pg_writes_total");
+    // Many connections at once: creates, refused conditional writes and
+    // deletes of missing documents, mixed in the same loop turns.
+    let threads: Vec<_> = (0..48)
+        .map(|n| {
+            let server = Arc::clone(&server);
+            std::thread::spawn(move || match n % 3 {
+                0 => (
+                    n,
+                    server
+                        .call(
+                            "PUT",
+                            &format!("/v1/t/k{n}"),
+                            Some(&format!(r#"{{"n":{n}}}"#)),
+                        )
+                        .status,
+                    201,
+                ),
+                1 => (
+                    n,
+                    put_if(&server, "/v1/t/taken", r#"{"x":1}"#, "If-Match: \"999999\"").status,
+                    412,
+                ),
+                _ => (
+                    n,
+                    server
+                        .call("DELETE", &format!("/v1/t/missing{n}"), None)
+                        .status,
+                    404,
+                ),
+            })
+        })
+        .collect();
+    for thread in threads {
+        let (n, got, want) = thread.join().unwrap();
+        assert_eq!(got, want, "request {n}");
+    }
+    assert_eq!(metric(&server, "percore_pg_writes_total") - before, 48);
+    let batches = metric(&server, "percore_pg_write_batches_total");
+    assert!(batches >= 1 && batches <= 49);
+    assert_eq!(
+        db.sql("SELECT count(*) FROM percore_documents WHERE collection = 't'"),
+        "17"
+    );
+    assert_eq!(server.get("/v1/t/taken").text(), "{}");
+}
+
 #[test]
 fn techempower_tests_run_on_the_benchmarks_schema() {
     if !pg_ready() {
@@ -477,9 +542,28 @@ fn techempower_tests_run_on_the_benchmarks_schema() {
             "/updates answered a number the table does not hold"
         );
     }
+    // /db and /queries never answer from the cache; /cached-queries does.
+    let hits = cache_hits(&server);
+    for _ in 0..3 {
+        assert_eq!(server.get("/queries?queries=500").status, 200);
+    }
+    assert_eq!(
+        cache_hits(&server),
+        hits,
+        "/queries answered from the cache"
+    );
     let cached: Vec<serde_json::Value> =
-        serde_json::from_str(&server.get("/cached-queries?count=5").text()).unwrap();
-    assert_eq!(cached.len(), 5);
+        serde_json::from_str(&server.get("/cached-queries?count=500").text()).unwrap();
+    assert_eq!(cached.len(), 500);
+    for row in &cached {
+        let id = row["id"].as_i64().unwrap();
+        assert!((1..=10_000).contains(&id));
+    }
+    assert_eq!(server.get("/cached-queries?count=500").status, 200);
+    assert!(
+        cache_hits(&server) > hits,
+        "/cached-queries never hit the cache"
+    );
 
     // A restart seeds nothing over rows that exist.
     let (id, number) = (

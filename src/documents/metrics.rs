@@ -108,7 +108,7 @@ impl DataShared {
                 |c| &c.store_ops,
             ),
         ];
-        const POSTGRES: [Row<PgCounters>; 6] = [
+        const POSTGRES: [Row<PgCounters>; 8] = [
             (
                 "percore_pg_queries_total",
                 "counter",
@@ -144,6 +144,18 @@ impl DataShared {
                 "gauge",
                 "Shard connections of the core that are up.",
                 |c| &c.up,
+            ),
+            (
+                "percore_pg_writes_total",
+                "counter",
+                "Document writes sent to PostgreSQL.",
+                |c| &c.writes,
+            ),
+            (
+                "percore_pg_write_batches_total",
+                "counter",
+                "Statements (one transaction, one commit each) that carried them: a loop turn's writes for a shard go together.",
+                |c| &c.write_batches,
             ),
         ];
         render_per_core(&CACHE, &data.cache_counters, out);

@@ -83,10 +83,8 @@ enum Link {
 /// What one `Sync`-terminated query was for.
 enum Query {
     Get,
-    Put {
-        doc: Bytes,
-    },
-    Delete,
+    /// The document writes of one loop turn, one statement ([`sql::WRITE`]).
+    Writes(Vec<Write>),
     Scan {
         collection: Vec<u8>,
     },
@@ -97,15 +95,6 @@ enum Query {
         cond: Precondition,
         max_bytes: usize,
         attempt: u32,
-    },
-    /// The write half, conditional on the version the read saw.
-    PatchWrite {
-        key: Vec<u8>,
-        patch: Bytes,
-        cond: Precondition,
-        max_bytes: usize,
-        attempt: u32,
-        doc: Bytes,
     },
     World,
     Fortunes,
@@ -118,6 +107,44 @@ enum Query {
     Poll,
     /// Old changes forgotten ([`sql::FORGET_CHANGES`]).
     Forget,
+}
+
+/// A document write, held until the end of the loop turn and sent with
+/// every other write of the turn for the same shard.
+struct Write {
+    ticket: u64,
+    key: Vec<u8>,
+    change: Change,
+}
+
+enum Change {
+    Put {
+        doc: Bytes,
+        cond: Precondition,
+    },
+    Delete {
+        cond: Precondition,
+    },
+    /// The write half of a PATCH: only if the document is still at the
+    /// version its read saw (else it reads again).
+    Patch {
+        doc: Bytes,
+        seen: u64,
+        patch: Bytes,
+        cond: Precondition,
+        max_bytes: usize,
+        attempt: u32,
+    },
+}
+
+impl InFlight {
+    /// Every request waiting on this query.
+    fn waiting(&self) -> Vec<u64> {
+        match &self.query {
+            Query::Writes(writes) => writes.iter().map(|w| w.ticket).collect(),
+            _ => self.ticket.into_iter().collect(),
+        }
+    }
 }
 
 struct InFlight {
@@ -139,6 +166,8 @@ struct ShardConn {
     link: Link,
     /// Messages not sent yet.
     pending: BytesMut,
+    /// Document writes of this loop turn, sent together at its end.
+    writes: Vec<Write>,
     /// Queries sent or pending, in order.
     queue: VecDeque<InFlight>,
     received: BytesMut,
@@ -165,6 +194,9 @@ pub struct PgCounters {
     pub reconnects: std::sync::atomic::AtomicU64,
     pub invalidations: std::sync::atomic::AtomicU64,
     pub up: std::sync::atomic::AtomicU64,
+    /// Document writes, and the statements (commits) that carried them.
+    pub writes: std::sync::atomic::AtomicU64,
+    pub write_batches: std::sync::atomic::AtomicU64,
 }
 
 /// One io core's connections to the PostgreSQL shards it owns.
@@ -182,8 +214,12 @@ pub struct PgShards {
 }
 
 fn bump(counter: &std::sync::atomic::AtomicU64) {
+    add(counter, 1);
+}
+
+fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
     use std::sync::atomic::Ordering::Relaxed;
-    counter.store(counter.load(Relaxed) + 1, Relaxed);
+    counter.store(counter.load(Relaxed) + n, Relaxed);
 }
 
 impl PgShards {
@@ -218,6 +254,7 @@ impl PgShards {
                     error: "not connected yet".into(),
                 },
                 pending: BytesMut::with_capacity(16 << 10),
+                writes: Vec::new(),
                 queue: VecDeque::new(),
                 received: BytesMut::with_capacity(16 << 10),
                 synced_at: None,
@@ -335,6 +372,13 @@ impl PgShards {
                             conn.push(None, Query::Forget, now);
                         }
                         conn.forgot_at = now;
+                    }
+                    if !conn.writes.is_empty() {
+                        add(&self.counters.writes, conn.writes.len() as u64);
+                        bump(&self.counters.write_batches);
+                    }
+                    for (ticket, outcome) in conn.encode_writes(now) {
+                        self.events.push_back(Event::Outcome { ticket, outcome });
                     }
                     conn.io.arm_recv(io.ring, io.buffers);
                     conn.flush(io, &self.counters);
@@ -463,13 +507,19 @@ impl PgShards {
     fn fail(&mut self, slot: usize, io: &mut OutboundIo<'_>, reason: String, now: Instant) {
         let conn = &mut self.conns[slot];
         let error = format!("PostgreSQL shard {} ({}): {reason}", conn.shard, conn.url);
-        for query in conn.queue.drain(..) {
-            if let (Some(ticket), false) = (query.ticket, query.answered) {
-                self.events.push_back(Event::Outcome {
-                    ticket,
-                    outcome: StoreOutcome::Failed(StoreError::Unavailable(error.clone())),
-                });
-            }
+        let unsent = conn.writes.drain(..).map(|w| w.ticket);
+        let waiting: Vec<u64> = conn
+            .queue
+            .drain(..)
+            .filter(|q| !q.answered)
+            .flat_map(|q| q.waiting())
+            .chain(unsent)
+            .collect();
+        for ticket in waiting {
+            self.events.push_back(Event::Outcome {
+                ticket,
+                outcome: StoreOutcome::Failed(StoreError::Unavailable(error.clone())),
+            });
         }
         conn.pending.clear();
         conn.received.clear();
@@ -511,7 +561,8 @@ enum Param<'a> {
     Int4(i32),
     Int8(i64),
     Int4Array(&'a [i32]),
-    Int8Array(&'a [i64]),
+    /// An array of `element`s given in their binary form (text and json are their bytes).
+    Array(u32, &'a [Option<&'a [u8]>]),
 }
 
 fn serialize(
@@ -523,7 +574,22 @@ fn serialize(
         Param::Int4(v) => pgtypes::int4_to_sql(*v, buf),
         Param::Int8(v) => pgtypes::int8_to_sql(*v, buf),
         Param::Int4Array(values) => array(oid::INT4, values, pgtypes::int4_to_sql, buf)?,
-        Param::Int8Array(values) => array(oid::INT8, values, pgtypes::int8_to_sql, buf)?,
+        Param::Array(element, values) => pgtypes::array_to_sql(
+            Some(pgtypes::ArrayDimension {
+                len: values.len() as i32,
+                lower_bound: 1,
+            }),
+            *element,
+            values.iter(),
+            |value, buf| match value {
+                Some(bytes) => {
+                    buf.extend_from_slice(bytes);
+                    Ok(IsNull::No)
+                }
+                None => Ok(IsNull::Yes),
+            },
+            buf,
+        )?,
     }
     Ok(IsNull::No)
 }
@@ -548,6 +614,18 @@ fn array<T: Copy>(
         },
         buf,
     )
+}
+
+/// A list of versions as `percore_write` takes it: `1,2,3`.
+fn version_list(versions: &[i64]) -> String {
+    let mut text = String::new();
+    for (n, v) in versions.iter().enumerate() {
+        if n > 0 {
+            text.push(',');
+        }
+        text.push_str(itoa::Buffer::new().format(*v));
+    }
+    text
 }
 
 /// Splits a storage key (`collection`, NUL, `key`) into its two parts.
@@ -635,10 +713,11 @@ impl ShardConn {
                     self.push(Some(ticket), Query::Get, now);
                 }
             }
-            StoreOp::Put { key, doc, cond } => {
-                self.encode_put(&key, &doc, &cond, None)?;
-                self.push(Some(ticket), Query::Put { doc }, now);
-            }
+            StoreOp::Put { key, doc, cond } => self.writes.push(Write {
+                ticket,
+                key,
+                change: Change::Put { doc, cond },
+            }),
             StoreOp::Patch {
                 key,
                 patch,
@@ -655,23 +734,11 @@ impl ShardConn {
                 },
                 now,
             )?,
-            StoreOp::Delete { key, cond } => {
-                let (collection, name) = split_key(&key).ok_or_else(bad_key)?;
-                let (im, imv) = tags(&cond.if_match);
-                let (inm, inmv) = tags(&cond.if_none_match);
-                self.bind(
-                    &sql::DELETE,
-                    &[
-                        Param::Text(collection),
-                        Param::Text(name),
-                        Param::Int4(im),
-                        Param::Int8Array(&imv),
-                        Param::Int4(inm),
-                        Param::Int8Array(&inmv),
-                    ],
-                )?;
-                self.push(Some(ticket), Query::Delete, now);
-            }
+            StoreOp::Delete { key, cond } => self.writes.push(Write {
+                ticket,
+                key,
+                change: Change::Delete { cond },
+            }),
             StoreOp::Scan { from, to: _, limit } => {
                 let (collection, after) = split_key(&from).ok_or_else(bad_key)?;
                 // `from` is the collection's first key, or the key after `after` (`after`, NUL).
@@ -739,40 +806,167 @@ impl ShardConn {
         Ok(())
     }
 
-    /// A conditional write: the client's preconditions, or (for a PATCH)
-    /// exactly the version its read saw.
-    fn encode_put(
-        &mut self,
-        key: &[u8],
-        doc: &[u8],
-        cond: &Precondition,
-        expected: Option<u64>,
-    ) -> Result<(), StoreOutcome> {
-        let (collection, name) = split_key(key).ok_or_else(|| {
-            StoreOutcome::Failed(StoreError::Engine(
-                "a storage key without its collection".into(),
-            ))
-        })?;
-        let (im, imv) = match expected {
-            Some(version) => (2, vec![version as i64]),
-            None => tags(&cond.if_match),
-        };
-        let (inm, inmv) = match expected {
-            Some(_) => (0, Vec::new()),
-            None => tags(&cond.if_none_match),
-        };
-        self.bind(
-            &sql::PUT,
+    /// Sends the turn's document writes as one statement, if there are any.
+    fn encode_writes(&mut self, now: Instant) -> Vec<(u64, StoreOutcome)> {
+        if self.writes.is_empty() {
+            return Vec::new();
+        }
+        let writes = std::mem::take(&mut self.writes);
+        let mut ops = Vec::with_capacity(writes.len());
+        let mut collections = Vec::with_capacity(writes.len());
+        let mut keys = Vec::with_capacity(writes.len());
+        let mut bodies = Vec::with_capacity(writes.len());
+        let (mut ims, mut imvs, mut inms, mut inmvs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for write in &writes {
+            let Some((collection, key)) = split_key(&write.key) else {
+                return writes
+                    .iter()
+                    .map(|w| (w.ticket, StoreOutcome::Failed(malformed())))
+                    .collect();
+            };
+            collections.push(Some(collection));
+            keys.push(Some(key));
+            let (op, body, if_match, if_none_match) = match &write.change {
+                Change::Put { doc, cond } => (
+                    1,
+                    Some(&doc[..]),
+                    tags(&cond.if_match),
+                    tags(&cond.if_none_match),
+                ),
+                Change::Delete { cond } => {
+                    (2, None, tags(&cond.if_match), tags(&cond.if_none_match))
+                }
+                Change::Patch { doc, seen, .. } => {
+                    (1, Some(&doc[..]), (2, vec![*seen as i64]), (0, Vec::new()))
+                }
+            };
+            ops.push(op);
+            bodies.push(body);
+            ims.push(if_match.0);
+            imvs.push(version_list(&if_match.1));
+            inms.push(if_none_match.0);
+            inmvs.push(version_list(&if_none_match.1));
+        }
+        let imvs: Vec<Option<&[u8]>> = imvs.iter().map(|v| Some(v.as_bytes())).collect();
+        let inmvs: Vec<Option<&[u8]>> = inmvs.iter().map(|v| Some(v.as_bytes())).collect();
+        let bound = self.bind(
+            &sql::WRITE,
             &[
-                Param::Text(collection),
-                Param::Text(name),
-                Param::Text(doc),
-                Param::Int4(im),
-                Param::Int8Array(&imv),
-                Param::Int4(inm),
-                Param::Int8Array(&inmv),
+                Param::Int4Array(&ops),
+                Param::Array(oid::TEXT, &collections),
+                Param::Array(oid::TEXT, &keys),
+                Param::Array(oid::JSON, &bodies),
+                Param::Int4Array(&ims),
+                Param::Array(oid::TEXT, &imvs),
+                Param::Int4Array(&inms),
+                Param::Array(oid::TEXT, &inmvs),
             ],
-        )
+        );
+        if let Err(outcome) = bound {
+            return writes.iter().map(|w| (w.ticket, outcome.clone())).collect();
+        }
+        self.queue.push_back(InFlight {
+            ticket: None,
+            query: Query::Writes(writes),
+            queued_at: now,
+            rows: Vec::new(),
+            answered: false,
+        });
+        Vec::new()
+    }
+
+    /// What became of each write of a batch, from its rows.
+    fn complete_writes(
+        &mut self,
+        writes: Vec<Write>,
+        rows: Vec<DataRowBody>,
+        now: Instant,
+        events: &mut VecDeque<Event>,
+    ) {
+        let mut results: Vec<Option<(i32, Option<i64>, bool, String)>> =
+            (0..writes.len()).map(|_| None).collect();
+        for row in &rows {
+            let Ok(cols) = columns(Some(row)) else {
+                continue;
+            };
+            let (Some(n), Some(status)) = (int4(cols.first()), int4(cols.get(1))) else {
+                continue;
+            };
+            let created = cols
+                .get(3)
+                .copied()
+                .flatten()
+                .and_then(|b| pgtypes::bool_from_sql(b).ok())
+                .unwrap_or(false);
+            let error = cols
+                .get(4)
+                .copied()
+                .flatten()
+                .map(|e| String::from_utf8_lossy(e).into_owned())
+                .unwrap_or_default();
+            if let Some(slot) = results.get_mut((n - 1) as usize) {
+                *slot = Some((status, int8(cols.get(2)), created, error));
+            }
+        }
+        for (write, result) in writes.into_iter().zip(results) {
+            let Some((status, version, created, error)) = result else {
+                events.push_back(Event::Outcome {
+                    ticket: write.ticket,
+                    outcome: StoreOutcome::Failed(malformed()),
+                });
+                continue;
+            };
+            let current = version.map(|v| v as u64);
+            let outcome = match (write.change, status, current) {
+                (_, 3, _) => {
+                    StoreOutcome::Failed(StoreError::Engine(format!("PostgreSQL error {error}")))
+                }
+                (Change::Put { doc, .. }, 0, Some(version)) => StoreOutcome::Written {
+                    stored: Stored { version, doc },
+                    created,
+                },
+                (Change::Patch { doc, .. }, 0, Some(version)) => StoreOutcome::Written {
+                    stored: Stored { version, doc },
+                    created: false,
+                },
+                (Change::Delete { .. }, 0, _) => StoreOutcome::Deleted,
+                (Change::Delete { .. }, 2, _) => StoreOutcome::Missing,
+                // Another writer changed it between the PATCH's read and its write: read again.
+                (
+                    Change::Patch {
+                        patch,
+                        cond,
+                        max_bytes,
+                        attempt,
+                        ..
+                    },
+                    1,
+                    _,
+                ) if attempt < PATCH_ATTEMPTS => {
+                    let read = Query::PatchRead {
+                        key: write.key,
+                        patch,
+                        cond,
+                        max_bytes,
+                        attempt: attempt + 1,
+                    };
+                    match self.read_for_patch(write.ticket, read, now) {
+                        Ok(()) => continue,
+                        Err(outcome) => outcome,
+                    }
+                }
+                (Change::Patch { .. }, 1, _) => StoreOutcome::Failed(StoreError::Unavailable(
+                    "the document changed under every attempt to patch it; try again".into(),
+                )),
+                (_, 1, current) => StoreOutcome::PreconditionFailed { current },
+                _ => StoreOutcome::Failed(malformed()),
+            };
+            events.push_back(Event::Outcome {
+                ticket: write.ticket,
+                outcome,
+            });
+        }
     }
 
     /// Sends the pending bytes if no send is in flight.
@@ -818,6 +1012,14 @@ impl ShardConn {
                         let rows = std::mem::take(&mut query.rows);
                         let queued_at = query.queued_at;
                         self.apply_poll(rows, queued_at, events, counters)?;
+                    } else if let (Query::Writes(_), false) = (&query.query, query.answered) {
+                        query.answered = true;
+                        let rows = std::mem::take(&mut query.rows);
+                        if let Query::Writes(writes) =
+                            std::mem::replace(&mut query.query, Query::Forget)
+                        {
+                            self.complete_writes(writes, rows, now, events);
+                        }
                     } else if !query.answered {
                         query.answered = true;
                         let rows = std::mem::take(&mut query.rows);
@@ -835,7 +1037,7 @@ impl ShardConn {
                                 events.push_back(Event::Invalidate(key));
                             }
                         }
-                        if let Some(outcome) = self.complete(ticket, query, rows, now) {
+                        if let Some(outcome) = self.complete(ticket, query, rows) {
                             events.push_back(Event::Outcome { ticket, outcome });
                         }
                     }
@@ -849,17 +1051,18 @@ impl ShardConn {
                     };
                     if !query.answered {
                         query.answered = true;
-                        let ticket = query.ticket.expect("unanswered queries have tickets");
                         // 57P01 admin_shutdown and friends: the server is going away.
                         let error = if code.starts_with("57") || code.starts_with("08") {
                             StoreError::Unavailable(format!("PostgreSQL error {code}: {message}"))
                         } else {
                             StoreError::Engine(format!("PostgreSQL error {code}: {message}"))
                         };
-                        events.push_back(Event::Outcome {
-                            ticket,
-                            outcome: StoreOutcome::Failed(error),
-                        });
+                        for ticket in query.waiting() {
+                            events.push_back(Event::Outcome {
+                                ticket,
+                                outcome: StoreOutcome::Failed(error.clone()),
+                            });
+                        }
                     }
                 }
                 Message::ReadyForQuery(_) => {
@@ -870,7 +1073,7 @@ impl ShardConn {
                         self.polling = false;
                     }
                     if !query.answered {
-                        if let Some(ticket) = query.ticket {
+                        for ticket in query.waiting() {
                             events.push_back(Event::Outcome {
                                 ticket,
                                 outcome: StoreOutcome::Failed(StoreError::Engine(
@@ -945,7 +1148,6 @@ impl ShardConn {
         ticket: u64,
         query: Query,
         rows: Vec<DataRowBody>,
-        now: Instant,
     ) -> Option<StoreOutcome> {
         let outcome = match query {
             Query::Get => match rows.first() {
@@ -954,25 +1156,6 @@ impl ShardConn {
                     Ok(stored) => StoreOutcome::Found(Some(stored)),
                     Err(error) => StoreOutcome::Failed(error),
                 },
-            },
-            Query::Put { doc, .. } => match put_status(rows.first()) {
-                Ok(PutStatus::Written { version, created }) => StoreOutcome::Written {
-                    stored: Stored { version, doc },
-                    created,
-                },
-                Ok(PutStatus::Refused { current }) => StoreOutcome::PreconditionFailed { current },
-                Err(error) => StoreOutcome::Failed(error),
-            },
-            Query::Delete => match columns(rows.first()) {
-                Ok(cols) => match (int4(cols.first()), int8(cols.get(1))) {
-                    (Some(0), _) => StoreOutcome::Deleted,
-                    (Some(1), current) => StoreOutcome::PreconditionFailed {
-                        current: current.map(|v| v as u64),
-                    },
-                    (Some(2), _) => StoreOutcome::Missing,
-                    _ => StoreOutcome::Failed(malformed()),
-                },
-                Err(error) => StoreOutcome::Failed(error),
             },
             Query::Scan { collection } => {
                 let mut items = Vec::with_capacity(rows.len());
@@ -1028,51 +1211,20 @@ impl ShardConn {
                     Ok(doc) => doc,
                     Err(outcome) => return Some(outcome),
                 };
-                if let Err(outcome) = self.encode_put(&key, &doc, &cond, Some(current.version)) {
-                    return Some(outcome);
-                }
-                self.push(
-                    Some(ticket),
-                    Query::PatchWrite {
-                        key,
+                self.writes.push(Write {
+                    ticket,
+                    key,
+                    change: Change::Patch {
+                        doc,
+                        seen: current.version,
                         patch,
                         cond,
                         max_bytes,
                         attempt,
-                        doc,
                     },
-                    now,
-                );
+                });
                 return None;
             }
-            Query::PatchWrite {
-                key,
-                patch,
-                cond,
-                max_bytes,
-                attempt,
-                doc,
-            } => match put_status(rows.first()) {
-                Ok(PutStatus::Written { version, .. }) => StoreOutcome::Written {
-                    stored: Stored { version, doc },
-                    created: false,
-                },
-                // Another writer changed it between the read and the write: read again.
-                Ok(PutStatus::Refused { .. }) if attempt < PATCH_ATTEMPTS => {
-                    let read = Query::PatchRead {
-                        key,
-                        patch,
-                        cond,
-                        max_bytes,
-                        attempt: attempt + 1,
-                    };
-                    return self.read_for_patch(ticket, read, now).err();
-                }
-                Ok(PutStatus::Refused { .. }) => StoreOutcome::Failed(StoreError::Unavailable(
-                    "the document changed under every attempt to patch it; try again".into(),
-                )),
-                Err(error) => StoreOutcome::Failed(error),
-            },
             Query::World => match rows.first().map(|row| columns(Some(row))) {
                 Some(Ok(cols)) => match (int4(cols.first()), int4(cols.get(1))) {
                     (Some(id), Some(number)) => StoreOutcome::Found(Some(Stored {
@@ -1119,7 +1271,7 @@ impl ShardConn {
                     })
                     .collect(),
             ),
-            Query::Discard | Query::Poll | Query::Forget => return None,
+            Query::Discard | Query::Poll | Query::Forget | Query::Writes(_) => return None,
         };
         Some(outcome)
     }
@@ -1162,30 +1314,6 @@ fn stored(row: &DataRowBody) -> Result<Stored, StoreError> {
         (Some(version), Some(body)) => Ok(Stored {
             version: version as u64,
             doc: Bytes::copy_from_slice(body),
-        }),
-        _ => Err(malformed()),
-    }
-}
-
-enum PutStatus {
-    Written { version: u64, created: bool },
-    Refused { current: Option<u64> },
-}
-
-fn put_status(row: Option<&DataRowBody>) -> Result<PutStatus, StoreError> {
-    let cols = columns(row)?;
-    match (int4(cols.first()), int8(cols.get(1))) {
-        (Some(0), Some(version)) => Ok(PutStatus::Written {
-            version: version as u64,
-            created: cols
-                .get(2)
-                .copied()
-                .flatten()
-                .and_then(|b| pgtypes::bool_from_sql(b).ok())
-                .unwrap_or(false),
-        }),
-        (Some(1), current) => Ok(PutStatus::Refused {
-            current: current.map(|v| v as u64),
         }),
         _ => Err(malformed()),
     }

@@ -85,6 +85,30 @@ BEGIN
     END LOOP;
 END
 $$;
+CREATE OR REPLACE FUNCTION percore_write(ops int[], cs text[], ks text[], bs json[],
+    ims int[], imvs text[], inms int[], inmvs text[])
+RETURNS TABLE (n int, status int, version bigint, created boolean, error text) LANGUAGE plpgsql AS $$
+DECLARE i int; st int; ver bigint; cr boolean;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(ops, 1), 0) LOOP
+        BEGIN
+            IF ops[i] = 1 THEN
+                SELECT p.status, p.version, p.created INTO st, ver, cr FROM percore_put(cs[i], ks[i], bs[i],
+                    ims[i], string_to_array(imvs[i], ',')::bigint[],
+                    inms[i], string_to_array(inmvs[i], ',')::bigint[]) p;
+            ELSE
+                SELECT d.status, d.version, false INTO st, ver, cr FROM percore_delete(cs[i], ks[i],
+                    ims[i], string_to_array(imvs[i], ',')::bigint[],
+                    inms[i], string_to_array(inmvs[i], ',')::bigint[]) d;
+            END IF;
+            RETURN QUERY SELECT i, st, ver, cr, NULL::text;
+        EXCEPTION WHEN OTHERS THEN
+            -- This write alone fails; the others of the batch commit.
+            RETURN QUERY SELECT i, 3, NULL::bigint, false, SQLSTATE || ': ' || SQLERRM;
+        END;
+    END LOOP;
+END
+$$;
 CREATE OR REPLACE FUNCTION percore_delete(c text, k text, im int, imv bigint[], inm int, inmv bigint[])
 RETURNS TABLE (status int, version bigint) LANGUAGE plpgsql AS $$
 DECLARE cur bigint;
@@ -112,6 +136,8 @@ pub mod oid {
     pub const JSON: u32 = 114;
     pub const INT4_ARRAY: u32 = 1007;
     pub const INT8_ARRAY: u32 = 1016;
+    pub const TEXT_ARRAY: u32 = 1009;
+    pub const JSON_ARRAY: u32 = 199;
 }
 
 /// A statement prepared on every shard connection once it is up.
@@ -128,30 +154,24 @@ pub const GET: Statement = Statement {
     params: &[oid::TEXT, oid::TEXT],
 };
 
-pub const PUT: Statement = Statement {
-    name: "pc_put",
-    sql: "SELECT status, version, created FROM percore_put($1, $2, $3, $4, $5, $6, $7)",
+/// Every document write a core has for a shard in one loop turn, in one
+/// statement and one transaction: one commit (one WAL flush) for the lot,
+/// as the embedded store's group commit. Each write runs in its own
+/// subtransaction, so one that fails (status 3) fails alone. Rows: the
+/// write's 1-based index, its status (0 done, 1 precondition failed, 2
+/// missing, 3 error), the version, whether it created the document, the error.
+pub const WRITE: Statement = Statement {
+    name: "pc_write",
+    sql: "SELECT n, status, version, created, error FROM percore_write($1, $2, $3, $4, $5, $6, $7, $8)",
     params: &[
-        oid::TEXT,
-        oid::TEXT,
-        oid::JSON,
-        oid::INT4,
-        oid::INT8_ARRAY,
-        oid::INT4,
-        oid::INT8_ARRAY,
-    ],
-};
-
-pub const DELETE: Statement = Statement {
-    name: "pc_delete",
-    sql: "SELECT status, version FROM percore_delete($1, $2, $3, $4, $5, $6)",
-    params: &[
-        oid::TEXT,
-        oid::TEXT,
-        oid::INT4,
-        oid::INT8_ARRAY,
-        oid::INT4,
-        oid::INT8_ARRAY,
+        oid::INT4_ARRAY,
+        oid::TEXT_ARRAY,
+        oid::TEXT_ARRAY,
+        oid::JSON_ARRAY,
+        oid::INT4_ARRAY,
+        oid::TEXT_ARRAY,
+        oid::INT4_ARRAY,
+        oid::TEXT_ARRAY,
     ],
 };
 
@@ -206,10 +226,9 @@ pub const FORGET_CHANGES: Statement = Statement {
 pub const HORIZON: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text";
 
 /// Every statement, prepared on each connection.
-pub const STATEMENTS: [Statement; 9] = [
+pub const STATEMENTS: [Statement; 8] = [
     GET,
-    PUT,
-    DELETE,
+    WRITE,
     SCAN,
     WORLD,
     FORTUNES,
