@@ -137,6 +137,14 @@ enum Change {
     },
 }
 
+/// One row of [`sql::WRITE`]'s answer.
+struct WriteResult {
+    status: i32,
+    version: Option<i64>,
+    created: bool,
+    error: String,
+}
+
 impl InFlight {
     /// Every request waiting on this query.
     fn waiting(&self) -> Vec<u64> {
@@ -884,8 +892,7 @@ impl ShardConn {
         now: Instant,
         events: &mut VecDeque<Event>,
     ) {
-        let mut results: Vec<Option<(i32, Option<i64>, bool, String)>> =
-            (0..writes.len()).map(|_| None).collect();
+        let mut results: Vec<Option<WriteResult>> = (0..writes.len()).map(|_| None).collect();
         for row in &rows {
             let Ok(cols) = columns(Some(row)) else {
                 continue;
@@ -906,11 +913,22 @@ impl ShardConn {
                 .map(|e| String::from_utf8_lossy(e).into_owned())
                 .unwrap_or_default();
             if let Some(slot) = results.get_mut((n - 1) as usize) {
-                *slot = Some((status, int8(cols.get(2)), created, error));
+                *slot = Some(WriteResult {
+                    status,
+                    version: int8(cols.get(2)),
+                    created,
+                    error,
+                });
             }
         }
         for (write, result) in writes.into_iter().zip(results) {
-            let Some((status, version, created, error)) = result else {
+            let Some(WriteResult {
+                status,
+                version,
+                created,
+                error,
+            }) = result
+            else {
                 events.push_back(Event::Outcome {
                     ticket: write.ticket,
                     outcome: StoreOutcome::Failed(malformed()),
