@@ -381,12 +381,13 @@ impl PgShards {
                         }
                         conn.forgot_at = now;
                     }
-                    if !conn.writes.is_empty() {
-                        add(&self.counters.writes, conn.writes.len() as u64);
-                        bump(&self.counters.write_batches);
-                    }
+                    let gathered = conn.writes.len() as u64;
                     for (ticket, outcome) in conn.encode_writes(now) {
                         self.events.push_back(Event::Outcome { ticket, outcome });
+                    }
+                    if gathered > 0 && conn.writes.is_empty() {
+                        add(&self.counters.writes, gathered);
+                        bump(&self.counters.write_batches);
                     }
                     conn.io.arm_recv(io.ring, io.buffers);
                     conn.flush(io, &self.counters);
@@ -814,9 +815,15 @@ impl ShardConn {
         Ok(())
     }
 
-    /// Sends the turn's document writes as one statement, if there are any.
+    /// Sends the document writes gathered so far as one statement, unless
+    /// the previous batch has not committed yet: writes that arrive during a
+    /// commit wait for it and go together in the next (group commit).
     fn encode_writes(&mut self, now: Instant) -> Vec<(u64, StoreOutcome)> {
-        if self.writes.is_empty() {
+        let committing = self
+            .queue
+            .iter()
+            .any(|q| matches!(q.query, Query::Writes(_)) && !q.answered);
+        if self.writes.is_empty() || committing {
             return Vec::new();
         }
         let writes = std::mem::take(&mut self.writes);
