@@ -30,7 +30,8 @@ Targets:
              (the document GET runs with --cache-bytes 0: every read goes to
              PostgreSQL, the "miss" case; the TechEmpower reads never cache)
   axum-pg    benches/peers/axum-pg: axum + tokio-postgres + deadpool (peer a)
-  xitca-pg   benches/peers/xitca-pg: the xitca-web TechEmpower entry's approach (peer b);
+  xitca-pg   benches/peers/xitca-pg: the xitca-web TechEmpower entry's approach on the
+             crates.io releases (peer b; its header says what differs from the entry);
              it has no document routes and sits out doc-get and doc-put
 A target whose binary is missing is reported and skipped.
 """
