@@ -122,6 +122,8 @@ pub mod cache;
 pub mod config;
 pub mod documents;
 pub mod durable;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod json;
 pub mod limit;

@@ -108,6 +108,19 @@ pub fn from_matches(
     Ok((config, values))
 }
 
+/// Resolves the configuration a config file of `text` gives, with no flags
+/// and no `PERCORE_*` variables: what `percore serve --config FILE` checks,
+/// without the file. The fuzzing seam of the TOML config ([`crate::fuzzing`]).
+#[doc(hidden)]
+pub fn from_file_text(text: &str) -> Result<Config, ConfigError> {
+    let registry = registry(&[])?;
+    let path = Path::new("fuzz.toml");
+    let file = parse_file(text, path, &registry)?;
+    let matches = serve_command(&[])?.try_get_matches_from(["percore"])?;
+    let values = registry.resolve(&matches, Some((path, &file)))?;
+    Config::from_values(&values, file.get("rate_limit"), &[])
+}
+
 /// Parses a `serve` command line (`argv[0]` is the program's name) with percore's options and `extra`.
 ///
 /// `reserved_routes` are the route patterns a `--static-prefix` may not
@@ -469,6 +482,15 @@ fn read_file(path: &Path, registry: &Registry) -> Result<toml::Table, ConfigErro
     };
     let text =
         std::fs::read_to_string(path).map_err(|e| file_error(format!("cannot read it: {e}")))?;
+    parse_file(&text, path, registry)
+}
+
+/// The table of a config file's text, its keys checked against `registry`'s.
+fn parse_file(text: &str, path: &Path, registry: &Registry) -> Result<toml::Table, ConfigError> {
+    let file_error = |message: String| ConfigError::File {
+        path: path.to_owned(),
+        message,
+    };
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| file_error(e.message().to_owned()))?;

@@ -19,7 +19,7 @@ use httparse::Header;
 
 /// A request line and the number of headers written into the slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Parsed<'b> {
+pub(crate) struct Parsed<'b> {
     pub method: &'b str,
     pub target: &'b str,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
@@ -115,7 +115,7 @@ fn ascii(bytes: &[u8]) -> &str {
 
 /// Parses a common request head at the start of `buf` into `slots`, or
 /// answers `None` for `httparse` to parse (see the module docs).
-pub(super) fn parse<'b>(
+pub(crate) fn parse<'b>(
     buf: &'b [u8],
     slots: &mut [MaybeUninit<Header<'b>>],
 ) -> Option<Parsed<'b>> {

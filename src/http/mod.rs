@@ -2,7 +2,7 @@
 
 pub mod date;
 pub mod error;
-mod fast;
+pub(crate) mod fast;
 pub mod parse;
 pub mod percent;
 pub mod response;

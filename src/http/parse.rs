@@ -303,6 +303,11 @@ pub fn chunked_extent(buf: &[u8], limits: &Limits) -> Result<Option<usize>, Http
             Ok(Status::Partial) => return partial_chunk_header(buf.len() - pos, limits),
             Err(_) => return Err(HttpError::Malformed("invalid chunk size line")),
         };
+        // The limit a partial size line meets (`partial_chunk_header`) holds
+        // for a whole one too, however the bytes arrived. Found by fuzzing.
+        if size_line > limits.max_header_bytes {
+            return Err(HttpError::Malformed("chunk size line too long"));
+        }
         pos += size_line;
         // Tiny chunks cost more on the wire than in the body; bound the wire too.
         if pos
@@ -351,7 +356,8 @@ fn trailers_end(buf: &[u8], limits: &Limits) -> Result<Option<usize>, HttpError>
         let Some(eol) = buf[pos..].windows(2).position(|w| w == b"\r\n") else {
             return partial_chunk_header(buf.len(), limits);
         };
-        if pos + eol > limits.max_header_bytes {
+        // The line's CRLF counts, as it does for a partial one.
+        if pos + eol + 2 > limits.max_header_bytes {
             return Err(HttpError::HeadersTooLarge {
                 limit: limits.max_header_bytes,
             });
@@ -579,6 +585,24 @@ mod tests {
             "600 wire bytes are fine"
         );
         assert!(chunked_extent(b"zz\r\n", &limits).is_err());
+        // Found by fuzzing (fuzz/corpus/http_chunked): a size line longer
+        // than the limit passed when it came whole, and not when cut.
+        let short = Limits {
+            max_header_bytes: 64,
+            ..limits
+        };
+        let long_line = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(70));
+        assert!(chunked_extent(long_line.as_bytes(), &short).is_err());
+        assert!(chunked_extent(&long_line.as_bytes()[..70], &short).is_err());
+        let trailer = format!("0\r\nX: {}\r\n\r\n", "t".repeat(59));
+        assert_eq!(trailer.len() - 3, 66, "a trailer section of 66 bytes");
+        assert!(chunked_extent(trailer.as_bytes(), &short).is_err());
+        assert!(chunked_extent(&trailer.as_bytes()[..3 + 65], &short).is_err());
+        let fits = format!("0\r\nX: {}\r\n\r\n", "t".repeat(57));
+        assert_eq!(
+            chunked_extent(fits.as_bytes(), &short),
+            Ok(Some(fits.len()))
+        );
         let small = Limits {
             max_body_bytes: 4,
             ..limits

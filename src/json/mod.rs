@@ -182,6 +182,17 @@ fn parse_in_place<'a>(
             found: None,
         });
     }
+    // simd-json skips a raw NUL between tokens (`{"a":1\0}` parses), and
+    // JSON allows none anywhere: in a string it must be escaped. Found by
+    // fuzzing (fuzz/corpus/json_document).
+    if raw.contains(&0) {
+        let at = raw.iter().position(|&b| b == 0);
+        return Err(JsonError::Syntax {
+            reason: "a NUL byte (JSON allows none unescaped)",
+            at,
+            found: None,
+        });
+    }
     let nodes = simd_json::to_tape(buf)
         .map_err(|error| syntax_error(&error, raw))?
         .0;

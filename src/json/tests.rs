@@ -647,3 +647,20 @@ fn field_lists_never_panic_and_canonicalise_stably() {
         "too few lists were valid to test much: {accepted}"
     );
 }
+
+/// Found by fuzzing (fuzz/corpus/json_document, merge_patch): simd-json
+/// skipped a raw NUL between tokens, so `{"a":1\0}` was stored as `{"a":1}`.
+#[test]
+fn a_raw_nul_is_refused_anywhere() {
+    for body in [
+        &b"{\"a\":1\0}"[..],
+        b"{\"a\":1\0\0\0,\"b\":2}",
+        b"\0{}",
+        b"{}\0",
+        b"{\"a\":\"x\0y\"}",
+    ] {
+        assert!(refused(body).contains("NUL"), "{}", body.escape_ascii());
+    }
+    let patch = merge_patch(Some(b"{}"), b"{\"j\":8\0}", &mut Vec::new());
+    assert!(patch.is_err());
+}

@@ -174,8 +174,11 @@ pub fn accepted_quality(accept_encoding: &[u8], coding: Coding) -> f32 {
                     .strip_prefix("q=")
                     .or_else(|| p.trim().strip_prefix("Q="))
             })
-            .and_then(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
+            .map_or(Some(1.0), |q| qvalue(q.trim()));
+        // An item whose q-value is not one (`q=15`, `q=nan`) is ignored.
+        let Some(q) = q else {
+            continue;
+        };
         if name.eq_ignore_ascii_case(coding.token())
             || (coding == Coding::Gzip && name.eq_ignore_ascii_case("x-gzip"))
         {
@@ -186,6 +189,17 @@ pub fn accepted_quality(accept_encoding: &[u8], coding: Coding) -> f32 {
         }
     }
     wildcard.unwrap_or(0.0)
+}
+
+/// A q-value of RFC 9110 §12.4.2: `0` to `1` with at most three decimals.
+/// Found by fuzzing: `parse::<f32>` alone took `15`, `nan` and `inf`.
+fn qvalue(text: &str) -> Option<f32> {
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    let well_formed = matches!(int, "0" | "1")
+        && frac.len() <= 3
+        && frac.bytes().all(|b| b.is_ascii_digit())
+        && (int == "0" || frac.bytes().all(|b| b == b'0'));
+    well_formed.then(|| text.parse().ok()).flatten()
 }
 
 #[cfg(test)]
@@ -254,5 +268,24 @@ mod tests {
         assert_eq!(accepted_quality(b"gzip, br;q=0", Coding::Brotli), 0.0);
         assert_eq!(accepted_quality(b"*", Coding::Zstd), 1.0);
         assert_eq!(accepted_quality(b"identity", Coding::Gzip), 0.0);
+        assert_eq!(accepted_quality(b"br;q=1.000", Coding::Brotli), 1.0);
+        assert_eq!(accepted_quality(b"br;q=0.", Coding::Brotli), 0.0);
+    }
+
+    /// Found by fuzzing (fuzz/corpus/statics_headers): `br;q=15` was a
+    /// quality of 15, and `q=nan` one that compares with nothing.
+    #[test]
+    fn a_quality_outside_rfc_syntax_is_ignored() {
+        assert_eq!(accepted_quality(b"*;q=15, br;q=0.5", Coding::Brotli), 0.5);
+        assert_eq!(accepted_quality(b"br;q=15", Coding::Brotli), 0.0);
+        assert_eq!(accepted_quality(b"br;q=nan, *;q=0.2", Coding::Brotli), 0.2);
+        for bad in ["inf", "-0", "1.5", "0.1234", "+1", "1.001", " ", "0x1"] {
+            let header = format!("gzip;q={bad}");
+            assert_eq!(
+                accepted_quality(header.as_bytes(), Coding::Gzip),
+                0.0,
+                "{bad}"
+            );
+        }
     }
 }
