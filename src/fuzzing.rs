@@ -22,8 +22,11 @@ use crate::http::{Head, HttpError};
 use crate::net::session::Session;
 use crate::net::{Awaiting, ConnId, Handled, Service};
 
+/// A fuzz target: its name and its check.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target by name, as `fuzz/fuzz_targets/NAME.rs` and `fuzz/corpus/NAME/` have it.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("http_head", http_head),
     ("http_fast_path", http_fast_path),
     ("http_chunked", http_chunked),
@@ -93,7 +96,8 @@ fn cuts(len: usize, seed: &[u8]) -> impl Iterator<Item = usize> {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
     (0..8u64)
-        .filter_map(move |n| (len > 0).then(|| (hash.rotate_left((n * 8) as u32) as usize) % len))
+        .filter(move |_| len > 0)
+        .map(move |n| (hash.rotate_left((n * 8) as u32) as usize) % len)
 }
 
 /// The request head parser: a head it accepts is within the limits, splits
@@ -464,13 +468,13 @@ impl MaskTree {
             self.0.insert((*first).to_owned(), None);
             return;
         }
-        match self
+        // `None` was asked for whole already.
+        if let Some(inner) = self
             .0
             .entry((*first).to_owned())
             .or_insert(Some(MaskTree::default()))
         {
-            Some(inner) => inner.insert(rest),
-            None => {} // asked for whole already
+            inner.insert(rest);
         }
     }
 

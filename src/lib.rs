@@ -118,6 +118,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod documents;

@@ -156,6 +156,8 @@ impl Backend {
             Mode::Local => vec!["--data-dir", self.data.arg()],
             Mode::Nats => vec!["--queue", &url, "--queue-stream", &self.stream],
         };
+        // The receivers are on loopback, which webhooks may not reach unless allowed.
+        args.extend(["--webhook-allow", "127.0.0.1"]);
         args.extend_from_slice(extra);
         Server::start(&args)
     }
@@ -421,7 +423,14 @@ fn a_4xx_is_not_retried(mode: Mode) {
 fn a_full_queue_answers_503_and_delayed_jobs_wait() {
     let data = DataDir::new("jobs-full");
     let receiver = Receiver::start(200);
-    let server = Server::start(&["--data-dir", data.arg(), "--queue-capacity", "2"]);
+    let server = Server::start(&[
+        "--data-dir",
+        data.arg(),
+        "--queue-capacity",
+        "2",
+        "--webhook-allow",
+        "127.0.0.1",
+    ]);
     let mut conn = server.connect();
     let body = webhook_body(&receiver, "{}");
     // Runs at once, so it leaves the queue for a worker.
@@ -627,6 +636,8 @@ fn an_attempt_past_its_visibility_timeout_runs_again() {
     let receiver = Receiver::start(200);
     receiver.hold.store(true, Ordering::SeqCst);
     let server = Server::start(&[
+        "--webhook-allow",
+        "127.0.0.1",
         "--data-dir",
         data.arg(),
         "--workers",

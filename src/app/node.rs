@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::Auth;
 use crate::config::Values;
 use crate::documents::DataShared;
 use crate::limit::Limiter;
@@ -23,6 +24,8 @@ pub struct Node {
     pub values: Values,
     /// The rate limiter, when one is configured.
     pub limiter: Option<Arc<Limiter>>,
+    /// Authentication and per-route authorization, when configured.
+    pub auth: Option<Arc<Auth>>,
     /// The static file index, when `--static-dir` is set.
     pub statics: Option<Arc<Index>>,
     /// The job system, when `--data-dir` or `--queue` is set.
@@ -43,6 +46,9 @@ impl Node {
         let mut text = self.metrics.render();
         if let Some(limiter) = &self.limiter {
             self.metrics.render_rate_limit(limiter, &mut text);
+        }
+        if let Some(auth) = &self.auth {
+            self.metrics.render_auth(auth.reload_counts(), &mut text);
         }
         if let Some(queues) = &self.queues {
             queues.render_metrics(&mut text);

@@ -8,12 +8,13 @@ use super::blocking::Pool;
 use super::ctx::{Call, Ctx, Deferred, Reply, Request};
 use super::router::{Match, Router};
 use super::Handler;
+use crate::auth::{Auth, AuthError, CredentialCache};
 use crate::documents::{DataMsg, Gathered};
 use crate::http::date::DateCache;
 use crate::http::response::{render_refusal, FileBody};
 use crate::http::{Head, HttpError, Persistence, Response, Version};
 use crate::limit::{Limiter, Outcome};
-use crate::metrics::CoreMetrics;
+use crate::metrics::{AuthDecision, CoreMetrics};
 use crate::net::{
     Awaiting, ConnEvent, ConnId, Handled, Mailbox, OutboundCompletion, OutboundIo, Service,
 };
@@ -58,6 +59,9 @@ fn persistence(keep_alive: bool, version: Version) -> Persistence {
 pub struct AppService<S: 'static> {
     router: Router<Handler<S>>,
     limiter: Option<Arc<Limiter>>,
+    auth: Option<Arc<Auth>>,
+    /// Credentials this core verified, so a request does not verify them again.
+    credentials: CredentialCache,
     statics: Option<Arc<Index>>,
     /// The metrics series of static files: right after the router's.
     statics_route: usize,
@@ -69,6 +73,8 @@ pub struct AppService<S: 'static> {
     blocking: Pool,
     /// Deferred answers ready to be written.
     ready: Vec<(ConnId, Answer)>,
+    /// The refusal of a limited request (kept, so refusing allocates nothing).
+    limited: HttpError,
 }
 
 impl<S: 'static> AppService<S> {
@@ -83,6 +89,8 @@ impl<S: 'static> AppService<S> {
             statics_route: router.len(),
             router,
             limiter: node.limiter.clone(),
+            auth: node.auth.clone(),
+            credentials: CredentialCache::default(),
             statics: node.statics.clone(),
             metrics: node.metrics.recorder(ctx.core()),
             ctx,
@@ -90,6 +98,9 @@ impl<S: 'static> AppService<S> {
             mailboxes,
             blocking,
             ready: Vec::new(),
+            limited: HttpError::RateLimited {
+                retry_after_secs: 0,
+            },
         }
     }
 
@@ -238,41 +249,67 @@ impl<S: 'static> Service for AppService<S> {
         out: &mut Vec<u8>,
     ) -> bool {
         headers.clear();
-        let Some(limiter) = &self.limiter else {
-            return true;
+        // Who is asking comes first: the principal may be the rate limiter's key.
+        let identity = match &self.auth {
+            None => Ok(None),
+            Some(auth) => auth.check(
+                head.method,
+                head.path,
+                head.headers,
+                &mut self.credentials,
+                now,
+            ),
         };
-        let Some(verdict) = limiter.check(head.method, head.path, head.headers, peer, now) else {
-            return true;
-        };
-        self.metrics.rate_limit(verdict.outcome);
-        match verdict.outcome {
+        if self.auth.is_some() {
+            self.metrics.auth(match &identity {
+                Ok(Some(_)) => AuthDecision::Verified,
+                Ok(None) => AuthDecision::Anonymous,
+                Err(AuthError::Missing) => AuthDecision::Missing,
+                Err(AuthError::Invalid(_)) => AuthDecision::Invalid,
+                Err(AuthError::Forbidden { .. }) => AuthDecision::Forbidden,
+            });
+        }
+        let principal = identity
+            .as_ref()
+            .ok()
+            .copied()
+            .flatten()
+            .map(|v| v.principal);
+        let verdict = self.limiter.as_ref().and_then(|limiter| {
+            limiter.check(head.method, head.path, head.headers, peer, principal, now)
+        });
+        if let (Some(verdict), Some(limiter)) = (&verdict, &self.limiter) {
+            self.metrics.rate_limit(verdict.outcome);
             // Shadow mode changes nothing a client can see.
-            Outcome::ShadowLimited => true,
-            Outcome::Allowed | Outcome::Overflow => {
-                limiter.write_headers(&verdict, headers);
-                true
-            }
-            Outcome::Limited => {
-                limiter.write_headers(&verdict, headers);
-                // A limited request's body is never read: with one, the connection closes.
-                let keep_alive = bodiless && head.keep_alive && !self.is_draining();
-                let mut response = Response::new(
-                    out,
-                    self.date.get(),
-                    head.method == "HEAD",
-                    persistence(keep_alive, head.version),
-                )
-                .with_extra_headers(headers);
-                response.error(
-                    &HttpError::RateLimited {
-                        retry_after_secs: verdict.retry_after_secs,
-                    },
-                    &mut self.ctx.scratch,
-                );
-                self.metrics.request(None, 429);
-                false
+            if verdict.outcome != Outcome::ShadowLimited {
+                limiter.write_headers(verdict, headers);
             }
         }
+        let refusal: Option<&dyn crate::http::ApiError> = match (&verdict, &identity) {
+            (Some(verdict), _) if verdict.outcome == Outcome::Limited => {
+                self.limited = HttpError::RateLimited {
+                    retry_after_secs: verdict.retry_after_secs,
+                };
+                Some(&self.limited)
+            }
+            (_, Err(error)) => Some(error as &AuthError),
+            _ => None,
+        };
+        let Some(error) = refusal else {
+            return true;
+        };
+        // A refused request's body is never read: with one, the connection closes.
+        let keep_alive = bodiless && head.keep_alive && !self.ctx.node.is_draining();
+        let mut response = Response::new(
+            out,
+            self.date.get(),
+            head.method == "HEAD",
+            persistence(keep_alive, head.version),
+        )
+        .with_extra_headers(headers);
+        response.error(error, &mut self.ctx.scratch);
+        self.metrics.request(None, error.status());
+        false
     }
 
     fn handle(

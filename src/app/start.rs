@@ -12,6 +12,7 @@ use super::ctx::Ctx;
 use super::node::Node;
 use super::service::{AppService, CoreMsg};
 use super::App;
+use crate::auth::Auth;
 use crate::config::{self, Config, ConfigError, Values};
 use crate::documents::{DataShared, Plane, PlaneCounters};
 use crate::limit::Limiter;
@@ -66,7 +67,7 @@ impl<S: 'static> App<S> {
         let mut kinds = self.kinds.clone();
         if self.builtin_kinds {
             if let Some(options) = &config.queues {
-                kinds.extend(JobKinds::builtin(&options.kind_options()));
+                kinds.extend(JobKinds::builtin(&options.kind_options()).map_err(ServeError::App)?);
             }
         }
         let kinds = JobKinds::new(kinds).map_err(ServeError::App)?;
@@ -77,6 +78,14 @@ impl<S: 'static> App<S> {
         if let Some(limiter) = &limiter {
             limiter.start_sweeper()?;
         }
+        let auth = match &config.auth {
+            Some(options) => {
+                let auth = Auth::new(options.clone())?;
+                auth.start_watcher()?;
+                Some(auth)
+            }
+            None => None,
+        };
         let statics = match &config.statics {
             Some(options) => {
                 let index = Index::build(options.clone()).map_err(|source| ServeError::Static {
@@ -134,6 +143,7 @@ impl<S: 'static> App<S> {
             routes: self.routes(),
             values,
             limiter,
+            auth,
             statics,
             queues,
             data: Some(Arc::clone(&data)),
@@ -199,6 +209,16 @@ impl<S: 'static> App<S> {
         dir: &std::path::Path,
         limiter: Option<Arc<Limiter>>,
     ) -> Result<(AppService<S>, crossbeam_channel::Receiver<CoreMsg<S>>), String> {
+        self.standalone_core_with(dir, limiter, None)
+    }
+
+    /// [`Self::standalone_core`] with authentication.
+    pub fn standalone_core_with(
+        self,
+        dir: &std::path::Path,
+        limiter: Option<Arc<Limiter>>,
+        auth: Option<Arc<Auth>>,
+    ) -> Result<(AppService<S>, crossbeam_channel::Receiver<CoreMsg<S>>), String> {
         let (mailbox, inbox) =
             crate::net::Mailbox::<CoreMsg<S>>::detached().map_err(|e| e.to_string())?;
         let (plane, data) = Plane::standalone(
@@ -216,6 +236,7 @@ impl<S: 'static> App<S> {
             routes: self.routes(),
             values: Values::default(),
             limiter,
+            auth,
             statics: None,
             queues: None,
             data: Some(data),
@@ -245,6 +266,14 @@ impl<S: 'static> App<S> {
         );
         println!("{}", server.store_line);
         println!("{}", server.steering);
+        let keeps_data = config.store.dir.is_some()
+            || matches!(config.store.backend, crate::store::Backend::Postgres(_));
+        if config.auth.is_none() && (keeps_data || config.queues.is_some()) {
+            println!(
+                "{name}: warning: no authentication is configured, so anyone who can reach {} can write documents and submit jobs (see --auth-keys)",
+                server.addr
+            );
+        }
         let _ = io::stdout().flush();
         let signal = runtime::wait_for_signal(&signals, None);
         let signal = if signal == Some(libc::SIGINT) {

@@ -21,8 +21,9 @@ use clap::{Arg, ArgMatches};
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::auth::{AuthOptions, JwtOptions, RuleSpec};
 use crate::http::parse::Limits;
-use crate::limit::{Cidr, PathPattern, Policy, Rate, RouteRule, Rules};
+use crate::limit::{Cidr, KeySource, PathPattern, Policy, Rate, RouteRule, Rules};
 use crate::queue::nats::NatsOptions;
 use crate::queue::QueueOptions;
 use crate::runtime::cpu;
@@ -61,7 +62,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 /// Keys of the file that are not options: the `[rate_limit]` table's own.
-const FILE_ONLY_KEYS: &[&str] = &["rate_limit.exempt", "rate_limit.routes"];
+const FILE_ONLY_KEYS: &[&str] = &["rate_limit.exempt", "rate_limit.routes", "auth.rules"];
 
 /// Every option of percore, in `--help` order.
 pub fn builtin() -> &'static [&'static dyn AnyOpt] {
@@ -104,7 +105,7 @@ pub fn from_matches(
         None => toml::Table::new(),
     };
     let values = registry.resolve(matches, path.map(|p| (p.as_path(), &file)))?;
-    let config = Config::from_values(&values, file.get("rate_limit"), reserved_routes)?;
+    let config = Config::from_values(&values, &file, reserved_routes)?;
     Ok((config, values))
 }
 
@@ -118,7 +119,7 @@ pub fn from_file_text(text: &str) -> Result<Config, ConfigError> {
     let file = parse_file(text, path, &registry)?;
     let matches = serve_command(&[])?.try_get_matches_from(["percore"])?;
     let values = registry.resolve(&matches, Some((path, &file)))?;
-    Config::from_values(&values, file.get("rate_limit"), &[])
+    Config::from_values(&values, &file, &[])
 }
 
 /// Parses a `serve` command line (`argv[0]` is the program's name) with percore's options and `extra`.
@@ -156,6 +157,8 @@ pub struct Config {
     pub limits: Limits,
     /// `None` when no rate limit is configured.
     pub rate_limit: Option<Rules>,
+    /// `None` unless an API keys file or a JWT key is configured.
+    pub auth: Option<AuthOptions>,
     /// `None` unless `static_dir` is set.
     pub statics: Option<StaticOptions>,
     /// `None` unless `data_dir` or `queue` is set.
@@ -171,13 +174,15 @@ impl Config {
 
     /// Builds the configuration from resolved options, checking what spans several of them.
     ///
-    /// `rate_limit` is the file's `[rate_limit]` table (for its `exempt` and
-    /// `routes`); `reserved_routes` are the route patterns a static prefix may not hide.
+    /// `file` is the config file (for the `exempt` and `routes` of its
+    /// `[rate_limit]` table and the `rules` of its `[auth]` table);
+    /// `reserved_routes` are the route patterns a static prefix may not hide.
     pub fn from_values(
         values: &Values,
-        rate_limit: Option<&toml::Value>,
+        file: &toml::Table,
         reserved_routes: &[&str],
     ) -> Result<Self, ConfigError> {
+        let rate_limit = file.get("rate_limit");
         let cpus = values.get(&o::CPUS).unwrap_or_else(cpu::allowed_cpus);
         let cpus = match values.get(&o::CORES) {
             Some(cores) if cores > cpus.len() => {
@@ -292,7 +297,21 @@ impl Config {
                 options.retry_base = values.get(&o::JOB_RETRY_BASE);
                 options.visibility_timeout = values.get(&o::JOB_VISIBILITY_TIMEOUT);
                 options.webhook_timeout = values.get(&o::WEBHOOK_TIMEOUT);
-                options.webhook_secret = values.get(&o::WEBHOOK_SECRET);
+                options.webhook_secret = match (
+                    values.get(&o::WEBHOOK_SECRET),
+                    values.get(&o::WEBHOOK_SECRET_FILE),
+                ) {
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            "webhook_secret_file",
+                            "set --webhook-secret or --webhook-secret-file, not both",
+                        ))
+                    }
+                    (secret, from_file) => secret.or(from_file),
+                };
+                options.webhook_ca = values.get(&o::WEBHOOK_CA);
+                options.webhook_allow = values.get(&o::WEBHOOK_ALLOW).unwrap_or_default();
+                options.email_allow_domains = values.get(&o::EMAIL_ALLOW_DOMAIN);
                 options.retention = values.get(&o::JOB_RETENTION);
                 options.compact_above = values.get(&o::JOB_LOG_COMPACT_ABOVE);
                 options.smtp = values.get(&o::SMTP);
@@ -316,11 +335,112 @@ impl Config {
                 max_headers: values.get(&o::MAX_HEADERS),
             },
             rate_limit: rate_limit_rules(values, rate_limit)?,
+            auth: auth_options(values, file.get("auth"))?,
             statics,
             queues,
             store,
         })
     }
+}
+
+/// What the `[auth]` table holds besides options: the authorization rules.
+#[derive(Debug, Default, Deserialize)]
+struct AuthFile {
+    #[serde(default)]
+    rules: Vec<AuthRuleFile>,
+}
+
+/// One `[[auth.rules]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthRuleFile {
+    method: Option<String>,
+    path: String,
+    require: String,
+}
+
+/// Authentication from the options and the file's `[auth]` table; `None`
+/// when no credential can be verified (then nothing is checked).
+fn auth_options(
+    values: &Values,
+    table: Option<&toml::Value>,
+) -> Result<Option<AuthOptions>, ConfigError> {
+    let file: AuthFile = match table {
+        None => AuthFile::default(),
+        Some(value) => value
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid("auth", e.message().to_owned()))?,
+    };
+    let mut rules = Vec::new();
+    for rule in file.rules {
+        let path = PathPattern::parse(&rule.path).ok_or_else(|| {
+            invalid(
+                "auth.rules",
+                format!(
+                    "path `{}` must start with / (`*` for one segment, a trailing * for the rest)",
+                    rule.path
+                ),
+            )
+        })?;
+        let method = rule.method.map(|m| m.to_ascii_uppercase());
+        if method
+            .as_deref()
+            .is_some_and(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(invalid(
+                "auth.rules",
+                format!("`{}`: a method is a word like GET", rule.path),
+            ));
+        }
+        let require = rule.require.trim().to_owned();
+        if require.is_empty() || require.contains(char::is_whitespace) {
+            return Err(invalid(
+                "auth.rules",
+                format!(
+                    "`{}`: require `public`, `authenticated` or one scope name",
+                    rule.path
+                ),
+            ));
+        }
+        rules.push(RuleSpec {
+            method,
+            path,
+            require,
+        });
+    }
+    let hs256_secret = values
+        .get(&o::JWT_HS256_SECRET_FILE)
+        .map(String::into_bytes);
+    let key_set = values.get(&o::JWT_KEY_SET);
+    let jwt = (hs256_secret.is_some() || key_set.is_some()).then(|| JwtOptions {
+        hs256_secret,
+        key_set,
+        issuer: values.get(&o::JWT_ISSUER),
+        audience: values.get(&o::JWT_AUDIENCE),
+        scope_claim: values.get(&o::JWT_SCOPE_CLAIM),
+    });
+    let keys_file = values.get(&o::AUTH_KEYS);
+    if keys_file.is_none() && jwt.is_none() {
+        if !rules.is_empty() {
+            return Err(invalid(
+                "auth.rules",
+                "rules need credentials to check: set --auth-keys, --jwt-hs256-secret-file or --jwt-key-set",
+            ));
+        }
+        if values.get(&o::RATE_LIMIT_KEY) == KeySource::Principal {
+            return Err(invalid(
+                "rate_limit_key",
+                "`principal` needs authentication: set --auth-keys, --jwt-hs256-secret-file or --jwt-key-set",
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(AuthOptions {
+        keys_file,
+        jwt,
+        rules,
+    }))
 }
 
 /// What the `[rate_limit]` table holds besides options: exemptions and per-route rules.

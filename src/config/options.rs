@@ -20,9 +20,17 @@ pub const RATE_LIMITING: &str = "Rate limiting";
 pub const STATIC_FILES: &str = "Static files";
 pub const DOCUMENTS: &str = "Documents";
 pub const JOBS: &str = "Jobs";
+pub const AUTHENTICATION: &str = "Authentication";
 
 /// The sections of percore's options, in the order of `--help` and the README.
-pub const SECTIONS: &[&str] = &[SERVER, RATE_LIMITING, STATIC_FILES, DOCUMENTS, JOBS];
+pub const SECTIONS: &[&str] = &[
+    SERVER,
+    RATE_LIMITING,
+    STATIC_FILES,
+    DOCUMENTS,
+    JOBS,
+    AUTHENTICATION,
+];
 
 fn count(text: &str, min: usize, max: usize) -> Result<usize, String> {
     whole_number_in(text, min, max)
@@ -182,9 +190,12 @@ pub const BURST: Opt<u64, Optional> = Opt::new(
 
 pub const RATE_LIMIT_KEY: Opt<KeySource> = Opt::new(
     "rate_limit_key",
-    "ip|header:NAME",
-    "What a client is: its address, or a header such as an API key (requests without it fall back to the address).",
-    |text| KeySource::parse(text).ok_or_else(|| format!("`{text}` is not `ip` or `header:NAME`")),
+    "ip|header:NAME|principal",
+    "What a client is: its address, a header, or the authenticated principal (requests without one fall back to the address).",
+    |text| {
+        KeySource::parse(text)
+            .ok_or_else(|| format!("`{text}` is not `ip`, `header:NAME` or `principal`"))
+    },
 )
 .default("ip")
 .toml_key("rate_limit.key")
@@ -573,6 +584,151 @@ pub const SMTP_FROM: Opt<String> = Opt::new(
 .default("percore@localhost")
 .section(JOBS);
 
+fn file_path(text: &str) -> Result<PathBuf, String> {
+    if text.trim().is_empty() {
+        return Err("a file path is needed".into());
+    }
+    Ok(PathBuf::from(text))
+}
+
+/// A secret read from a file (argv and the environment are visible to
+/// other users of the host); one trailing newline is not part of it.
+pub fn secret_from_file(text: &str) -> Result<String, String> {
+    let secret = std::fs::read_to_string(text)
+        .map_err(|e| format!("cannot read the secret file {text}: {e}"))?;
+    let secret = secret.strip_suffix('\n').unwrap_or(&secret);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        return Err(format!("the secret file {text} is empty"));
+    }
+    Ok(secret.to_owned())
+}
+
+pub const WEBHOOK_SECRET_FILE: Opt<String, Optional> = Opt::new(
+    "webhook_secret_file",
+    "FILE",
+    "--webhook-secret read from a file, so it is not on the command line.",
+    secret_from_file,
+)
+.unset("unsigned")
+.secret()
+.section(JOBS);
+
+pub const WEBHOOK_CA: Opt<PathBuf, Optional> = Opt::new(
+    "webhook_ca",
+    "FILE",
+    "PEM file of the CA certificates https webhook receivers are verified against.",
+    file_path,
+)
+.unset("the system's roots")
+.section(JOBS);
+
+pub const WEBHOOK_ALLOW: Opt<Vec<Cidr>, Optional> = Opt::new(
+    "webhook_allow",
+    "CIDR",
+    "A network webhooks may reach although it is loopback, private, link-local or otherwise internal (refused by default).",
+    |text| {
+        items(text)
+            .map(|item| {
+                Cidr::parse(item).ok_or_else(|| {
+                    format!("`{item}` is not an address or a network like 10.0.0.0/8")
+                })
+            })
+            .collect()
+    },
+)
+.list()
+.unset("none: internal addresses are refused")
+.section(JOBS);
+
+pub const EMAIL_ALLOW_DOMAIN: Opt<Vec<String>, Optional> = Opt::new(
+    "email_allow_domain",
+    "DOMAIN",
+    "A domain e-mail jobs may send to (repeatable); a recipient elsewhere is refused with 400.",
+    |text| {
+        items(text)
+            .map(|item| {
+                let domain = item.trim().trim_start_matches('@').to_ascii_lowercase();
+                let valid = !domain.is_empty()
+                    && domain
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                if valid {
+                    Ok(domain)
+                } else {
+                    Err(format!("`{item}` is not a domain like example.com"))
+                }
+            })
+            .collect()
+    },
+)
+.list()
+.unset("any domain")
+.section(JOBS);
+
+// Authentication: the keys of the file's `[auth]` table.
+
+pub const AUTH_KEYS: Opt<PathBuf, Optional> = Opt::new(
+    "auth_keys",
+    "FILE",
+    "API keys file (TOML: name, sha256 of the key, scopes), read again when it changes.",
+    file_path,
+)
+.unset("no API keys")
+.toml_key("auth.keys")
+.section(AUTHENTICATION);
+
+pub const JWT_HS256_SECRET_FILE: Opt<String, Optional> = Opt::new(
+    "jwt_hs256_secret_file",
+    "FILE",
+    "File holding the HS256 secret bearer tokens are signed with.",
+    secret_from_file,
+)
+.unset("HS256 tokens refused")
+.secret()
+.toml_key("auth.jwt_hs256_secret_file")
+.section(AUTHENTICATION);
+
+pub const JWT_KEY_SET: Opt<PathBuf, Optional> = Opt::new(
+    "jwt_key_set",
+    "FILE",
+    "JWK set (JSON) of the RS256 / ES256 public keys bearer tokens are signed with, read again when it changes.",
+    file_path,
+)
+.unset("RS256 and ES256 tokens refused")
+.toml_key("auth.jwt_key_set")
+.section(AUTHENTICATION);
+
+pub const JWT_ISSUER: Opt<String, Optional> = Opt::new(
+    "jwt_issuer",
+    "ISS",
+    "The `iss` every bearer token must carry.",
+    text,
+)
+.unset("not checked")
+.toml_key("auth.jwt_issuer")
+.section(AUTHENTICATION);
+
+pub const JWT_AUDIENCE: Opt<String, Optional> = Opt::new(
+    "jwt_audience",
+    "AUD",
+    "The `aud` every bearer token must name.",
+    text,
+)
+.unset("not checked")
+.toml_key("auth.jwt_audience")
+.section(AUTHENTICATION);
+
+pub const JWT_SCOPE_CLAIM: Opt<String> = Opt::new(
+    "jwt_scope_claim",
+    "CLAIM",
+    "The token claim holding its scopes: a space-separated string or an array.",
+    text,
+)
+.default("scope")
+.toml_key("auth.jwt_scope_claim")
+.section(AUTHENTICATION);
+
 /// Every option of percore, in `--help` order.
 pub static ALL: &[&dyn AnyOpt] = &[
     &LISTEN,
@@ -624,4 +780,14 @@ pub static ALL: &[&dyn AnyOpt] = &[
     &QUEUE_STREAM,
     &SMTP,
     &SMTP_FROM,
+    &WEBHOOK_SECRET_FILE,
+    &WEBHOOK_CA,
+    &WEBHOOK_ALLOW,
+    &EMAIL_ALLOW_DOMAIN,
+    &AUTH_KEYS,
+    &JWT_HS256_SECRET_FILE,
+    &JWT_KEY_SET,
+    &JWT_ISSUER,
+    &JWT_AUDIENCE,
+    &JWT_SCOPE_CLAIM,
 ];

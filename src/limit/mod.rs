@@ -114,13 +114,16 @@ impl Limiter {
     }
 
     /// Checks a request against its policy; `None` when no policy applies
-    /// (an exempt route or client, or no default policy).
+    /// (an exempt route or client, or no default policy). `principal` is
+    /// the authenticated caller's hash, used when the key is
+    /// [`KeySource::Principal`].
     pub fn check(
         &self,
         method: &str,
         path: &str,
         headers: &[Header<'_>],
         peer: Option<IpAddr>,
+        principal: Option<u64>,
         now: Instant,
     ) -> Option<Verdict> {
         let (policy, cost) = policy::policy_for(&self.rules, method, path)?;
@@ -130,19 +133,33 @@ impl Limiter {
                 return None;
             }
         }
-        let key = self.key(policy, headers, ip);
+        let key = self.key(policy, headers, ip, principal);
         Some(self.check_key(policy, key, cost, now))
     }
 
-    fn key(&self, policy: usize, headers: &[Header<'_>], ip: Option<IpAddr>) -> u64 {
+    fn key(
+        &self,
+        policy: usize,
+        headers: &[Header<'_>],
+        ip: Option<IpAddr>,
+        principal: Option<u64>,
+    ) -> u64 {
         let mut hasher = self.key_hasher.build_hasher();
         hasher.write_usize(policy);
-        if let KeySource::Header(name) = &self.rules.key {
-            if let Some(h) = headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)) {
-                hasher.write_u8(1);
-                hasher.write(h.value);
+        match (&self.rules.key, principal) {
+            (KeySource::Header(name), _) => {
+                if let Some(h) = headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)) {
+                    hasher.write_u8(1);
+                    hasher.write(h.value);
+                    return hasher.finish();
+                }
+            }
+            (KeySource::Principal, Some(principal)) => {
+                hasher.write_u8(2);
+                hasher.write_u64(principal);
                 return hasher.finish();
             }
+            _ => {}
         }
         match ip {
             Some(IpAddr::V4(v4)) => {

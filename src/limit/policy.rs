@@ -63,6 +63,13 @@ pub enum PathPattern {
     Exact(String),
     /// Written `/v1/jobs/*`: the path starts with `/v1/jobs/`.
     Prefix(String),
+    /// Written with `*` for whole segments, e.g. `/v1/jobs/*/redrive`: each
+    /// `*` segment matches any one segment; with `rest`, a trailing `*`
+    /// matches whatever follows.
+    Segments {
+        segments: Vec<Option<String>>,
+        rest: bool,
+    },
 }
 
 impl PathPattern {
@@ -70,16 +77,44 @@ impl PathPattern {
         if !text.starts_with('/') {
             return None;
         }
-        Some(match text.strip_suffix('*') {
-            Some(prefix) => Self::Prefix(prefix.to_owned()),
-            None => Self::Exact(text.to_owned()),
+        let (head, rest) = match text.strip_suffix('*') {
+            Some(prefix) => (prefix, true),
+            None => (text, false),
+        };
+        if head.split('/').any(|segment| segment == "*") {
+            let head = head.strip_suffix('/').unwrap_or(head);
+            let segments = head[1..]
+                .split('/')
+                .map(|s| (s != "*").then(|| s.to_owned()))
+                .collect();
+            return Some(Self::Segments { segments, rest });
+        }
+        Some(if rest {
+            Self::Prefix(head.to_owned())
+        } else {
+            Self::Exact(text.to_owned())
         })
     }
 
-    fn matches(&self, path: &str) -> bool {
+    pub fn matches(&self, path: &str) -> bool {
         match self {
             Self::Exact(p) => p == path,
             Self::Prefix(p) => path.starts_with(p.as_str()),
+            Self::Segments { segments, rest } => {
+                let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
+                for segment in segments {
+                    match (parts.next(), segment) {
+                        (None, _) => return false,
+                        (Some(part), Some(literal)) if part != literal => return false,
+                        (Some(""), None) => return false,
+                        _ => {}
+                    }
+                }
+                match parts.next() {
+                    None => true,
+                    Some(_) => *rest,
+                }
+            }
         }
     }
 }
@@ -153,12 +188,16 @@ pub enum KeySource {
     Ip,
     /// A header such as an API key; requests without it fall back to the client address.
     Header(String),
+    /// The authenticated principal (an API key's name, a token's issuer
+    /// and subject); anonymous requests fall back to the client address.
+    Principal,
 }
 
 impl KeySource {
     pub fn parse(text: &str) -> Option<Self> {
         match text.trim() {
             "ip" => Some(Self::Ip),
+            "principal" => Some(Self::Principal),
             other => {
                 let name = other.strip_prefix("header:")?.trim();
                 let valid = !name.is_empty()
@@ -217,7 +256,7 @@ pub(crate) fn policy_for(rules: &Rules, method: &str, path: &str) -> Option<(usi
 }
 
 /// Percent-decodes for matching only; an invalid escape stays as it is.
-fn percent_decode_lossy(path: &str) -> String {
+pub(crate) fn percent_decode_lossy(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -323,6 +362,26 @@ mod tests {
             name,
             value: value.as_bytes(),
         }
+    }
+
+    #[test]
+    fn path_patterns_with_segment_wildcards() {
+        let redrive = PathPattern::parse("/v1/jobs/*/redrive").unwrap();
+        assert!(redrive.matches("/v1/jobs/42/redrive"));
+        assert!(!redrive.matches("/v1/jobs/42"));
+        assert!(!redrive.matches("/v1/jobs//redrive"));
+        assert!(!redrive.matches("/v1/jobs/42/redrive/x"));
+        let under = PathPattern::parse("/v1/*/items/*").unwrap();
+        assert!(under.matches("/v1/a/items/b/c"));
+        assert!(!under.matches("/v1/a/other/b"));
+        assert_eq!(
+            PathPattern::parse("/v1/jobs/*"),
+            Some(PathPattern::Prefix("/v1/jobs/".into()))
+        );
+        assert_eq!(
+            PathPattern::parse("/json"),
+            Some(PathPattern::Exact("/json".into()))
+        );
     }
 
     #[test]

@@ -28,6 +28,23 @@ fn decision_slot(outcome: Outcome) -> usize {
     }
 }
 
+/// What authentication decided of a request, for `percore_auth_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// A valid credential with what the route needs.
+    Verified,
+    /// No credential, on a public route.
+    Anonymous,
+    /// 401: none where one is needed.
+    Missing,
+    /// 401: a credential that failed verification.
+    Invalid,
+    /// 403: a valid credential without the route's scope.
+    Forbidden,
+}
+
+const AUTH_DECISIONS: [&str; 5] = ["verified", "anonymous", "missing", "invalid", "forbidden"];
+
 const FIRST_STATUS: usize = 100;
 const STATUS_SLOTS: usize = 500;
 /// Latencies are recorded in nanoseconds, up to a minute, to two significant digits.
@@ -60,6 +77,8 @@ struct CoreShared {
     timed_out: AtomicU64,
     /// Rate-limit decisions, indexed by [`decision_slot`].
     rate_limit: [AtomicU64; 4],
+    /// Authentication decisions, indexed by [`AuthDecision`].
+    auth: [AtomicU64; 5],
     latency: Mutex<Vec<Histogram<u64>>>,
 }
 
@@ -85,6 +104,7 @@ impl Registry {
                     refused: AtomicU64::new(0),
                     timed_out: AtomicU64::new(0),
                     rate_limit: std::array::from_fn(|_| AtomicU64::new(0)),
+                    auth: std::array::from_fn(|_| AtomicU64::new(0)),
                     latency: Mutex::new(routes.iter().map(|_| new_latency_histogram()).collect()),
                 })
             })
@@ -116,6 +136,36 @@ impl Registry {
             .filter_map(|c| c.requests_by_status.get(slot))
             .map(|c| c.load(Relaxed))
             .sum()
+    }
+
+    /// Appends authentication's decisions by core, and the reloads of its
+    /// files taken and refused.
+    pub fn render_auth(&self, reloads: (u64, u64), out: &mut String) {
+        out.push_str("# HELP percore_auth_decisions_total Authentication decisions, by io core.\n");
+        out.push_str("# TYPE percore_auth_decisions_total counter\n");
+        for (core, shared) in self.cores.iter().enumerate() {
+            for (slot, decision) in AUTH_DECISIONS.iter().enumerate() {
+                let count = shared.auth[slot].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "percore_auth_decisions_total{{core=\"{core}\",decision=\"{decision}\"}} {count}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP percore_auth_reloads_total Reloads of the keys file or key set, by result.\n",
+        );
+        out.push_str("# TYPE percore_auth_reloads_total counter\n");
+        let _ = writeln!(
+            out,
+            "percore_auth_reloads_total{{result=\"loaded\"}} {}",
+            reloads.0
+        );
+        let _ = writeln!(
+            out,
+            "percore_auth_reloads_total{{result=\"refused\"}} {}",
+            reloads.1
+        );
     }
 
     /// Appends the rate limiter's decisions by core, its table size and evictions.
@@ -321,6 +371,11 @@ impl CoreMetrics {
     /// Counts one rate-limit decision.
     pub fn rate_limit(&self, outcome: Outcome) {
         bump(&self.shared.rate_limit[decision_slot(outcome)], 1);
+    }
+
+    /// Counts one authentication decision.
+    pub fn auth(&self, decision: AuthDecision) {
+        bump(&self.shared.auth[decision as usize], 1);
     }
 
     pub fn connection_timed_out(&self) {

@@ -4,12 +4,15 @@
 //! beside (or instead of) the built-in ones; a submission to a queue no
 //! kind is registered for is refused with 400 before anything is written.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
+
+use super::egress::{self, Egress, GuardedResolver};
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +30,12 @@ pub struct KindOptions {
     /// Key for the `X-Percore-Signature` HMAC-SHA256 of webhook bodies.
     pub webhook_secret: Option<String>,
     pub webhook_timeout: Duration,
+    /// Where webhooks may connect.
+    pub egress: Arc<Egress>,
+    /// The CA certificates https receivers are verified against; `None`: the system's.
+    pub webhook_ca: Option<PathBuf>,
+    /// The domains e-mail jobs may send to; `None`: any.
+    pub email_allow_domains: Option<Vec<String>>,
     /// The SMTP relay for `email` jobs: host and port.
     pub smtp: Option<(String, u16)>,
     /// The `From` of e-mail jobs.
@@ -99,9 +108,13 @@ impl JobKinds {
         })
     }
 
-    /// percore's own kinds: `webhook` and `email`.
-    pub fn builtin(options: &KindOptions) -> Vec<JobKind> {
-        vec![webhook_kind(options.clone()), email_kind(options.clone())]
+    /// percore's own kinds: `webhook` and `email`. `Err` when the TLS
+    /// roots of webhook receivers cannot be read.
+    pub fn builtin(options: &KindOptions) -> Result<Vec<JobKind>, String> {
+        Ok(vec![
+            webhook_kind(options.clone())?,
+            email_kind(options.clone()),
+        ])
     }
 
     fn find(&self, queue: &str) -> Option<&JobKind> {
@@ -133,13 +146,24 @@ impl JobKinds {
 }
 
 /// `webhook`: POSTs `payload` to `url`, signed with `--webhook-secret`.
-pub fn webhook_kind(options: KindOptions) -> JobKind {
+///
+/// Deliveries reach only what the egress policy allows ([`egress`]), over
+/// http or https (verified against `webhook_ca` or the system's roots).
+pub fn webhook_kind(options: KindOptions) -> Result<JobKind, String> {
+    let tls = egress::tls_config(options.webhook_ca.as_deref())?;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(options.webhook_timeout)
+        .resolver(GuardedResolver {
+            egress: Arc::clone(&options.egress),
+        })
+        .tls_config(tls)
+        .build();
     let run_options = options.clone();
-    JobKind::new(
+    Ok(JobKind::new(
         "webhook",
         move |payload| validate_builtin("webhook", payload, &options),
-        move |job| webhook(job.id, job.payload, &run_options),
-    )
+        move |job| webhook(job.id, job.payload, &agent, &run_options),
+    ))
 }
 
 /// `email`: sends `subject` and `text` to `to` through `--smtp`.
@@ -164,8 +188,18 @@ fn validate_builtin(queue: &str, payload: &Value, options: &KindOptions) -> Resu
                 .get("to")
                 .and_then(Value::as_str)
                 .ok_or("an email job needs a string `to`")?;
-            to.parse::<lettre::message::Mailbox>()
+            let mailbox = to
+                .parse::<lettre::message::Mailbox>()
                 .map_err(|e| format!("`to` is not an e-mail address: {e}"))?;
+            if let Some(domains) = &options.email_allow_domains {
+                let domain = mailbox.email.domain().to_ascii_lowercase();
+                if !domains.contains(&domain) {
+                    return Err(format!(
+                        "`to` is at {domain}, where e-mail jobs may not send (--email-allow-domain: {})",
+                        domains.join(", ")
+                    ));
+                }
+            }
             for field in ["subject", "text"] {
                 payload
                     .get(field)
@@ -179,11 +213,7 @@ fn validate_builtin(queue: &str, payload: &Value, options: &KindOptions) -> Resu
                 .get("url")
                 .and_then(Value::as_str)
                 .ok_or("a webhook job needs a string `url`")?;
-            if !url.starts_with("http://") {
-                return Err(format!(
-                    "`url` must be an http:// URL (https is not supported yet), got `{url}`"
-                ));
-            }
+            options.egress.check_url(url)?;
             if payload.get("payload").is_none() {
                 return Err("a webhook job needs a `payload` to send".into());
             }
@@ -247,7 +277,7 @@ fn email(id: u64, payload: &Value, options: &KindOptions) -> Outcome {
     }
 }
 
-fn webhook(id: u64, payload: &Value, options: &KindOptions) -> Outcome {
+fn webhook(id: u64, payload: &Value, agent: &ureq::Agent, options: &KindOptions) -> Outcome {
     let (Some(url), Some(body)) = (
         payload.get("url").and_then(Value::as_str),
         payload.get("payload"),
@@ -255,9 +285,8 @@ fn webhook(id: u64, payload: &Value, options: &KindOptions) -> Outcome {
         return Outcome::Fatal("malformed webhook payload".into());
     };
     let body = serde_json::to_vec(body).expect("JSON values serialize");
-    let agent = ureq::AgentBuilder::new()
-        .timeout(options.webhook_timeout)
-        .build();
+    // A refusal left over from an earlier delivery on this thread is not this one's.
+    egress::take_refusal();
     let mut request = agent
         .post(url)
         .set("Content-Type", "application/json")
@@ -274,7 +303,11 @@ fn webhook(id: u64, payload: &Value, options: &KindOptions) -> Outcome {
         Err(ureq::Error::Status(code, _)) => {
             Outcome::Fatal(format!("the receiver answered {code}"))
         }
-        Err(ureq::Error::Transport(error)) => Outcome::Retry(format!("could not deliver: {error}")),
+        Err(ureq::Error::Transport(error)) => match egress::take_refusal() {
+            // The destination will resolve to the same place next time: no retry.
+            Some(refusal) => Outcome::Fatal(refusal),
+            None => Outcome::Retry(format!("could not deliver: {error}")),
+        },
     }
 }
 
@@ -287,10 +320,14 @@ mod tests {
         let mut options = KindOptions {
             webhook_secret: None,
             webhook_timeout: Duration::from_secs(1),
+            egress: Arc::default(),
+            webhook_ca: None,
+            email_allow_domains: None,
             smtp: None,
             smtp_from: "percore@localhost".into(),
         };
-        let kinds = |options: &KindOptions| JobKinds::new(JobKinds::builtin(options)).unwrap();
+        let kinds =
+            |options: &KindOptions| JobKinds::new(JobKinds::builtin(options).unwrap()).unwrap();
         let validate = |queue: &str, payload: &Value, options: &KindOptions| {
             kinds(options).validate(queue, payload)
         };
@@ -304,6 +341,10 @@ mod tests {
         assert!(validate("webhook", &ftp, &options)
             .unwrap_err()
             .contains("http://"));
+        let inside = serde_json::json!({"url": "http://127.0.0.1:9/admin", "payload": 1});
+        assert!(validate("webhook", &inside, &options)
+            .unwrap_err()
+            .contains("--webhook-allow"));
         let fax = validate("fax", &serde_json::json!({}), &options).unwrap_err();
         assert!(fax.contains("no job kind `fax`; known kinds: webhook, email"));
         let mail = serde_json::json!({"to": "a@example.com", "subject": "s", "text": "t"});
@@ -316,6 +357,11 @@ mod tests {
         assert!(validate("email", &nobody, &options)
             .unwrap_err()
             .contains("`to`"));
+        options.email_allow_domains = Some(vec!["example.org".into()]);
+        let elsewhere = validate("email", &mail, &options).unwrap_err();
+        assert!(elsewhere.contains("example.com"), "{elsewhere}");
+        let allowed = serde_json::json!({"to": "A <a@Example.ORG>", "subject": "s", "text": "t"});
+        assert!(validate("email", &allowed, &options).is_ok());
     }
 
     #[test]

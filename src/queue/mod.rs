@@ -8,6 +8,7 @@
 //! `kill -9`. Workers are plain threads (pinned with `--worker-cpus`) that
 //! take jobs from a bounded channel, so a slow job never touches an io core.
 
+pub mod egress;
 mod error;
 pub mod kinds;
 pub mod log;
@@ -47,6 +48,12 @@ pub struct QueueOptions {
     pub visibility_timeout: Duration,
     pub webhook_secret: Option<String>,
     pub webhook_timeout: Duration,
+    /// Internal networks webhooks may reach (`--webhook-allow`).
+    pub webhook_allow: Vec<crate::limit::Cidr>,
+    /// CA certificates of https receivers (`--webhook-ca`); `None`: the system's.
+    pub webhook_ca: Option<std::path::PathBuf>,
+    /// Domains e-mail jobs may send to (`--email-allow-domain`); `None`: any.
+    pub email_allow_domains: Option<Vec<String>>,
     pub smtp: Option<(String, u16)>,
     pub smtp_from: String,
     /// Finished jobs are forgotten this long after they finish.
@@ -79,6 +86,11 @@ impl QueueOptions {
         KindOptions {
             webhook_secret: self.webhook_secret.clone(),
             webhook_timeout: self.webhook_timeout,
+            egress: std::sync::Arc::new(egress::Egress {
+                allow: self.webhook_allow.clone(),
+            }),
+            webhook_ca: self.webhook_ca.clone(),
+            email_allow_domains: self.email_allow_domains.clone(),
             smtp: self.smtp.clone(),
             smtp_from: self.smtp_from.clone(),
         }
@@ -96,6 +108,9 @@ impl QueueOptions {
             visibility_timeout: Duration::from_secs(60),
             webhook_secret: None,
             webhook_timeout: Duration::from_secs(10),
+            webhook_allow: Vec::new(),
+            webhook_ca: None,
+            email_allow_domains: None,
             smtp: None,
             smtp_from: "percore@localhost".into(),
             retention: Duration::from_secs(24 * 3600),

@@ -52,6 +52,8 @@ pub enum ServeError {
     Jobs { place: String, source: io::Error },
     #[error(transparent)]
     Store(#[from] crate::store::open::OpenError),
+    #[error("authentication: {0}")]
+    Auth(#[from] crate::auth::AuthSetupError),
     /// The application refused its own composition (a route or kind twice, a bad option).
     #[error("{0}")]
     App(String),

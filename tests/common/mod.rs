@@ -121,7 +121,13 @@ impl Server {
     }
 
     /// Waits for the process to exit; returns its status and everything it printed after start-up.
-    pub fn wait(mut self, timeout: Duration) -> (ExitStatus, String) {
+    pub fn wait(self, timeout: Duration) -> (ExitStatus, String) {
+        let (status, out, _) = self.wait_with_stderr(timeout);
+        (status, out)
+    }
+
+    /// [`Self::wait`], with what the process wrote to its standard error too.
+    pub fn wait_with_stderr(mut self, timeout: Duration) -> (ExitStatus, String, String) {
         let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + timeout;
         loop {
@@ -132,7 +138,11 @@ impl Server {
                     .unwrap()
                     .read_to_string(&mut out)
                     .unwrap();
-                return (status, out);
+                let mut err = String::new();
+                if let Some(mut stderr) = child.stderr.take() {
+                    let _ = stderr.read_to_string(&mut err);
+                }
+                return (status, out, err);
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
