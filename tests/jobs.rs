@@ -468,9 +468,9 @@ fn bad_submissions_are_400_and_nothing_is_queued(mode: Mode) {
         ("webhook", r#"{"payload": {}}"#, "", "`url`"),
         (
             "webhook",
-            r#"{"url": "https://x/", "payload": {}}"#,
+            r#"{"url": "ftp://x/", "payload": {}}"#,
             "",
-            "http://",
+            "https://",
         ),
         ("fax", r#"{"to": 1}"#, "", "no job kind"),
         (
@@ -758,6 +758,8 @@ fn finished_jobs_are_trimmed_and_the_log_compacted() {
         "1s",
         "--job-log-compact-above",
         "1KiB",
+        "--webhook-allow",
+        "127.0.0.1",
     ];
     let server = Server::start(&args);
     let mut conn = server.connect();
