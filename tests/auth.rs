@@ -688,3 +688,45 @@ fn a_ca_file_that_is_not_one_stops_the_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
 }
+
+#[test]
+fn operator_calls_live_on_the_admin_listener_alone() {
+    let data = DataDir::new("auth-admin");
+    let mut server = Server::start(&["--data-dir", data.arg(), "--admin-listen", "127.0.0.1:0"]);
+    let admin: SocketAddr = loop {
+        let line = server.next_line();
+        assert!(!line.is_empty(), "no line names the admin listener");
+        if let Some(rest) = line
+            .split("http://")
+            .nth(1)
+            .filter(|_| line.contains("operator calls"))
+        {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let on_admin = |method: &str, path: &str| {
+        let mut conn = common::Conn::new(admin);
+        conn.send(
+            format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        );
+        conn.response()
+    };
+    assert_eq!(on_admin("GET", "/metrics").status, 200);
+    assert!(on_admin("GET", "/metrics")
+        .text()
+        .contains("percore_requests_total"));
+    assert_eq!(on_admin("GET", "/v1/dead").status, 200);
+    // Served there: the job system itself says it has no such job.
+    let redrive = on_admin("POST", "/v1/jobs/12345/redrive");
+    assert_eq!(redrive.status, 404);
+    assert!(!redrive.text().contains("no route"), "{}", redrive.text());
+    // The public port no longer exposes them, and the admin port serves nothing else.
+    assert_eq!(server.get("/metrics").status, 404);
+    assert_eq!(server.get("/v1/dead").status, 404);
+    let hidden = server.call("POST", "/v1/jobs/12345/redrive", None);
+    assert_eq!(hidden.status, 404);
+    assert!(hidden.text().contains("no route"), "{}", hidden.text());
+    assert_eq!(server.get("/json").status, 200);
+    assert_eq!(on_admin("GET", "/json").status, 404);
+    assert_eq!(on_admin("PUT", "/v1/items/a").status, 404);
+}

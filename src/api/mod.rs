@@ -37,7 +37,7 @@ pub fn benchmarks<S>(app: App<S>) -> App<S> {
 pub fn health<S>(app: App<S>) -> App<S> {
     app.get("/healthz", healthz::<S>)
         .get("/readyz", readyz::<S>)
-        .get("/metrics", metrics::<S>)
+        .operator("GET", "/metrics", metrics::<S>)
         .get("/openapi.json", openapi::openapi::<S>)
 }
 
@@ -46,8 +46,8 @@ pub fn health<S>(app: App<S>) -> App<S> {
 pub fn jobs<S>(app: App<S>) -> App<S> {
     app.post("/v1/jobs/:queue", jobs::submit::<S>)
         .get("/v1/jobs/:id", jobs::status::<S>)
-        .post("/v1/jobs/:id/redrive", jobs::redrive::<S>)
-        .get("/v1/dead", jobs::dead_letters::<S>)
+        .operator("POST", "/v1/jobs/:id/redrive", jobs::redrive::<S>)
+        .operator("GET", "/v1/dead", jobs::dead_letters::<S>)
 }
 
 /// The document API on the sharded store: `/v1/{collection}/{key}` and scans.

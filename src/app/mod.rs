@@ -121,6 +121,19 @@ impl<S: 'static> App<S> {
         self
     }
 
+    /// Adds an operator's call (like `/metrics` or a redrive): with
+    /// `--admin-listen` it is served on the admin listener alone, and every
+    /// other route on the public one alone; without, everywhere.
+    pub fn operator(
+        mut self,
+        method: &'static str,
+        pattern: &'static str,
+        handler: Handler<S>,
+    ) -> Self {
+        self.router.add(method, pattern, handler).mark_operator();
+        self
+    }
+
     pub fn get(self, pattern: &'static str, handler: Handler<S>) -> Self {
         self.route("GET", pattern, handler)
     }

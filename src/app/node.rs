@@ -24,6 +24,8 @@ pub struct Node {
     pub values: Values,
     /// The rate limiter, when one is configured.
     pub limiter: Option<Arc<Limiter>>,
+    /// True with `--admin-listen`: operator calls are served there alone.
+    pub admin_listener: bool,
     /// Authentication and per-route authorization, when configured.
     pub auth: Option<Arc<Auth>>,
     /// The static file index, when `--static-dir` is set.

@@ -40,6 +40,9 @@ struct Route<H> {
     literal: Option<&'static str>,
     segments: Vec<Segment>,
     handler: H,
+    /// An operator's call (metrics, dead letters, redrive): served on the
+    /// admin listener alone when there is one.
+    operator: bool,
 }
 
 /// The outcome of routing one request.
@@ -102,9 +105,23 @@ impl<H> Router<H> {
             literal: (params == 0).then_some(pattern),
             segments,
             handler,
+            operator: false,
         });
         self.patterns.push(pattern);
         self
+    }
+
+    /// Marks the route added last as an operator's call.
+    pub fn mark_operator(&mut self) -> &mut Self {
+        if let Some(route) = self.routes.last_mut() {
+            route.operator = true;
+        }
+        self
+    }
+
+    /// Whether route `index` is an operator's call.
+    pub fn is_operator(&self, index: usize) -> bool {
+        self.routes.get(index).is_some_and(|r| r.operator)
     }
 
     /// Every route as `(method, pattern)`, in the order they were added.

@@ -22,6 +22,9 @@ use crate::queue::{self, Completion, JobError};
 use crate::statics::{self, Index};
 use crate::store::thread::StoreReply;
 
+/// The index of the admin listener (`--admin-listen`) on the io core that has it.
+pub const ADMIN_LISTENER: usize = 1;
+
 /// Everything another thread or core may tell an io core of an [`super::App`].
 pub enum CoreMsg<S> {
     /// The job manager's answer to a request of this core's.
@@ -215,6 +218,16 @@ impl<S: 'static> AppService<S> {
         }
     }
 
+    /// With an admin listener, operator calls are served there alone and
+    /// everything else on the public listener alone.
+    fn on_its_listener(&self, head: &Head<'_, '_>, listener: usize) -> bool {
+        let operator = match self.router.route(head.method, head.path) {
+            Match::Found { index, .. } => self.router.is_operator(index),
+            _ => false,
+        };
+        operator == (listener == ADMIN_LISTENER)
+    }
+
     /// Writes a deferred answer as the response to the request that awaited it.
     fn render(&mut self, answer: Answer, response: &mut Response<'_>) {
         match answer {
@@ -243,12 +256,27 @@ impl<S: 'static> Service for AppService<S> {
         &mut self,
         head: &Head<'_, '_>,
         peer: Option<IpAddr>,
+        listener: usize,
         now: Instant,
         bodiless: bool,
         headers: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> bool {
         headers.clear();
+        if self.ctx.node.admin_listener && !self.on_its_listener(head, listener) {
+            let mut response = Response::new(
+                out,
+                self.date.get(),
+                head.method == "HEAD",
+                persistence(bodiless && head.keep_alive, head.version),
+            );
+            let error = HttpError::NotFound {
+                path: head.path.to_owned(),
+            };
+            response.error(&error, &mut self.ctx.scratch);
+            self.metrics.request(None, 404);
+            return false;
+        }
         // Who is asking comes first: the principal may be the rate limiter's key.
         let identity = match &self.auth {
             None => Ok(None),

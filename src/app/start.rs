@@ -30,6 +30,8 @@ const EX_USAGE: u8 = 64;
 /// A running node, started by [`App::start`].
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where the operator's calls are served, with `--admin-listen`.
+    pub admin_addr: Option<SocketAddr>,
     pub node: Arc<Node>,
     cores: Cores,
     /// The document store's directory when it is a temporary one, removed at exit.
@@ -72,6 +74,13 @@ impl<S: 'static> App<S> {
         }
         let kinds = JobKinds::new(kinds).map_err(ServeError::App)?;
         let (listeners, addr, steering) = runtime::bind(config.listen, &config.cpus, config.steer)?;
+        let (admin, admin_addr) = match config.admin_listen {
+            Some(at) => {
+                let (socket, bound) = runtime::bind_admin(at)?;
+                (Some(socket), Some(bound))
+            }
+            None => (None, None),
+        };
         let mut route_names: Vec<&'static str> =
             self.routes().into_iter().map(|(_, p)| p).collect();
         let limiter = config.rate_limit.clone().map(Limiter::new);
@@ -143,6 +152,7 @@ impl<S: 'static> App<S> {
             routes: self.routes(),
             values,
             limiter,
+            admin_listener: admin_addr.is_some(),
             auth,
             statics,
             queues,
@@ -183,6 +193,7 @@ impl<S: 'static> App<S> {
             .collect();
         let cores = runtime::launch(
             listeners,
+            admin,
             &config.cpus,
             options,
             wiring,
@@ -191,6 +202,7 @@ impl<S: 'static> App<S> {
         )?;
         Ok(Server {
             addr,
+            admin_addr,
             node,
             cores,
             temporary_dir: store.temporary_dir,
@@ -236,6 +248,7 @@ impl<S: 'static> App<S> {
             routes: self.routes(),
             values: Values::default(),
             limiter,
+            admin_listener: false,
             auth,
             statics: None,
             queues: None,
@@ -266,6 +279,11 @@ impl<S: 'static> App<S> {
         );
         println!("{}", server.store_line);
         println!("{}", server.steering);
+        if let Some(admin) = server.admin_addr {
+            println!(
+                "{name}: operator calls (/metrics, dead letters, redrive) on http://{admin} alone"
+            );
+        }
         let keeps_data = config.store.dir.is_some()
             || matches!(config.store.backend, crate::store::Backend::Postgres(_));
         if config.auth.is_none() && (keeps_data || config.queues.is_some()) {

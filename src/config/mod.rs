@@ -149,6 +149,8 @@ pub struct Config {
     pub cpus: Vec<usize>,
     /// Steer each connection to the io core on the CPU that took its SYN (`--steer`).
     pub steer: bool,
+    /// Where operator calls are served alone, when set.
+    pub admin_listen: Option<SocketAddr>,
     pub max_connections_per_core: usize,
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
@@ -322,6 +324,7 @@ impl Config {
 
         Ok(Self {
             listen: values.get(&o::LISTEN),
+            admin_listen: values.get(&o::ADMIN_LISTEN),
             cpus,
             steer: values.get(&o::STEER),
             max_connections_per_core: values.get(&o::MAX_CONNECTIONS_PER_CORE),

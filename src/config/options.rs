@@ -63,6 +63,18 @@ pub const LISTEN: Opt<SocketAddr> = Opt::new(
 .default("127.0.0.1:8080")
 .section(SERVER);
 
+pub const ADMIN_LISTEN: Opt<SocketAddr, Optional> = Opt::new(
+    "admin_listen",
+    "ADDR:PORT",
+    "Serve the operator's calls (/metrics, dead letters, redrive) here alone, and not on --listen.",
+    |text| {
+        text.parse()
+            .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:9090"))
+    },
+)
+.unset("served on --listen")
+.section(SERVER);
+
 pub const CORES: Opt<usize, Optional> = Opt::new("cores", "N", "Number of io cores.", |text| {
     count(text, 1, 4096)
 })
@@ -732,6 +744,7 @@ pub const JWT_SCOPE_CLAIM: Opt<String> = Opt::new(
 /// Every option of percore, in `--help` order.
 pub static ALL: &[&dyn AnyOpt] = &[
     &LISTEN,
+    &ADMIN_LISTEN,
     &CORES,
     &CPUS,
     &STEER,

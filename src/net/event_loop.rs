@@ -72,13 +72,32 @@ impl CoreOptions {
     }
 }
 
-/// One io core: its ring, listener, connections and the service it drives.
+/// One listening socket of a core and the state of its multishot accept.
+struct Acceptor {
+    socket: Option<Socket>,
+    armed: bool,
+    /// Out of descriptors or memory: arm again at the next tick.
+    rearm: bool,
+}
+
+impl Acceptor {
+    fn new(socket: Socket) -> Self {
+        Self {
+            socket: Some(socket),
+            armed: false,
+            rearm: false,
+        }
+    }
+}
+
+/// One io core: its ring, listeners, connections and the service it drives.
 pub struct IoCore<S: Service> {
     pub(super) ring: Ring,
     buffers: BufRing,
-    listener: Option<Socket>,
-    accept_armed: bool,
-    accept_rearm: bool,
+    /// The core's listeners: index 0 is its `SO_REUSEPORT` listener; any
+    /// other ([`Self::add_listener`]) tags the connections it accepts with
+    /// its index, for the service ([`Service::admit`]).
+    acceptors: Vec<Acceptor>,
     pub(super) conns: Vec<Option<Conn>>,
     generations: Vec<u32>,
     free: Vec<u32>,
@@ -130,9 +149,7 @@ impl<S: Service> IoCore<S> {
         Ok(Self {
             ring,
             buffers,
-            listener: Some(listener),
-            accept_armed: false,
-            accept_rearm: false,
+            acceptors: vec![Acceptor::new(listener)],
             conns: Vec::new(),
             generations: Vec::new(),
             free: Vec::new(),
@@ -154,10 +171,19 @@ impl<S: Service> IoCore<S> {
         })
     }
 
+    /// Adds a listener whose connections the service sees with the
+    /// returned index (an admin port, say); it closes when the node drains.
+    pub fn add_listener(&mut self, socket: Socket) -> usize {
+        self.acceptors.push(Acceptor::new(socket));
+        self.acceptors.len() - 1
+    }
+
     /// Serves until the node drains and every connection is closed, or the grace period ends.
     /// Returns the number of connections cut at the deadline.
     pub fn run(mut self) -> io::Result<usize> {
-        self.arm_accept();
+        for listener in 0..self.acceptors.len() {
+            self.arm_accept(listener);
+        }
         self.arm_wake();
         self.arm_tick();
         loop {
@@ -183,7 +209,7 @@ impl<S: Service> IoCore<S> {
             }
             self.service.end_batch(now);
             if self.draining {
-                if self.live == 0 && !self.accept_armed {
+                if self.live == 0 && !self.acceptors.iter().any(|a| a.armed) {
                     // Other cores may still send work for this core's
                     // shards: stay until every core has no connections left.
                     if !self.drained {
@@ -205,7 +231,7 @@ impl<S: Service> IoCore<S> {
     fn complete(&mut self, data: u64, result: i32, flags: u32, now: Instant) {
         let (kind, generation, slot) = split_user_data(data);
         match kind {
-            KIND_ACCEPT => self.on_accept(result, flags, now),
+            KIND_ACCEPT => self.on_accept(slot as usize, result, flags, now),
             KIND_RECV => self.on_recv(slot, generation, result, flags, now),
             KIND_SEND => self.on_send(slot, generation, result, now),
             KIND_SPLICE_IN | KIND_SPLICE_OUT | KIND_SPLICE_POLL => {
@@ -259,15 +285,18 @@ impl<S: Service> IoCore<S> {
         unsafe { self.ring.push(entry) }
     }
 
-    fn arm_accept(&mut self) {
-        let Some(listener) = &self.listener else {
+    fn arm_accept(&mut self, listener: usize) {
+        let Some(socket) = &self.acceptors[listener].socket else {
             return;
         };
         // Non-blocking sockets: io_uring then polls one that is not ready
         // instead of parking a kernel worker thread on it.
-        let entry = ops::accept_multi(listener.as_raw_fd(), user_data(KIND_ACCEPT, 0, 0));
+        let entry = ops::accept_multi(
+            socket.as_raw_fd(),
+            user_data(KIND_ACCEPT, 0, listener as u32),
+        );
         self.push(&entry);
-        self.accept_armed = true;
+        self.acceptors[listener].armed = true;
     }
 
     fn arm_wake(&mut self) {
@@ -279,20 +308,23 @@ impl<S: Service> IoCore<S> {
         self.push(&entry);
     }
 
-    fn on_accept(&mut self, result: i32, flags: u32, now: Instant) {
+    fn on_accept(&mut self, listener: usize, result: i32, flags: u32, now: Instant) {
+        if listener >= self.acceptors.len() {
+            return;
+        }
         if !cqueue::more(flags) {
-            self.accept_armed = false;
+            self.acceptors[listener].armed = false;
             if self.draining {
-                self.listener = None;
+                self.acceptors[listener].socket = None;
             } else if result == -libc::EMFILE
                 || result == -libc::ENFILE
                 || result == -libc::ENOBUFS
                 || result == -libc::ENOMEM
             {
                 // Out of descriptors or memory: try again at the next tick rather than spin.
-                self.accept_rearm = true;
+                self.acceptors[listener].rearm = true;
             } else {
-                self.arm_accept();
+                self.arm_accept(listener);
             }
         }
         if result < 0 {
@@ -322,7 +354,8 @@ impl<S: Service> IoCore<S> {
             slot,
             generation,
         };
-        self.conns[slot as usize] = Some(Conn::new(fd, generation, Session::new(id, peer), now));
+        let session = Session::new(id, peer).via(listener);
+        self.conns[slot as usize] = Some(Conn::new(fd, generation, session, now));
         self.live += 1;
         self.service.on_connection(ConnEvent::Opened);
         // Steering (net::listener) should make the kernel hand this core only
@@ -610,9 +643,11 @@ impl<S: Service> IoCore<S> {
 
     fn on_tick(&mut self, now: Instant) {
         self.service.on_tick(now);
-        if self.accept_rearm && !self.draining {
-            self.accept_rearm = false;
-            self.arm_accept();
+        for listener in 0..self.acceptors.len() {
+            if self.acceptors[listener].rearm && !self.draining {
+                self.acceptors[listener].rearm = false;
+                self.arm_accept(listener);
+            }
         }
         let idle_timeout = self.options.idle_timeout;
         let header_timeout = self.options.header_timeout;
@@ -661,11 +696,14 @@ impl<S: Service> IoCore<S> {
         }
         self.draining = true;
         self.drain_deadline = Some(now + self.options.shutdown_grace);
-        if self.accept_armed {
-            let cancel = ops::cancel(user_data(KIND_ACCEPT, 0, 0), user_data(KIND_CANCEL, 0, 0));
-            self.push(&cancel);
-        } else {
-            self.listener = None;
+        for listener in 0..self.acceptors.len() {
+            if self.acceptors[listener].armed {
+                let accept = user_data(KIND_ACCEPT, 0, listener as u32);
+                let cancel = ops::cancel(accept, user_data(KIND_CANCEL, 0, 0));
+                self.push(&cancel);
+            } else {
+                self.acceptors[listener].socket = None;
+            }
         }
         for slot in 0..self.conns.len() as u32 {
             if self.conns[slot as usize].is_some() {

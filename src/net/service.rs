@@ -109,20 +109,24 @@ pub trait Service: 'static {
     }
 
     /// Called once a request's head is complete, before its body is read.
-    /// Writes header lines every answer to this request must carry into
-    /// `headers`. Returns false if the request is refused: the service has
-    /// written the refusal into `out`, and must close the connection unless
+    /// `listener` is the index of the core's listener that accepted the
+    /// connection (0 unless the core has more than one). Writes header
+    /// lines every answer to this request must carry into `headers`.
+    /// Returns false if the request is refused: the service has written
+    /// the refusal into `out`, and must close the connection unless
     /// `bodiless` (no body to skip) and the head asked to keep it alive.
+    #[allow(clippy::too_many_arguments)]
     fn admit(
         &mut self,
         head: &Head<'_, '_>,
         peer: Option<IpAddr>,
+        listener: usize,
         now: Instant,
         bodiless: bool,
         headers: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> bool {
-        let _ = (head, peer, now, bodiless, out);
+        let _ = (head, peer, listener, now, bodiless, out);
         headers.clear();
         true
     }

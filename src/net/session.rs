@@ -43,6 +43,8 @@ pub struct Session {
     closing: bool,
     /// The peer's address, for rate limiting.
     peer: Option<IpAddr>,
+    /// Which of the core's listeners accepted it (0: the main one).
+    listener: usize,
     /// The request in progress passed the rate limiter; its header lines.
     admitted: bool,
     rate_headers: Vec<u8>,
@@ -59,6 +61,12 @@ impl Session {
             peer,
             ..Self::default()
         }
+    }
+
+    /// The session of a connection accepted by the core's listener `listener`.
+    pub fn via(mut self, listener: usize) -> Self {
+        self.listener = listener;
+        self
     }
 
     /// True once the connection will read no more requests: close after the output is sent.
@@ -234,7 +242,15 @@ impl Session {
                 // A refused request's body is never read: without one the
                 // connection carries on, with one it closes.
                 let bodiless = head.framing == Framing::None;
-                if !service.admit(&head, self.peer, now, bodiless, &mut self.rate_headers, out) {
+                if !service.admit(
+                    &head,
+                    self.peer,
+                    self.listener,
+                    now,
+                    bodiless,
+                    &mut self.rate_headers,
+                    out,
+                ) {
                     if bodiless && head.keep_alive && !service.is_draining() {
                         used = body_start;
                         continue;

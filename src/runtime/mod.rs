@@ -103,6 +103,27 @@ pub fn bind(
     Ok((listeners, bound, steering))
 }
 
+/// Binds the admin listener (`--admin-listen`): one plain socket, served by io core 0.
+pub fn bind_admin(addr: SocketAddr) -> Result<(Socket, SocketAddr), ServeError> {
+    let bind = || -> io::Result<(Socket, SocketAddr)> {
+        let socket = Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let bound = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("the admin listener has no IP address"))?;
+        Ok((socket, bound))
+    };
+    bind().map_err(|source| ServeError::Bind { addr, source })
+}
+
 /// The running io cores.
 pub struct Cores {
     pub lifecycle: Arc<Lifecycle>,
@@ -114,6 +135,7 @@ pub struct Cores {
 /// core serves, or with the first core's failure (the others then stop).
 pub fn launch<S, B>(
     listeners: Vec<Socket>,
+    mut admin: Option<Socket>,
     cpus: &[usize],
     options: CoreOptions,
     wiring: Wiring<S::Msg>,
@@ -137,6 +159,8 @@ where
         let options = options.clone();
         let lifecycle_for_core = Arc::clone(&lifecycle);
         let ready = ready_tx.clone();
+        // The admin listener is core 0's second listener: its traffic is an operator's.
+        let extra = if core == 0 { admin.take() } else { None };
         let handle = std::thread::Builder::new()
             .name(format!("percore-io-{core}"))
             .spawn(move || {
@@ -155,7 +179,10 @@ where
                     options,
                     lifecycle_for_core,
                 ) {
-                    Ok(io_core) => {
+                    Ok(mut io_core) => {
+                        if let Some(socket) = extra {
+                            io_core.add_listener(socket);
+                        }
                         let _ = ready.send(Ok(()));
                         drop(ready);
                         io_core.run()
