@@ -89,6 +89,20 @@
 //! thread makes each batch of writes durable with one fdatasync of its
 //! core's write-ahead log ([`store::wal`]), whatever shards the batch touched.
 //!
+//! # Who may do what
+//! With an API keys file or a JWT key configured, every request is checked
+//! in [`net::Service::admit`], after its head and before its body, ahead of
+//! the rate limiter ([`auth`]): the first rule matching its method and path
+//! names the scope it needs; a missing or bad credential is a 401, a
+//! missing scope a 403. Each core caches what it verified
+//! ([`auth::cache`]), so a known key costs a hash and a compare, and no
+//! allocation. The principal can be the rate limiter's key. Operator calls
+//! can live on a listener of their own (`--admin-listen`: io core 0 accepts
+//! on it, and [`net::Service::admit`] is told which listener a connection
+//! came from). Outbound, webhooks connect only where the egress policy
+//! allows ([`queue::egress`]: internal addresses refused on the address
+//! actually connected to, https verified with rustls).
+//!
 //! # PostgreSQL shards
 //! With `--store postgres` each shard is a PostgreSQL database
 //! ([`store::pg`]). The owner core holds the shard's one connection on its

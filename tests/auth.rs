@@ -21,7 +21,10 @@ const KEYS: &[(&str, &str, &[&str])] = &[
     ("jobs", "key-jobs-77aa", &["jobs"]),
     ("admin", "key-admin-5e01", &["admin"]),
     ("reader", "key-reader-0b3f", &[]),
+    ("mailer", "key-mailer-2a6b", &["email"]),
 ];
+
+const EMAIL: &str = r#"{"to": "a@example.com", "subject": "s", "text": "t"}"#;
 
 fn sha256_hex(text: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -151,13 +154,14 @@ fn every_protected_route_checks_its_credential() {
             "jobs",
             "jobs",
         ),
+        ("POST", "/v1/jobs/email", Some(EMAIL), "email", "mailer"),
         ("GET", "/v1/jobs/1", None, "jobs", "jobs"),
         ("POST", "/v1/jobs/1/redrive", None, "admin", "admin"),
         ("GET", "/v1/dead", None, "admin", "admin"),
         ("GET", "/metrics", None, "admin", "admin"),
     ];
     let expired = jwt(json!({"sub": "svc", "exp": unix_now() - 3600,
-                             "scope": "write jobs admin"}));
+                             "scope": "write jobs admin email"}));
     for (method, path, body, scope, holder) in routes {
         let what = format!("{method} {path}");
         let none = request(server, method, path, *body, "");

@@ -211,3 +211,59 @@ fn clashes_with_built_ins_are_refused() {
         assert!(message.contains(expected), "{message}");
     }
 }
+
+#[test]
+fn authentication_and_secrets_from_files() {
+    let dir = std::env::temp_dir().join(format!("percore-config-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("hook.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let secret = secret.to_str().unwrap();
+    let data = dir.to_str().unwrap();
+    let config = resolve(&["--data-dir", data, "--webhook-secret-file", secret]).unwrap();
+    assert_eq!(
+        config.queues.unwrap().webhook_secret.as_deref(),
+        Some("s3cret"),
+        "the file's newline is not part of the secret"
+    );
+    assert!(error(&[
+        "--data-dir",
+        data,
+        "--webhook-secret-file",
+        secret,
+        "--webhook-secret",
+        "x"
+    ])
+    .contains("not both"));
+    assert!(error(&["--webhook-secret-file", "/nonexistent/secret"]).contains("cannot read"));
+    // Rules and a principal key need credentials to check.
+    assert!(error(&["--rate-limit-key", "principal"]).contains("needs authentication"));
+    assert_eq!(resolve(&[]).unwrap().auth, None);
+    let config = resolve(&["--jwt-hs256-secret-file", secret, "--jwt-issuer", "me"]).unwrap();
+    let jwt = config.auth.unwrap().jwt.unwrap();
+    assert_eq!(jwt.hs256_secret.as_deref(), Some(&b"s3cret"[..]));
+    assert_eq!(jwt.issuer.as_deref(), Some("me"));
+    assert_eq!(jwt.scope_claim, "scope");
+    let file = dir.join("rules.toml");
+    std::fs::write(
+        &file,
+        "[auth]\nkeys = \"/k.toml\"\n[[auth.rules]]\nmethod = \"get\"\npath = \"/v1/private/*\"\nrequire = \"read\"\n",
+    )
+    .unwrap();
+    let config = resolve(&["--config", file.to_str().unwrap()]).unwrap();
+    let auth = config.auth.unwrap();
+    assert_eq!(auth.keys_file, Some(PathBuf::from("/k.toml")));
+    assert_eq!(auth.rules.len(), 1);
+    assert_eq!(auth.rules[0].method.as_deref(), Some("GET"));
+    assert_eq!(auth.rules[0].require, "read");
+    std::fs::write(
+        &file,
+        "[[auth.rules]]\npath = \"nope\"\nrequire = \"read\"\n",
+    )
+    .unwrap();
+    assert!(
+        error(&["--config", file.to_str().unwrap(), "--auth-keys", "/k"])
+            .contains("must start with /")
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
