@@ -204,6 +204,13 @@ fn parse_in_place<'a>(
                 found: None,
             });
         }
+        if let Some(at) = scan::first_bad_long_number(raw) {
+            return Err(JsonError::Syntax {
+                reason: "an invalid number, or one beyond 64-bit integers and f64",
+                at: Some(at),
+                found: raw.get(at).map(|&b| char::from(b)),
+            });
+        }
     }
     check_structure(&nodes, origin)?;
     Ok(nodes)

@@ -214,6 +214,76 @@ pub(super) fn shape(raw: &[u8]) -> Shape {
     }
 }
 
+/// Where a number of many digits goes wrong: simd-json 0.15 takes a slow
+/// path for numbers of 19 or more digits that does not check what follows
+/// them, so `{"n":1844674407370955161%}` parsed as 1844674407370955161
+/// (found by fuzzing, fuzz/regressions/json_document). Bodies without a
+/// run of that many digits cost one pass over their bytes and nothing else.
+pub(super) fn first_bad_long_number(raw: &[u8]) -> Option<usize> {
+    const SLOW_PATH_DIGITS: usize = 16;
+    let mut run = 0;
+    let long = raw.iter().any(|b| {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        run >= SLOW_PATH_DIGITS
+    });
+    if !long {
+        return None;
+    }
+    let mut at = 0;
+    while at < raw.len() {
+        match raw[at] {
+            b'"' => at = string_end(raw, at)? + 1,
+            b'-' | b'0'..=b'9' => {
+                let end = match number_end(raw, at) {
+                    Ok(end) => end,
+                    Err(bad) => return Some(bad),
+                };
+                match raw.get(end) {
+                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') => at = end,
+                    Some(_) => return Some(end),
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    None
+}
+
+/// The end of the JSON number starting at `start`, or where its grammar
+/// breaks: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn number_end(raw: &[u8], start: usize) -> Result<usize, usize> {
+    let digits = |mut at: usize| {
+        let from = at;
+        while raw.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        if at == from {
+            Err(at)
+        } else {
+            Ok(at)
+        }
+    };
+    let mut at = start;
+    if raw.get(at) == Some(&b'-') {
+        at += 1;
+    }
+    at = match raw.get(at) {
+        Some(b'0') => at + 1,
+        _ => digits(at)?,
+    };
+    if raw.get(at) == Some(&b'.') {
+        at = digits(at + 1)?;
+    }
+    if matches!(raw.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(raw.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        at = digits(at)?;
+    }
+    Ok(at)
+}
+
 /// The index of the quote closing the string opened at `open`.
 fn string_end(raw: &[u8], open: usize) -> Option<usize> {
     let mut at = open + 1;
@@ -233,6 +303,27 @@ pub(super) fn is_whitespace(byte: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_numbers_must_end_where_json_says() {
+        for (body, bad) in [
+            (&br#"{"n":1844674407370955161%}"#[..], Some(24)),
+            (br#"{"a":0.8888888888888888888'8}"#, Some(26)),
+            (br#"{"a":-9223372036854775808x}"#, Some(25)),
+            (br#"{"a":12345678901234567890.}"#, Some(26)),
+            (br#"{"a":1234567890123456789e}"#, Some(25)),
+            (br#"{"a":01234567890123456789}"#, Some(6)),
+            (
+                br#"{"a":1844674407370955161,"b":[-0.12345678901234567890e+5]}"#,
+                None,
+            ),
+            (br#"{"s":"1234567890123456789%","t":1}"#, None),
+            (br#"{"s":"\"1234567890123456789%"}"#, None),
+            (br#"{"a":1%}"#, None),
+        ] {
+            assert_eq!(first_bad_long_number(body), bad, "{}", body.escape_ascii());
+        }
+    }
 
     #[test]
     fn finds_every_special_byte_at_every_offset() {

@@ -664,3 +664,35 @@ fn a_raw_nul_is_refused_anywhere() {
     let patch = merge_patch(Some(b"{}"), b"{\"j\":8\0}", &mut Vec::new());
     assert!(patch.is_err());
 }
+
+/// Found by fuzzing (fuzz/regressions/json_document, merge_patch): after a
+/// number of 19 or more digits simd-json accepted any byte, so
+/// `{"n":1844674407370955161%}` was stored as `{"n":1844674407370955161}`.
+#[test]
+fn junk_after_a_long_number_is_refused() {
+    for body in [
+        &br#"{"n": 1844674407370955161%}"#[..],
+        br#"{"a":0.8888888888888888888'88888}"#,
+        br#"{"a":-9223372036854775808x}"#,
+    ] {
+        assert!(
+            refused(body).contains("invalid number"),
+            "{}",
+            body.escape_ascii()
+        );
+    }
+    assert!(merge_patch(
+        Some(b"{}"),
+        br#"{"a":0.8888888888888888888'8}"#,
+        &mut Vec::new()
+    )
+    .is_err());
+    let kept = parse_document(
+        br#"{"n": 1844674407370955161, "s": "1234567890123456789%"}"#,
+        &mut Vec::new(),
+    );
+    assert_eq!(
+        kept.unwrap(),
+        br#"{"n":1844674407370955161,"s":"1234567890123456789%"}"#
+    );
+}
