@@ -227,6 +227,10 @@ pub struct QueueMetrics {
     pub dead: AtomicU64,
     /// Created time (Unix ms) of the oldest waiting job; 0 when none.
     pub oldest_waiting_ms: AtomicU64,
+    /// Commits of the job log that failed (disk full, I/O errors).
+    pub log_failures: AtomicU64,
+    /// The job log cannot be written now: submissions get 503.
+    pub log_failing: std::sync::atomic::AtomicBool,
 }
 
 /// The handle io cores and handlers use: submit, and read job status.

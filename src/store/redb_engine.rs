@@ -25,6 +25,7 @@ const LAST_VERSION: &str = "last_version";
 
 pub struct RedbEngine {
     db: Database,
+    path: std::path::PathBuf,
     scratch: Vec<u8>,
 }
 
@@ -45,12 +46,25 @@ impl RedbEngine {
         txn.commit().map_err(engine_error)?;
         Ok(Self {
             db,
+            path: path.to_owned(),
             scratch: Vec::with_capacity(1024),
         })
     }
 }
 
 impl Engine for RedbEngine {
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        // redb holds the file locked while open: the old handle goes first,
+        // for a moment in its place an in-memory database that is never used.
+        let standin = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(engine_error)?;
+        drop(std::mem::replace(&mut self.db, standin));
+        let reopened = Self::open(&self.path)?;
+        self.db = reopened.db;
+        Ok(())
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
         let txn = self.db.begin_read().map_err(engine_error)?;
         let table = txn.open_table(DOCS).map_err(engine_error)?;
@@ -126,5 +140,36 @@ impl Engine for RedbEngine {
             .get(LAST_VERSION)
             .map_err(engine_error)?
             .map_or(0, |v| v.value()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reopened_shard_keeps_what_it_had_and_takes_more() {
+        let dir = std::env::temp_dir().join(format!("percore-redb-reopen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut engine = RedbEngine::open(&dir.join("shard.redb")).unwrap();
+        let stored = |v: u64| Stored {
+            version: v,
+            doc: bytes::Bytes::from(format!("{{\"v\":{v}}}")),
+        };
+        engine
+            .commit(&[(b"a".to_vec(), Some(stored(1)))], 1, true)
+            .unwrap();
+        engine
+            .commit(&[(b"b".to_vec(), Some(stored(2)))], 2, false)
+            .unwrap();
+        engine.reopen().unwrap();
+        assert_eq!(engine.get(b"a").unwrap(), Some(stored(1)));
+        engine
+            .commit(&[(b"c".to_vec(), Some(stored(3)))], 3, true)
+            .unwrap();
+        assert_eq!(engine.get(b"c").unwrap(), Some(stored(3)));
+        assert_eq!(engine.last_version().unwrap(), 3);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
