@@ -43,6 +43,12 @@ pub struct Server {
 }
 
 impl Server {
+    /// The first phase of shutdown: `/readyz` fails while the node still
+    /// accepts and serves (`--drain-delay`); [`Self::drain`] follows.
+    pub fn mark_unready(&self) {
+        self.node.lifecycle.mark_unready();
+    }
+
     /// Begins draining: readiness fails, listeners close, connections finish
     /// their current request within the grace period.
     pub fn drain(&self) {
@@ -299,6 +305,21 @@ impl<S: 'static> App<S> {
         } else {
             "SIGTERM"
         };
+        if !config.drain_delay.is_zero() {
+            // First phase: the balancer sees /readyz fail and stops sending
+            // new work, while everything it already sent is still served.
+            server.mark_unready();
+            println!(
+                "{name}: {signal} received; /readyz fails now, still serving for {:?} before draining (send it again to stop at once)",
+                config.drain_delay
+            );
+            let _ = io::stdout().flush();
+            if runtime::wait_for_signal(&signals, Some(config.drain_delay)).is_some() {
+                println!("{name}: second signal; stopping now");
+                let _ = io::stdout().flush();
+                std::process::exit(1);
+            }
+        }
         println!(
             "{name}: {signal} received; draining for up to {:?} (send it again to stop at once)",
             config.shutdown_grace

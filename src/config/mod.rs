@@ -156,6 +156,8 @@ pub struct Config {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long `/readyz` fails before draining begins (`--drain-delay`).
+    pub drain_delay: Duration,
     pub limits: Limits,
     /// `None` when no rate limit is configured.
     pub rate_limit: Option<Rules>,
@@ -332,6 +334,7 @@ impl Config {
             header_timeout: values.get(&o::HEADER_TIMEOUT),
             body_timeout: values.get(&o::BODY_TIMEOUT),
             shutdown_grace: values.get(&o::SHUTDOWN_GRACE),
+            drain_delay: values.get(&o::DRAIN_DELAY),
             limits: Limits {
                 max_header_bytes: values.get(&o::MAX_HEADER_BYTES),
                 max_body_bytes: values.get(&o::MAX_BODY_BYTES),

@@ -148,6 +148,19 @@ pub const SHUTDOWN_GRACE: Opt<Duration> = Opt::new(
 .default("10s")
 .section(SERVER);
 
+pub const DRAIN_DELAY: Opt<Duration> = Opt::new(
+    "drain_delay",
+    "DURATION",
+    "On SIGTERM, how long `/readyz` fails while the node still accepts and serves, so a balancer takes it out of rotation before its listeners close.",
+    |text| {
+        super::parse_duration(text)
+            .filter(|d| *d <= Duration::from_secs(3600))
+            .ok_or_else(|| format!("`{text}` is not a duration from 0s to 1h, like 0s, 500ms, 5s"))
+    },
+)
+.default("0s")
+.section(SERVER);
+
 pub const MAX_HEADER_BYTES: Opt<usize> = Opt::new(
     "max_header_bytes",
     "SIZE",
@@ -753,6 +766,7 @@ pub static ALL: &[&dyn AnyOpt] = &[
     &HEADER_TIMEOUT,
     &BODY_TIMEOUT,
     &SHUTDOWN_GRACE,
+    &DRAIN_DELAY,
     &MAX_HEADER_BYTES,
     &MAX_HEADERS,
     &MAX_BODY_BYTES,
