@@ -161,6 +161,21 @@ pub const DRAIN_DELAY: Opt<Duration> = Opt::new(
 .default("0s")
 .section(SERVER);
 
+pub const HANDOVER: Opt<PathBuf, Optional> = Opt::new(
+    "handover",
+    "PATH",
+    "Restart without refusing a connection: take the listening sockets of the node waiting on this Unix socket (it then drains and exits), or bind as usual if none is; then wait there for a successor. Needs state outside the process (no --data-dir).",
+    |text| {
+        if text.is_empty() || text.len() > 107 {
+            Err(format!("`{text}` is not a Unix socket path of 1 to 107 bytes"))
+        } else {
+            Ok(PathBuf::from(text))
+        }
+    },
+)
+.unset("off")
+.section(SERVER);
+
 pub const MAX_HEADER_BYTES: Opt<usize> = Opt::new(
     "max_header_bytes",
     "SIZE",
@@ -767,6 +782,7 @@ pub static ALL: &[&dyn AnyOpt] = &[
     &BODY_TIMEOUT,
     &SHUTDOWN_GRACE,
     &DRAIN_DELAY,
+    &HANDOVER,
     &MAX_HEADER_BYTES,
     &MAX_HEADERS,
     &MAX_BODY_BYTES,
