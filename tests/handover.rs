@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{netns, Server};
 
 fn percore() -> Command {
     Command::new(env!("CARGO_BIN_EXE_percore"))
@@ -112,18 +112,24 @@ fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// Steady load on `addr` until `stop`: `kept` threads reuse keep-alive
 /// connections, `fresh` threads open a connection per request.
+/// With `netns`, the load runs inside that network namespace.
 fn load(
     addr: SocketAddr,
     kept: usize,
     fresh: usize,
     stop: &Arc<AtomicBool>,
     tally: &Arc<Tally>,
+    netns: Option<&str>,
 ) -> Vec<JoinHandle<()>> {
     let mut threads = Vec::new();
     for n in 0..kept + fresh {
         let keep_alive = n < kept;
         let (stop, tally) = (Arc::clone(stop), Arc::clone(tally));
+        let netns = netns.map(str::to_owned);
         threads.push(std::thread::spawn(move || {
+            if let Some(name) = netns {
+                netns::enter(&name).unwrap();
+            }
             let request: &[u8] = if keep_alive {
                 b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n"
             } else {
@@ -216,8 +222,12 @@ impl Drop for SocketPath {
 
 /// Starts a node on `path` with `cores` io cores.
 fn node(path: &SocketPath, cores: &str) -> Server {
+    node_with(percore(), path, cores)
+}
+
+fn node_with(command: Command, path: &SocketPath, cores: &str) -> Server {
     Server::start_with(
-        percore(),
+        command,
         &[
             "--handover",
             path.arg(),
@@ -236,7 +246,7 @@ fn two_hand_overs_under_steady_load_lose_no_request_and_reset_no_connection() {
     let addr = first.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
-    let threads = load(addr, 8, 4, &stop, &tally);
+    let threads = load(addr, 6, 3, &stop, &tally, None);
     answered(&tally, 2000);
 
     // Each successor takes the listeners; its predecessor drains and exits 0.
@@ -244,7 +254,7 @@ fn two_hand_overs_under_steady_load_lose_no_request_and_reset_no_connection() {
     for cores in ["2", "2"] {
         let next = node(&path, cores);
         assert_eq!(next.addr, addr, "the successor serves the same address");
-        let (status, output) = current.wait(Duration::from_secs(30));
+        let (status, output) = current.wait(Duration::from_secs(90));
         assert_eq!(status.code(), Some(0), "{output}");
         assert!(output.contains("handed the listeners over"), "{output}");
         answered(&tally, 2000);
@@ -272,7 +282,7 @@ fn two_hand_overs_under_steady_load_lose_no_request_and_reset_no_connection() {
         tally.errors.lock().unwrap()
     );
     current.signal("TERM");
-    let (status, output) = current.wait(Duration::from_secs(30));
+    let (status, output) = current.wait(Duration::from_secs(90));
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(
         !path.0.exists(),
@@ -304,7 +314,7 @@ fn a_successor_that_cannot_start_leaves_the_node_serving() {
     // And the node still hands over to the next one that can.
     let next = node(&path, "1");
     assert_eq!(next.addr, first.addr);
-    let (status, output) = first.wait(Duration::from_secs(30));
+    let (status, output) = first.wait(Duration::from_secs(90));
     assert_eq!(status.code(), Some(0), "{output}");
     assert_eq!(next.get("/json").status, 200);
 }
@@ -324,4 +334,78 @@ fn handover_refuses_a_data_dir() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("`handover`"), "{stderr}");
+}
+
+/// A successor with fewer cores closes the surplus listeners; once its
+/// predecessor closes them too, their queued connections move to a listener
+/// still open (`net.ipv4.tcp_migrate_req=1`, set by tuning/) instead of being
+/// reset. Runs in a network namespace of its own, where the test may set
+/// that sysctl without touching the host.
+#[test]
+fn a_successor_with_fewer_cores_loses_no_queued_connection() {
+    if let Some(why) = netns::unavailable() {
+        return netns::skip_or_fail("the fewer-cores hand-over test", &why);
+    }
+    let ns = netns::Netns::new("ho").unwrap();
+    ns.sysctl("net.ipv4.tcp_migrate_req", "1").unwrap();
+
+    // What the setting does, on the kernel alone: connections queued on a
+    // listener that closes are accepted from the one left in its group.
+    let queued = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                ns.enter().unwrap();
+                let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+                let (mut listeners, bound) =
+                    percore::net::listener::bind_reuseport(any, 2).unwrap();
+                let clients: Vec<TcpStream> = (0..64)
+                    .map(|_| TcpStream::connect(bound).unwrap())
+                    .collect();
+                drop(listeners.pop());
+                let kept = listeners.pop().unwrap();
+                kept.set_nonblocking(false).unwrap();
+                kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                // Without the setting, half of them are reset and accept times out.
+                (0..clients.len())
+                    .take_while(|_| kept.accept().is_ok())
+                    .count()
+            })
+            .join()
+            .unwrap()
+    });
+    assert_eq!(queued, 64);
+
+    let path = SocketPath::new("handover-fewer");
+    let first = node_with(ns.command(env!("CARGO_BIN_EXE_percore")), &path, "2");
+    let addr = first.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let threads = load(addr, 6, 3, &stop, &tally, Some(&ns.name));
+    answered(&tally, 2000);
+    let next = node_with(ns.command(env!("CARGO_BIN_EXE_percore")), &path, "1");
+    assert_eq!(next.addr, addr);
+    let (status, output) = first.wait(Duration::from_secs(90));
+    assert_eq!(status.code(), Some(0), "{output}");
+    answered(&tally, 2000);
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    println!(
+        "hand-over from 2 io cores to 1: {} answered, {} failed, {} reset, longest wait {:?}",
+        tally.ok.load(Ordering::Relaxed),
+        tally.failed.load(Ordering::Relaxed),
+        tally.resets.load(Ordering::Relaxed),
+        Duration::from_micros(tally.longest_us.load(Ordering::Relaxed))
+    );
+    assert_eq!(
+        (
+            tally.failed.load(Ordering::Relaxed),
+            tally.resets.load(Ordering::Relaxed)
+        ),
+        (0, 0),
+        "{:?}",
+        tally.errors.lock().unwrap()
+    );
+    drop(next);
 }

@@ -335,7 +335,10 @@ impl<S: Service> IoCore<S> {
             return;
         }
         let fd = result;
-        if self.draining || self.live >= self.options.max_connections {
+        // A connection accepted while draining (its completion was on the
+        // way when the accept was cancelled) is a client's like any other:
+        // it gets its answer, with `Connection: close`.
+        if self.live >= self.options.max_connections {
             self.refuse(fd);
             return;
         }
