@@ -73,8 +73,11 @@
 //! steered by CPU: a classic BPF program on the reuseport group hands each
 //! new connection to the io core on the CPU whose softirq took its SYN
 //! (`--steer`, [`runtime::steer`]), and `/metrics` counts connections
-//! accepted off their core's CPU; `/healthz`, `/readyz`, drain on SIGTERM
-//! ([`runtime`]). The host around it is tuned by `tuning/` (apply, check,
+//! accepted off their core's CPU; `/healthz`, `/readyz`, drain on SIGTERM in
+//! two phases, readiness first (`--drain-delay`, [`net::lifecycle`]), then
+//! the listeners ([`runtime`]); a restart hands the listening sockets to
+//! the new process, keyed by io core, so no connection is refused
+//! (`--handover`, [`runtime::handover`]). The host around it is tuned by `tuning/` (apply, check,
 //! revert) and `bpf/` drops blocked networks in XDP before TCP (README,
 //! *Tuning a host*). Rate limiting:
 //! GCRA per client across all cores ([`limit`]). Static content like a CDN

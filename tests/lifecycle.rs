@@ -67,6 +67,70 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
 }
 
 #[test]
+fn the_drain_delay_fails_readiness_first_while_serving_then_closes_listeners() {
+    let server = Server::start(&["--drain-delay", "3s", "--shutdown-grace", "5s"]);
+    let mut kept = server.connect();
+    kept.send(b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(kept.response().status, 200);
+    assert_eq!(server.get("/readyz").status, 200);
+
+    server.signal("TERM");
+    // Phase one: /readyz fails on new connections, which are still accepted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let unready = loop {
+        let response = server.get("/readyz");
+        if response.status == 503 {
+            break response;
+        }
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert!(Instant::now() < deadline, "/readyz never turned 503");
+        std::thread::yield_now();
+    };
+    assert_eq!(unready.text(), r#"{"status":"draining"}"#);
+    // Still serving as before: keep-alive on new and old connections alike.
+    assert_eq!(
+        unready.header("connection"),
+        None,
+        "the first phase still keeps connections alive"
+    );
+    let mut fresh = server.connect();
+    fresh.send(b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = fresh.response();
+    assert_eq!(
+        (response.status, response.header("connection")),
+        (200, None)
+    );
+    kept.send(b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n");
+    let response = kept.response();
+    assert_eq!(
+        (response.status, response.header("connection")),
+        (200, None)
+    );
+
+    // Phase two, after the delay: listeners closed, idle connections closed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(server.addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting long after the drain delay"
+        );
+        std::thread::yield_now();
+    }
+    assert!(
+        kept.closed_within(Duration::from_secs(5)),
+        "an idle keep-alive connection stayed open once draining"
+    );
+    let (status, output) = server.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(
+        output.contains("/readyz fails now")
+            && output.contains("draining for up to")
+            && output.contains("stopped"),
+        "{output}"
+    );
+}
+
+#[test]
 fn the_grace_period_bounds_a_stalled_request() {
     let server = Server::start(&["--shutdown-grace", "1s"]);
     let mut stalled = server.connect();

@@ -157,7 +157,8 @@ fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 const NETNS_STATE: &str = r#"
 for f in /proc/sys/net/core/somaxconn /proc/sys/net/core/rmem_max /proc/sys/net/core/wmem_max \
          /proc/sys/net/ipv4/tcp_max_syn_backlog /proc/sys/net/ipv4/ip_local_port_range \
-         /proc/sys/net/ipv4/tcp_tw_reuse /proc/sys/net/ipv4/tcp_congestion_control \
+         /proc/sys/net/ipv4/tcp_tw_reuse /proc/sys/net/ipv4/tcp_migrate_req \
+         /proc/sys/net/ipv4/tcp_congestion_control \
          /sys/class/net/veth0/queues/tx-*/xps_cpus /sys/class/net/veth0/queues/rx-*/rps_cpus; do
   printf '%s=' "$f"; od -An -c "$f" | tr -s ' ' | tr -d '\n'; echo
 done

@@ -93,7 +93,7 @@ fn healthz<S>(_: &Request<'_>, _: &mut Ctx<S>, response: &mut Response<'_>) {
 }
 
 fn readyz<S>(_: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
-    if ctx.is_draining() {
+    if !ctx.is_ready() {
         response.send(
             503,
             "application/json",

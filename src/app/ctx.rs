@@ -122,6 +122,11 @@ impl<S> Ctx<S> {
         self.node.is_draining()
     }
 
+    /// False once shutdown has begun, from its first phase (`--drain-delay`) on: `/readyz` fails.
+    pub fn is_ready(&self) -> bool {
+        self.node.lifecycle.is_ready()
+    }
+
     /// The resolved value of an option (the application's own, declared
     /// with [`super::App::option`], or one of percore's).
     pub fn option<T: Clone + 'static, P: Presence>(&self, option: &Opt<T, P>) -> P::Out<T> {

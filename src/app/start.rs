@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use super::blocking::Pool;
@@ -20,6 +20,7 @@ use crate::metrics::Registry;
 use crate::net::{CoreOptions, Lifecycle};
 use crate::queue::kinds::JobKinds;
 use crate::queue::Queues;
+use crate::runtime::handover::{self, Arrival, Offer, Waiting};
 use crate::runtime::{self, cpu, uring, Cores, ServeError, Wiring};
 use crate::statics::Index;
 use crate::store::open::open_store;
@@ -40,13 +41,44 @@ pub struct Server {
     pub store_line: String,
     /// Whether connections are steered to the io core on their CPU, for the start-up log.
     pub steering: runtime::Steering,
+    /// With `--handover`: the listeners taken over, for the start-up log.
+    pub took_over: Option<String>,
+    /// With `--handover`: the thread waiting on PATH for a successor.
+    waiting: Mutex<Option<Waiting>>,
+    /// The successor's process id, once one serves on this node's listeners.
+    handed: mpsc::Receiver<Option<u32>>,
 }
 
 impl Server {
+    /// The first phase of shutdown: `/readyz` fails while the node still
+    /// accepts and serves (`--drain-delay`); [`Self::drain`] follows.
+    pub fn mark_unready(&self) {
+        self.node.lifecycle.mark_unready();
+    }
+
     /// Begins draining: readiness fails, listeners close, connections finish
-    /// their current request within the grace period.
+    /// their current request within the grace period. A node waiting for a
+    /// successor (`--handover`) stops waiting and closes what it offered.
     pub fn drain(&self) {
+        let waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(waiting) = waiting {
+            waiting.stop();
+        }
         self.cores.drain();
+    }
+
+    /// Whether this node waits for a successor on `--handover PATH`.
+    pub fn waits_for_successor(&self) -> bool {
+        self.waiting.lock().map(|w| w.is_some()).unwrap_or(false)
+    }
+
+    /// `Some(pid)` once a successor serves on this node's listeners: this one should drain now.
+    pub fn handed_over(&self) -> Option<Option<u32>> {
+        self.handed.try_recv().ok()
     }
 
     /// Waits for every io core to finish draining. Returns the number of connections cut at the deadline.
@@ -73,13 +105,52 @@ impl<S: 'static> App<S> {
             }
         }
         let kinds = JobKinds::new(kinds).map_err(ServeError::App)?;
-        let (listeners, addr, steering) = runtime::bind(config.listen, &config.cpus, config.steer)?;
-        let (admin, admin_addr) = match config.admin_listen {
-            Some(at) => {
+        let (mut rendezvous, mut inherited) = (None, None);
+        match config
+            .handover
+            .as_deref()
+            .map(handover::arrive)
+            .transpose()?
+        {
+            Some(Arrival::Fresh(fresh)) => rendezvous = Some(fresh),
+            Some(Arrival::Inherited(taken)) => inherited = Some(taken),
+            None => {}
+        }
+        let (listeners, addr, steering) = match &mut inherited {
+            Some(taken) => {
+                let theirs = taken.addr()?;
+                taken.check_addr(theirs, config.listen)?;
+                let sockets = std::mem::take(&mut taken.listeners);
+                runtime::adopt(sockets, theirs, &config.cpus, config.steer)?
+            }
+            None => runtime::bind(config.listen, &config.cpus, config.steer)?,
+        };
+        let inherited_admin = inherited.as_mut().and_then(|taken| taken.admin.take());
+        let (admin, admin_addr) = match (config.admin_listen, inherited_admin) {
+            (Some(at), Some(socket)) => {
+                let bound = handover::local_addr(&socket)?;
+                if let Some(taken) = &inherited {
+                    taken.check_addr(bound, at)?;
+                }
+                (Some(socket), Some(bound))
+            }
+            (Some(at), None) => {
                 let (socket, bound) = runtime::bind_admin(at)?;
                 (Some(socket), Some(bound))
             }
-            None => (None, None),
+            (None, _) => (None, None),
+        };
+        // What this node offers its own successor: duplicates of its
+        // listeners, closed when it drains so that they close for good.
+        let offer = match &config.handover {
+            Some(_) => Some(Offer {
+                listeners: listeners
+                    .iter()
+                    .map(|l| l.try_clone())
+                    .collect::<io::Result<_>>()?,
+                admin: admin.as_ref().map(|a| a.try_clone()).transpose()?,
+            }),
+            None => None,
         };
         let mut route_names: Vec<&'static str> =
             self.routes().into_iter().map(|(_, p)| p).collect();
@@ -200,6 +271,25 @@ impl<S: 'static> App<S> {
             lifecycle,
             builders,
         )?;
+        // Every core serves: a predecessor may stop accepting now.
+        let took_over = inherited.as_ref().map(|taken| {
+            format!(
+                "{}: took over the listeners of pid {} on {}; it drains now",
+                self.name,
+                taken
+                    .pid
+                    .map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
+                taken.path().display()
+            )
+        });
+        if let Some(taken) = inherited {
+            rendezvous = Some(taken.ready()?);
+        }
+        let (handed_tx, handed) = mpsc::channel();
+        let waiting = match (rendezvous, offer) {
+            (Some(rendezvous), Some(offer)) => Some(rendezvous.wait(offer, handed_tx)?),
+            _ => None,
+        };
         Ok(Server {
             addr,
             admin_addr,
@@ -208,6 +298,9 @@ impl<S: 'static> App<S> {
             temporary_dir: store.temporary_dir,
             store_line: store.line,
             steering,
+            took_over,
+            waiting: Mutex::new(waiting),
+            handed,
         })
     }
 
@@ -292,37 +385,81 @@ impl<S: 'static> App<S> {
                 server.addr
             );
         }
+        if let Some(line) = &server.took_over {
+            println!("{line}");
+        }
         let _ = io::stdout().flush();
-        let signal = runtime::wait_for_signal(&signals, None);
+        // Wait for a signal, or, with --handover, for a successor to serve.
+        let signal = loop {
+            if !server.waits_for_successor() {
+                break runtime::wait_for_signal(&signals, None);
+            }
+            let signal = runtime::wait_for_signal(&signals, Some(HANDOVER_POLL));
+            if signal.is_some() {
+                break signal;
+            }
+            if let Some(successor) = server.handed_over() {
+                println!(
+                    "{name}: handed the listeners over to pid {}; draining for up to {:?}",
+                    successor.map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
+                    config.shutdown_grace
+                );
+                let _ = io::stdout().flush();
+                return finish(name, server, &signals);
+            }
+        };
         let signal = if signal == Some(libc::SIGINT) {
             "SIGINT"
         } else {
             "SIGTERM"
         };
+        if !config.drain_delay.is_zero() {
+            // First phase: the balancer sees /readyz fail and stops sending
+            // new work, while everything it already sent is still served.
+            server.mark_unready();
+            println!(
+                "{name}: {signal} received; /readyz fails now, still serving for {:?} before draining (send it again to stop at once)",
+                config.drain_delay
+            );
+            let _ = io::stdout().flush();
+            if runtime::wait_for_signal(&signals, Some(config.drain_delay)).is_some() {
+                println!("{name}: second signal; stopping now");
+                let _ = io::stdout().flush();
+                std::process::exit(1);
+            }
+        }
         println!(
             "{name}: {signal} received; draining for up to {:?} (send it again to stop at once)",
             config.shutdown_grace
         );
         let _ = io::stdout().flush();
-        server.drain();
-        let (done_tx, done_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = done_tx.send(server.join());
-        });
-        loop {
-            if let Ok(result) = done_rx.recv_timeout(Duration::from_millis(50)) {
-                let cut = result?;
-                if cut > 0 {
-                    println!("{name}: grace period over; cut {cut} connection(s) still open");
-                }
-                println!("{name}: stopped");
-                return Ok(());
+        finish(name, server, &signals)
+    }
+}
+
+/// How often a node waiting for a successor looks whether one serves.
+const HANDOVER_POLL: Duration = Duration::from_millis(50);
+
+/// Drains `server` and waits for it; a second signal stops at once.
+fn finish(name: &str, server: Server, signals: &libc::sigset_t) -> Result<(), ServeError> {
+    server.drain();
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(server.join());
+    });
+    loop {
+        if let Ok(result) = done_rx.recv_timeout(Duration::from_millis(50)) {
+            let cut = result?;
+            if cut > 0 {
+                println!("{name}: grace period over; cut {cut} connection(s) still open");
             }
-            if runtime::wait_for_signal(&signals, Some(Duration::from_millis(1))).is_some() {
-                println!("{name}: second signal; stopping now");
-                let _ = io::stdout().flush();
-                std::process::exit(1);
-            }
+            println!("{name}: stopped");
+            return Ok(());
+        }
+        if runtime::wait_for_signal(signals, Some(Duration::from_millis(1))).is_some() {
+            println!("{name}: second signal; stopping now");
+            let _ = io::stdout().flush();
+            std::process::exit(1);
         }
     }
 }

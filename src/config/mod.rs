@@ -156,6 +156,10 @@ pub struct Config {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long `/readyz` fails before draining begins (`--drain-delay`).
+    pub drain_delay: Duration,
+    /// The Unix socket where a node hands its listeners to its successor (`--handover`).
+    pub handover: Option<PathBuf>,
     pub limits: Limits,
     /// `None` when no rate limit is configured.
     pub rate_limit: Option<Rules>,
@@ -225,6 +229,17 @@ impl Config {
         };
 
         let data_dir = values.get(&o::DATA_DIR);
+        let handover = values.get(&o::HANDOVER);
+        if let (Some(_), Some(dir)) = (&handover, &data_dir) {
+            return Err(invalid(
+                "handover",
+                format!(
+                    "a node hands over while its successor already serves, and both cannot write {} at once; \
+                     hand over nodes whose state lives elsewhere (--store postgres, --queue nats://...) and drop --data-dir",
+                    dir.display()
+                ),
+            ));
+        }
         let nats = values.get(&o::QUEUE).map(|url| NatsOptions {
             url,
             stream: values.get(&o::QUEUE_STREAM),
@@ -332,6 +347,8 @@ impl Config {
             header_timeout: values.get(&o::HEADER_TIMEOUT),
             body_timeout: values.get(&o::BODY_TIMEOUT),
             shutdown_grace: values.get(&o::SHUTDOWN_GRACE),
+            drain_delay: values.get(&o::DRAIN_DELAY),
+            handover,
             limits: Limits {
                 max_header_bytes: values.get(&o::MAX_HEADER_BYTES),
                 max_body_bytes: values.get(&o::MAX_BODY_BYTES),

@@ -148,6 +148,34 @@ pub const SHUTDOWN_GRACE: Opt<Duration> = Opt::new(
 .default("10s")
 .section(SERVER);
 
+pub const DRAIN_DELAY: Opt<Duration> = Opt::new(
+    "drain_delay",
+    "DURATION",
+    "On SIGTERM, how long `/readyz` fails while the node still accepts and serves, so a balancer takes it out of rotation before its listeners close.",
+    |text| {
+        super::parse_duration(text)
+            .filter(|d| *d <= Duration::from_secs(3600))
+            .ok_or_else(|| format!("`{text}` is not a duration from 0s to 1h, like 0s, 500ms, 5s"))
+    },
+)
+.default("0s")
+.section(SERVER);
+
+pub const HANDOVER: Opt<PathBuf, Optional> = Opt::new(
+    "handover",
+    "PATH",
+    "Restart without refusing a connection: take the listening sockets of the node waiting on this Unix socket (it then drains and exits), or bind as usual if none is; then wait there for a successor. Needs state outside the process (no --data-dir).",
+    |text| {
+        if text.is_empty() || text.len() > 107 {
+            Err(format!("`{text}` is not a Unix socket path of 1 to 107 bytes"))
+        } else {
+            Ok(PathBuf::from(text))
+        }
+    },
+)
+.unset("off")
+.section(SERVER);
+
 pub const MAX_HEADER_BYTES: Opt<usize> = Opt::new(
     "max_header_bytes",
     "SIZE",
@@ -753,6 +781,8 @@ pub static ALL: &[&dyn AnyOpt] = &[
     &HEADER_TIMEOUT,
     &BODY_TIMEOUT,
     &SHUTDOWN_GRACE,
+    &DRAIN_DELAY,
+    &HANDOVER,
     &MAX_HEADER_BYTES,
     &MAX_HEADERS,
     &MAX_BODY_BYTES,

@@ -47,6 +47,10 @@ const IOWQ_MAX_WORKERS: u32 = 8;
 const TICK: Duration = Duration::from_millis(500);
 /// How long a closing connection may take to read its last response.
 const LINGER: Duration = Duration::from_secs(2);
+/// While draining, a keep-alive connection idle this long is closed; a busier
+/// one is closed by answering its next request with `Connection: close`, so
+/// a client that keeps sending never has a request race the close.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
 /// Size of each provided receive buffer.
 const RECV_BUFFER_SIZE: usize = 4096;
 const BUFFER_GROUP: u16 = 0;
@@ -331,7 +335,10 @@ impl<S: Service> IoCore<S> {
             return;
         }
         let fd = result;
-        if self.draining || self.live >= self.options.max_connections {
+        // A connection accepted while draining (its completion was on the
+        // way when the accept was cancelled) is a client's like any other:
+        // it gets its answer, with `Connection: close`.
+        if self.live >= self.options.max_connections {
             self.refuse(fd);
             return;
         }
@@ -507,7 +514,9 @@ impl<S: Service> IoCore<S> {
         if conn.phase == Phase::Open
             && (conn.session.is_closing()
                 || conn.session.is_done()
-                || (draining && conn.session.is_idle()))
+                || (draining
+                    && conn.session.is_idle()
+                    && now.duration_since(conn.last_active) >= DRAIN_QUIET))
         {
             conn.session.close();
             // SAFETY: fd is this connection's open socket.
@@ -666,6 +675,11 @@ impl<S: Service> IoCore<S> {
                         now,
                     ) {
                         self.service.on_connection(ConnEvent::TimedOut);
+                        self.flush(slot, now);
+                    } else if self.draining
+                        && conn.session.is_idle()
+                        && now.duration_since(conn.last_active) >= DRAIN_QUIET
+                    {
                         self.flush(slot, now);
                     } else if now.duration_since(conn.last_active) >= idle_timeout {
                         let busy = conn.write != Write::Idle;

@@ -1,9 +1,17 @@
-//! A node's shutdown state as every io core sees it: the draining flag and the cores that still have connections.
+//! A node's shutdown state as every io core sees it: readiness, the draining flag and the cores that still have connections.
+//!
+//! Shutdown has two phases. First the node turns *unready*
+//! ([`Lifecycle::mark_unready`]): `/readyz` fails so a balancer takes it out
+//! of rotation, while it keeps accepting and serving as before
+//! (`--drain-delay`). Then it *drains* ([`Lifecycle::start_draining`]):
+//! listeners close and connections close after their current request.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Written rarely (a signal, a core's last connection closing), read on every request.
 pub struct Lifecycle {
+    /// `/readyz` fails; the node still accepts and serves.
+    unready: AtomicBool,
     draining: AtomicBool,
     /// io cores that still have connections while draining.
     cores_with_connections: AtomicUsize,
@@ -12,6 +20,7 @@ pub struct Lifecycle {
 impl Lifecycle {
     pub fn new(io_cores: usize) -> Self {
         Self {
+            unready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             cores_with_connections: AtomicUsize::new(io_cores),
         }
@@ -23,7 +32,20 @@ impl Lifecycle {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// False from the first phase of shutdown on: `/readyz` fails.
+    #[inline]
+    pub fn is_ready(&self) -> bool {
+        !self.unready.load(Ordering::Relaxed) && !self.is_draining()
+    }
+
+    /// The first phase of shutdown: `/readyz` fails, everything else goes on.
+    pub fn mark_unready(&self) {
+        self.unready.store(true, Ordering::Relaxed);
+    }
+
+    /// The second phase: listeners close, connections finish their current request.
     pub fn start_draining(&self) {
+        self.unready.store(true, Ordering::Relaxed);
         self.draining.store(true, Ordering::Relaxed);
     }
 

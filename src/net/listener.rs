@@ -121,6 +121,24 @@ pub fn steer_by_cpu(listeners: &[Socket], cpus: &[usize]) -> io::Result<()> {
     }
 }
 
+/// Removes any program from the reuseport group of `listener`, so the
+/// kernel spreads by hash again: a node that inherited a steered group
+/// ([`crate::runtime::handover`]) and runs with `--steer off`.
+pub fn unsteer(listener: &Socket) {
+    let zero: libc::c_int = 0;
+    // SAFETY: the option value is a valid int for the call; without a
+    // program the kernel answers ENOENT, which changes nothing.
+    unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_DETACH_REUSEPORT_BPF,
+            (&zero as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

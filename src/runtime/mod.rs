@@ -7,6 +7,7 @@
 //! knows what the cores serve: [`launch`] takes one service builder per core.
 
 pub mod cpu;
+pub mod handover;
 pub mod steer;
 pub mod uring;
 
@@ -57,6 +58,8 @@ pub enum ServeError {
     /// The application refused its own composition (a route or kind twice, a bad option).
     #[error("{0}")]
     App(String),
+    #[error(transparent)]
+    Handover(#[from] handover::HandoverError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -101,6 +104,39 @@ pub fn bind(
         .map_err(|source| ServeError::Bind { addr, source })?;
     let steering = Steering::apply(&listeners, cpus, steer);
     Ok((listeners, bound, steering))
+}
+
+/// Takes over a predecessor's listeners ([`handover`]): core `i` adopts
+/// its core `i`'s socket; cores it did not have bind new listeners into the
+/// same reuseport group; its surplus sockets close here (their queued
+/// connections move to an open listener once the predecessor closes its
+/// copies, if `net.ipv4.tcp_migrate_req` is 1). The group's steering
+/// program is replaced by this node's own, or removed with `--steer off`.
+pub fn adopt(
+    mut inherited: Vec<Socket>,
+    addr: SocketAddr,
+    cpus: &[usize],
+    steer: bool,
+) -> Result<(Vec<Socket>, SocketAddr, Steering), ServeError> {
+    uring::raise_memlock_limit();
+    let cores = cpus.len();
+    if inherited.len() > cores {
+        // Close from the end, so the group's indices of the kept ones stay put.
+        while inherited.len() > cores {
+            inherited.pop();
+        }
+    }
+    let missing = cores - inherited.len();
+    if missing > 0 {
+        let (more, _) = listener::bind_reuseport(addr, missing)
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        inherited.extend(more);
+    }
+    if !steer {
+        listener::unsteer(&inherited[0]);
+    }
+    let steering = Steering::apply(&inherited, cpus, steer);
+    Ok((inherited, addr, steering))
 }
 
 /// Binds the admin listener (`--admin-listen`): one plain socket, served by io core 0.

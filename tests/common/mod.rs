@@ -1,6 +1,8 @@
 //! A real percore process on an ephemeral loopback port, and a raw HTTP/1.1 client for it.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
