@@ -501,6 +501,13 @@ impl Worker {
             return;
         };
         if let Some(shard) = shards.pop() {
+            if self.owed.contains(&shard) {
+                // Its engine lacks writes only the old log holds (and may
+                // be a closed stand-in): making it "durable" now and
+                // removing the log would lose them. Wait for the reopen.
+                shards.push(shard);
+                return;
+            }
             let Some(open) = self.shards.get_mut(&shard) else {
                 return;
             };
@@ -699,11 +706,18 @@ mod tests {
         durable: Arc<Mutex<BTreeMap<Vec<u8>, Stored>>>,
         failing: Arc<AtomicBool>,
         poisoned: bool,
+        /// A reopen failed: the engine takes commits into nothing, the
+        /// worst a failed reopen can leave (the store thread must never
+        /// checkpoint such a shard and drop the log that holds its writes).
+        closed: bool,
         reopens: Arc<AtomicU64>,
     }
 
     impl Engine for Flaky {
         fn get(&self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
+            if self.closed {
+                return Ok(None);
+            }
             if self.poisoned {
                 return Err(StoreError::Engine("previous I/O error".into()));
             }
@@ -719,6 +733,9 @@ mod tests {
             Ok(Vec::new())
         }
         fn commit(&mut self, changes: &[Change], _: u64, durable: bool) -> Result<(), StoreError> {
+            if self.closed {
+                return Ok(());
+            }
             if self.poisoned || self.failing.load(Relaxed) {
                 self.poisoned = true;
                 return Err(StoreError::Engine("disk I/O error".into()));
@@ -741,8 +758,11 @@ mod tests {
         fn reopen(&mut self) -> Result<(), StoreError> {
             self.reopens.fetch_add(1, Relaxed);
             if self.failing.load(Relaxed) {
+                self.poisoned = false;
+                self.closed = true;
                 return Err(StoreError::Engine("still failing".into()));
             }
+            self.closed = false;
             self.poisoned = false;
             *self.docs.lock().unwrap() = self.durable.lock().unwrap().clone();
             Ok(())
@@ -775,6 +795,7 @@ mod tests {
                 durable: Arc::clone(&durable),
                 failing: Arc::clone(&failing),
                 poisoned: false,
+                closed: false,
                 reopens: Arc::clone(&reopens),
             };
             let (mailbox, inbox) = crate::net::Mailbox::<StoreReply>::detached().unwrap();
@@ -923,6 +944,14 @@ mod tests {
             matches!(read, StoreOutcome::Failed(StoreError::Unavailable(_))),
             "{read:?}"
         );
+        // Reopens fail while the disk does, each followed by an idle turn's
+        // checkpoint: none may drop the log that alone holds the write.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rig.reopens.load(Relaxed) < 3 {
+            assert!(Instant::now() < deadline, "no reopen was tried");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rig.counters.checkpoints.load(Relaxed), 0);
         rig.failing.store(false, Relaxed);
         let deadline = Instant::now() + Duration::from_secs(10);
         let found = loop {
