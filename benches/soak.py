@@ -9,7 +9,9 @@ Usage (from the repository root; only under the shared benchmark lock):
 
 One `percore serve --cores 1` with --data-dir, --static-dir and webhook jobs,
 pinned to --server-cpu with taskset (its store, job manager and worker
-threads too). The load is six `percore bench` processes at once, each open
+threads too), finished jobs kept --job-retention (1m here: percore's 24h
+default keeps every job of the run in memory, a growth by design that
+would hide a leak). The load is six `percore bench` processes at once, each open
 loop (`--rate`, latency counted from each request's intended send time),
 pinned to --client-cpu, one traffic class each:
 
@@ -179,6 +181,10 @@ def main():
     parser.add_argument("--job-rate", type=int, default=200)
     parser.add_argument("--static-rate", type=int, default=2000)
     parser.add_argument("--health-rate", type=int, default=100)
+    parser.add_argument("--job-retention", default="1m",
+                        help="the server's --job-retention: finished jobs are kept in memory this "
+                             "long (24h by default in percore, which at 200 jobs/s grows the RSS "
+                             "~30 MiB a minute by design and hides a leak)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "soak.json"))
     args = parser.parse_args()
     if not os.path.exists(BINARY):
@@ -192,6 +198,7 @@ def main():
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "kernel": os.uname().release, "cpus": os.cpu_count(),
               "rates": {c: getattr(args, f"{c}_rate") for c in CLASSES},
+              "job_retention": args.job_retention,
               "minutes": []}
     failed = False
     with tempfile.TemporaryDirectory(prefix="percore-soak-") as tmp:
@@ -204,7 +211,8 @@ def main():
         argv = ["taskset", "-c", str(args.server_cpu), BINARY, "serve", "--cores", "1",
                 "--cpus", str(args.server_cpu), "--listen", f"127.0.0.1:{port}",
                 "--data-dir", os.path.join(tmp, "data"), "--static-dir", static,
-                "--webhook-allow", "127.0.0.1/32", "--workers", "2"]
+                "--webhook-allow", "127.0.0.1/32", "--workers", "2",
+                "--job-retention", args.job_retention]
         server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             error = cmp.wait_ready(server, port, "/healthz")
@@ -212,6 +220,7 @@ def main():
                 sys.exit(error)
             prepare(port)
             print(f"soak: {args.minutes} x {args.minute_seconds} s, rates/s {result['rates']}, "
+                  f"--job-retention {args.job_retention}, "
                   f"server pid {server.pid} on CPU {args.server_cpu}, load on CPU {args.client_cpu}")
             print("| minute | requests | errors | unsent | p99 read | write | scan | job | static "
                   "| health | RSS MiB | fds |")
