@@ -12,6 +12,12 @@
 //! instead of 42. Most reads are answered by the cache partitions, so writes
 //! matter more than reads here: for a write-heavy load fjall is the next
 //! engine to put behind [`Engine`].
+//!
+//! After an I/O error redb refuses every operation until the database is
+//! opened again: [`Engine::reopen`] closes and opens the file, and while it
+//! cannot be opened (the disk still full or failing; a corrupt file never)
+//! the shard refuses everything, reads too, and its store thread keeps its
+//! logs and tries again. That is the case a restart would not fix either.
 
 use std::path::Path;
 

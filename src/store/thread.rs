@@ -8,6 +8,18 @@
 //! crash. The engines take the writes without syncing; every second (or
 //! 32 MiB of log) a checkpoint starts a new log and makes the shards durable
 //! one per batch, after which the old log is deleted.
+//!
+//! Faults of the disk: a batch the log cannot take is refused (503,
+//! `StoreError::Unavailable`) and the log is cut back, so the next batch
+//! may succeed; the first failure and the recovery are logged, each once.
+//! A shard whose engine refuses writes the log holds, or fails its
+//! checkpoint, *owes* them: it answers 503 and no log is removed until its
+//! engine is reopened and every logged write for it replayed
+//! (`Worker::settle_owed`, after each batch and every idle second). That is
+//! safe because a log goes only once every shard it touched made its writes
+//! durable. Where it is not enough: an engine file that cannot be opened
+//! keeps the shard at 503 (reads too) until it can; a corrupt one needs an
+//! operator.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
