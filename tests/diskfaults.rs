@@ -66,8 +66,16 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let unmounted = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (a failed check left a file open): detach it now,
+            // the kernel frees it when the last user goes.
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -94,6 +102,18 @@ fn submit(server: &Server, n: usize) -> Response {
 fn job_id(response: &Response) -> String {
     let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
     body["id"].as_str().unwrap().to_owned()
+}
+
+/// The sum of a metric's samples over all its labels.
+fn metric_sum(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn start(data: &Path) -> Server {
@@ -171,6 +191,8 @@ fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart() {
         metrics.contains("percore_jobs_log_writable 0"),
         "the gauge says the log is failing"
     );
+    assert!(metric_sum(&metrics, "percore_store_failed_commits_total") >= 1.0);
+    assert!(metric_sum(&metrics, "percore_jobs_log_write_failures_total") >= 1.0);
 
     // Space returns: writes are taken again, with no restart.
     std::fs::remove_file(&filler).unwrap();

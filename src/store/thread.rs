@@ -8,6 +8,18 @@
 //! crash. The engines take the writes without syncing; every second (or
 //! 32 MiB of log) a checkpoint starts a new log and makes the shards durable
 //! one per batch, after which the old log is deleted.
+//!
+//! Faults of the disk: a batch the log cannot take is refused (503,
+//! `StoreError::Unavailable`) and the log is cut back, so the next batch
+//! may succeed; the first failure and the recovery are logged, each once.
+//! A shard whose engine refuses writes the log holds, or fails its
+//! checkpoint, *owes* them: it answers 503 and no log is removed until its
+//! engine is reopened and every logged write for it replayed
+//! (`Worker::settle_owed`, after each batch and every idle second). That is
+//! safe because a log goes only once every shard it touched made its writes
+//! durable. Where it is not enough: an engine file that cannot be opened
+//! keeps the shard at 503 (reads too) until it can; a corrupt one needs an
+//! operator.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -234,6 +246,7 @@ pub fn start(
                 retiring: None,
                 last_checkpoint: Instant::now(),
                 owed: HashSet::new(),
+                refused_batches: 0,
                 owner,
                 counters,
             };
@@ -259,6 +272,9 @@ struct Worker {
     /// retired, until its storage is reopened and the logs replayed into
     /// it ([`Self::settle_owed`]), as a restart would do.
     owed: HashSet<u32>,
+    /// Batches refused since the write-ahead log last took one: the first
+    /// failure is logged, and so is the recovery, not every batch between.
+    refused_batches: u64,
     owner: Outlet<StoreReply>,
     counters: Arc<StoreCounters>,
 }
@@ -375,15 +391,27 @@ impl Worker {
                 "the write-ahead log {} cannot be written ({error}); the write was not made, retry",
                 self.wal.path().display()
             ));
-            eprintln!(
-                "percore: io core {}: {error}; the batch's writes were refused",
-                self.core
-            );
+            if self.refused_batches == 0 {
+                eprintln!(
+                    "percore: io core {}: {error}; writes get 503 until the log takes them again",
+                    self.core
+                );
+            }
+            self.refused_batches += 1;
             add(&self.counters.failed_commits, 1);
             for (_, _, dependents) in &written {
                 fail(outcomes, dependents, &error);
             }
             return;
+        }
+        if self.refused_batches > 0 {
+            eprintln!(
+                "percore: io core {}: the write-ahead log {} takes writes again ({} batches were refused)",
+                self.core,
+                self.wal.path().display(),
+                self.refused_batches
+            );
+            self.refused_batches = 0;
         }
         let mut writes = 0;
         for (shard, changes, _) in &written {
@@ -485,16 +513,29 @@ impl Worker {
             return;
         };
         if let Some(shard) = shards.pop() {
+            if self.owed.contains(&shard) {
+                // Its engine lacks writes only the old log holds (and may
+                // be a closed stand-in): making it "durable" now and
+                // removing the log would lose them. Wait for the reopen.
+                shards.push(shard);
+                return;
+            }
             let Some(open) = self.shards.get_mut(&shard) else {
                 return;
             };
             if let Err(error) = open.engine.commit(&[], open.last_version, true) {
-                // The old log still holds every write: keep it, and try again later.
+                // The old log still holds every write: keep it, and try
+                // again later. An engine may refuse everything after a
+                // failed commit (redb does, until reopened): the shard owes
+                // its logged writes until its storage is reopened.
                 eprintln!(
-                    "percore: io core {}: checkpoint of shard {shard} failed: {error}",
+                    "percore: io core {}: checkpoint of shard {shard} failed: {error}; \
+                     the shard answers 503 until its storage is reopened and takes its logged writes",
                     self.core
                 );
+                add(&self.counters.engine_failures, 1);
                 shards.push(shard);
+                self.owed.insert(shard);
                 return;
             }
             if !shards.is_empty() {
@@ -674,14 +715,21 @@ mod tests {
     struct Flaky {
         docs: Arc<Mutex<BTreeMap<Vec<u8>, Stored>>>,
         /// What the last durable commit left: all a reopen finds.
-        durable: BTreeMap<Vec<u8>, Stored>,
+        durable: Arc<Mutex<BTreeMap<Vec<u8>, Stored>>>,
         failing: Arc<AtomicBool>,
         poisoned: bool,
+        /// A reopen failed: the engine takes commits into nothing, the
+        /// worst a failed reopen can leave (the store thread must never
+        /// checkpoint such a shard and drop the log that holds its writes).
+        closed: bool,
         reopens: Arc<AtomicU64>,
     }
 
     impl Engine for Flaky {
         fn get(&self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
+            if self.closed {
+                return Ok(None);
+            }
             if self.poisoned {
                 return Err(StoreError::Engine("previous I/O error".into()));
             }
@@ -697,6 +745,9 @@ mod tests {
             Ok(Vec::new())
         }
         fn commit(&mut self, changes: &[Change], _: u64, durable: bool) -> Result<(), StoreError> {
+            if self.closed {
+                return Ok(());
+            }
             if self.poisoned || self.failing.load(Relaxed) {
                 self.poisoned = true;
                 return Err(StoreError::Engine("disk I/O error".into()));
@@ -709,7 +760,7 @@ mod tests {
                 };
             }
             if durable {
-                self.durable = docs.clone();
+                *self.durable.lock().unwrap() = docs.clone();
             }
             Ok(())
         }
@@ -719,11 +770,94 @@ mod tests {
         fn reopen(&mut self) -> Result<(), StoreError> {
             self.reopens.fetch_add(1, Relaxed);
             if self.failing.load(Relaxed) {
+                self.poisoned = false;
+                self.closed = true;
                 return Err(StoreError::Engine("still failing".into()));
             }
+            self.closed = false;
             self.poisoned = false;
-            *self.docs.lock().unwrap() = self.durable.clone();
+            *self.docs.lock().unwrap() = self.durable.lock().unwrap().clone();
             Ok(())
+        }
+    }
+
+    /// A store thread over one [`Flaky`] shard, in a directory of its own.
+    struct Rig {
+        store: Sender<StoreRequest>,
+        inbox: crossbeam_channel::Receiver<StoreReply>,
+        ticket: u64,
+        dir: PathBuf,
+        docs: Arc<Mutex<BTreeMap<Vec<u8>, Stored>>>,
+        durable: Arc<Mutex<BTreeMap<Vec<u8>, Stored>>>,
+        failing: Arc<AtomicBool>,
+        reopens: Arc<AtomicU64>,
+        counters: Arc<StoreCounters>,
+    }
+
+    impl Rig {
+        fn start(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("percore-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let docs = Arc::new(Mutex::new(BTreeMap::new()));
+            let durable = Arc::new(Mutex::new(BTreeMap::new()));
+            let failing = Arc::new(AtomicBool::new(false));
+            let reopens = Arc::new(AtomicU64::new(0));
+            let engine = Flaky {
+                docs: Arc::clone(&docs),
+                durable: Arc::clone(&durable),
+                failing: Arc::clone(&failing),
+                poisoned: false,
+                closed: false,
+                reopens: Arc::clone(&reopens),
+            };
+            let (mailbox, inbox) = crate::net::Mailbox::<StoreReply>::detached().unwrap();
+            let counters = Arc::new(StoreCounters::default());
+            let store = start(
+                0,
+                vec![OpenShard {
+                    shard: 0,
+                    engine: Box::new(engine),
+                    last_version: 0,
+                }],
+                dir.clone(),
+                mailbox.outlet(|reply| reply),
+                Arc::clone(&counters),
+            )
+            .unwrap();
+            Self {
+                store,
+                inbox,
+                ticket: 0,
+                dir,
+                docs,
+                durable,
+                failing,
+                reopens,
+                counters,
+            }
+        }
+
+        fn ask(&mut self, op: StoreOp) -> StoreOutcome {
+            self.ticket += 1;
+            self.store
+                .send(StoreRequest {
+                    ticket: self.ticket,
+                    shard: 0,
+                    op,
+                })
+                .unwrap();
+            let reply = self
+                .inbox
+                .recv_timeout(Duration::from_secs(10))
+                .expect("an answer");
+            assert_eq!(reply.ticket, self.ticket);
+            reply.outcome
+        }
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 
@@ -737,48 +871,14 @@ mod tests {
 
     #[test]
     fn a_shard_whose_engine_fails_owes_its_writes_and_recovers_without_a_restart() {
-        let dir = std::env::temp_dir().join(format!("percore-owed-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let docs = Arc::new(Mutex::new(BTreeMap::new()));
-        let failing = Arc::new(AtomicBool::new(false));
-        let reopens = Arc::new(AtomicU64::new(0));
-        let engine = Flaky {
-            docs: Arc::clone(&docs),
-            durable: BTreeMap::new(),
-            failing: Arc::clone(&failing),
-            poisoned: false,
-            reopens: Arc::clone(&reopens),
-        };
-        let (mailbox, inbox) = crate::net::Mailbox::<StoreReply>::detached().unwrap();
-        let counters = Arc::new(StoreCounters::default());
-        let store = start(
-            0,
-            vec![OpenShard {
-                shard: 0,
-                engine: Box::new(engine),
-                last_version: 0,
-            }],
-            dir.clone(),
-            mailbox.outlet(|reply| reply),
-            Arc::clone(&counters),
-        )
-        .unwrap();
-        let mut ticket = 0;
-        let mut ask = |op: StoreOp| {
-            ticket += 1;
-            store
-                .send(StoreRequest {
-                    ticket,
-                    shard: 0,
-                    op,
-                })
-                .unwrap();
-            let reply = inbox
-                .recv_timeout(Duration::from_secs(10))
-                .expect("an answer");
-            assert_eq!(reply.ticket, ticket);
-            reply.outcome
-        };
+        let mut rig = Rig::start("owed");
+        let (docs, failing, reopens, counters) = (
+            Arc::clone(&rig.docs),
+            Arc::clone(&rig.failing),
+            Arc::clone(&rig.reopens),
+            Arc::clone(&rig.counters),
+        );
+        let mut ask = |op: StoreOp| rig.ask(op);
         assert!(matches!(
             ask(put("a", "{\"v\":1}")),
             StoreOutcome::Written { .. }
@@ -832,7 +932,65 @@ mod tests {
             ask(put("c", "{\"v\":3}")),
             StoreOutcome::Written { .. }
         ));
-        drop(store);
-        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_failed_checkpoint_reopens_the_shard_and_keeps_its_logged_writes() {
+        let mut rig = Rig::start("checkpoint");
+        assert!(matches!(
+            rig.ask(put("a", "{\"v\":1}")),
+            StoreOutcome::Written { .. }
+        ));
+        rig.failing.store(true, Relaxed);
+        // Idle, the store checkpoints within a second: the durable commit fails.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rig.counters.engine_failures.load(Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "no checkpoint was tried");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rig.counters.checkpoints.load(Relaxed), 0);
+        // The engine refuses everything now (redb does after an I/O error):
+        // the shard answers 503 rather than an engine error.
+        let read = rig.ask(StoreOp::Read { key: b"a".to_vec() });
+        assert!(
+            matches!(read, StoreOutcome::Failed(StoreError::Unavailable(_))),
+            "{read:?}"
+        );
+        // Reopens fail while the disk does, each followed by an idle turn's
+        // checkpoint: none may drop the log that alone holds the write.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rig.reopens.load(Relaxed) < 3 {
+            assert!(Instant::now() < deadline, "no reopen was tried");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rig.counters.checkpoints.load(Relaxed), 0);
+        rig.failing.store(false, Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            match rig.ask(StoreOp::Read { key: b"a".to_vec() }) {
+                StoreOutcome::Found(found) => break found,
+                StoreOutcome::Failed(StoreError::Unavailable(_)) => {
+                    assert!(Instant::now() < deadline, "the shard never recovered");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        // The reopen lost what the engine had not made durable; the log gave it back.
+        assert_eq!(found.unwrap().doc.as_ref(), b"{\"v\":1}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rig.counters.checkpoints.load(Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the checkpoint never completed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            rig.durable
+                .lock()
+                .unwrap()
+                .get(b"a".as_slice())
+                .map(|s| s.doc.clone()),
+            Some(Bytes::from_static(b"{\"v\":1}")),
+            "the checkpoint made the write durable in the engine"
+        );
     }
 }
