@@ -220,6 +220,14 @@ pub(super) fn shape(raw: &[u8]) -> Shape {
 /// (found by fuzzing, fuzz/regressions/json_document). Bodies without a
 /// run of that many digits cost one pass over their bytes and nothing else.
 pub(super) fn first_bad_long_number(raw: &[u8]) -> Option<usize> {
+    long_numbers(raw).err()
+}
+
+/// Every number of the body, as `(start, end)` in document order, when
+/// one of them is long enough for simd-json's slow path (whose floats are
+/// not always correctly rounded: `1844674407407370950.1` came out one ulp
+/// off); `Ok(None)` for the usual body; `Err` where a number goes wrong.
+pub(super) fn long_numbers(raw: &[u8]) -> Result<Option<Vec<(usize, usize)>>, usize> {
     const SLOW_PATH_DIGITS: usize = 16;
     // Digits counted across what a number is made of, so `12345.678...`
     // counts its fraction too.
@@ -233,26 +241,30 @@ pub(super) fn first_bad_long_number(raw: &[u8]) -> Option<usize> {
         digits >= SLOW_PATH_DIGITS
     });
     if !long {
-        return None;
+        return Ok(None);
     }
+    let mut numbers = Vec::new();
     let mut at = 0;
     while at < raw.len() {
         match raw[at] {
-            b'"' => at = string_end(raw, at)? + 1,
+            b'"' => match string_end(raw, at) {
+                Some(end) => at = end + 1,
+                None => return Ok(Some(numbers)),
+            },
             b'-' | b'0'..=b'9' => {
-                let end = match number_end(raw, at) {
-                    Ok(end) => end,
-                    Err(bad) => return Some(bad),
-                };
+                let end = number_end(raw, at)?;
                 match raw.get(end) {
-                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') => at = end,
-                    Some(_) => return Some(end),
+                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') => {
+                        numbers.push((at, end));
+                        at = end;
+                    }
+                    Some(_) => return Err(end),
                 }
             }
             _ => at += 1,
         }
     }
-    None
+    Ok(Some(numbers))
 }
 
 /// The end of the JSON number starting at `start`, or where its grammar
