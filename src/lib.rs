@@ -92,6 +92,28 @@
 //! thread makes each batch of writes durable with one fdatasync of its
 //! core's write-ahead log ([`store::wal`]), whatever shards the batch touched.
 //!
+//! # When the disk fails
+//! The job log ([`queue::log`]) and every store thread's write-ahead log
+//! ([`store::wal`]) append through one [`durable::Appender`]: a batch is
+//! acknowledged only after its fdatasync succeeded; a failed append (disk
+//! full, an I/O error on the write or on the fdatasync) is cut back to the
+//! last durable record, or, if even the cut fails, cut before the next
+//! append, which writes nothing until it can. So a failed batch is refused
+//! (503 with `Retry-After`: `store_unavailable`, `job_log_unavailable`)
+//! and the next one is taken as soon as the disk takes it, with no
+//! restart; reads go on. The job manager rebuilds its state from its log
+//! after a failed commit and probes until a commit succeeds
+//! ([`queue`]). A shard whose engine refuses writes its log already holds,
+//! or fails a checkpoint (redb refuses everything after an I/O error),
+//! owes those writes: it answers 503, reads included, and keeps every log,
+//! while its store thread reopens the engine and replays the logs into it
+//! ([`store::thread`]). Not recovered without an operator: an engine file
+//! that cannot be opened again (while the disk still fails, the owing
+//! shard refuses reads too; a file the engine finds corrupt never opens,
+//! and a restart fails the same way). EIO is unit-tested through an
+//! injectable file ([`durable::LogFile`]); a full disk end to end by
+//! `tests/diskfaults.rs` on a tmpfs of its own.
+//!
 //! # Who may do what
 //! With an API keys file or a JWT key configured, every request is checked
 //! in [`net::Service::admit`], after its head and before its body, ahead of

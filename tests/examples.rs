@@ -224,3 +224,59 @@ fn an_applications_own_options_come_from_flags_environment_and_help() {
     let server = Server::start_with_command(command, &[]);
     assert_eq!(json(&server.get("/catalogue/stats"))["currency"], "GBP");
 }
+
+#[test]
+fn an_applications_own_routes_take_the_same_authorization_rules() {
+    use sha2::{Digest, Sha256};
+    let dir = DataDir::new("examples-auth");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let key = "catalogue-editor-key-7e21";
+    let digest: String = Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let keys = dir.0.join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[keys]]\nname = \"editor\"\nsha256 = \"{digest}\"\nscopes = [\"write\", \"stats\"]\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.0.join("percore.toml");
+    std::fs::write(
+        &config,
+        "[[auth.rules]]\nmethod = \"GET\"\npath = \"/catalogue/stats\"\nrequire = \"stats\"\n",
+    )
+    .unwrap();
+    let server = Server::start_example(
+        "catalogue",
+        &[
+            "--auth-keys",
+            keys.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let lamp = r#"{"name":"Lamp","price":12.5,"stock":{"warehouse":3,"shop":1}}"#;
+    // A write of the application's own needs `write`, like percore's own writes.
+    let anonymous = server.call("PUT", "/products/lamp", Some(lamp));
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    assert_eq!(anonymous.error_code(), "credential_missing");
+    let mut conn = server.connect();
+    conn.send(
+        format!(
+            "PUT /products/lamp HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\nContent-Length: {}\r\n\r\n{lamp}",
+            lamp.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(conn.response().status, 201);
+    // Its reads stay public; a rule of the deployment guards one of them.
+    assert_eq!(server.get("/products/lamp").status, 200);
+    assert_eq!(server.get("/catalogue/stats").status, 401);
+    conn.send(
+        format!("GET /catalogue/stats HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(conn.response().status, 200);
+}

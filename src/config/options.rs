@@ -32,6 +32,16 @@ pub const SECTIONS: &[&str] = &[
     AUTHENTICATION,
 ];
 
+/// A comma-separated list of addresses or networks.
+fn cidrs(text: &str) -> Result<Vec<Cidr>, String> {
+    items(text)
+        .map(|item| {
+            Cidr::parse(item)
+                .ok_or_else(|| format!("`{item}` is not an address or a network like 10.0.0.0/8"))
+        })
+        .collect()
+}
+
 fn count(text: &str, min: usize, max: usize) -> Result<usize, String> {
     whole_number_in(text, min, max)
 }
@@ -245,15 +255,7 @@ pub const TRUSTED_PROXY: Opt<Vec<Cidr>, Optional> = Opt::new(
     "trusted_proxy",
     "CIDR",
     "A proxy whose Forwarded / X-Forwarded-For headers are believed, e.g. `10.0.0.0/8`.",
-    |text| {
-        items(text)
-            .map(|item| {
-                Cidr::parse(item).ok_or_else(|| {
-                    format!("`{item}` is not an address or a network like 10.0.0.0/8")
-                })
-            })
-            .collect()
-    },
+    cidrs,
 )
 .list()
 .unset("none")
@@ -667,15 +669,7 @@ pub const WEBHOOK_ALLOW: Opt<Vec<Cidr>, Optional> = Opt::new(
     "webhook_allow",
     "CIDR",
     "A network webhooks may reach although it is loopback, private, link-local or otherwise internal (refused by default).",
-    |text| {
-        items(text)
-            .map(|item| {
-                Cidr::parse(item).ok_or_else(|| {
-                    format!("`{item}` is not an address or a network like 10.0.0.0/8")
-                })
-            })
-            .collect()
-    },
+    cidrs,
 )
 .list()
 .unset("none: internal addresses are refused")

@@ -81,11 +81,12 @@ impl DataShared {
                 |c| &c.entries,
             ),
         ];
-        const STORE: [Row<StoreCounters>; 5] = [
+        const STORE: [Row<StoreCounters>; 6] = [
         ("percore_store_commits_total", "counter", "Durable commits: one fdatasync of the core's write-ahead log per batch, for all its shards.", |c| &c.commits),
         ("percore_store_checkpoints_total", "counter", "Checkpoints: the core's shards made durable in their engines, an old write-ahead log removed.", |c| &c.checkpoints),
         ("percore_store_committed_writes_total", "counter", "Document writes and deletes made durable.", |c| &c.committed_writes),
         ("percore_store_failed_commits_total", "counter", "Commits that failed; their writes were refused.", |c| &c.failed_commits),
+        ("percore_store_engine_failures_total", "counter", "Engine commits refused after the write-ahead log had the writes; the shard answered 503 until its storage was reopened and took them.", |c| &c.engine_failures),
         ("percore_store_reads_total", "counter", "Documents read from the store (cache misses and uncached reads).", |c| &c.reads),
     ];
         const PLANE: [Row<PlaneCounters>; 3] = [

@@ -215,16 +215,22 @@ pub(super) fn shape(raw: &[u8]) -> Shape {
 }
 
 /// Where a number of many digits goes wrong: simd-json 0.15 takes a slow
-/// path for numbers of 19 or more digits that does not check what follows
-/// them, so `{"n":1844674407370955161%}` parsed as 1844674407370955161
+/// path for numbers of 19 or more digits (fraction included) that does not
+/// check what follows them, so `{"n":1844674407370955161%}` parsed as 1844674407370955161
 /// (found by fuzzing, fuzz/regressions/json_document). Bodies without a
 /// run of that many digits cost one pass over their bytes and nothing else.
 pub(super) fn first_bad_long_number(raw: &[u8]) -> Option<usize> {
     const SLOW_PATH_DIGITS: usize = 16;
-    let mut run = 0;
-    let long = raw.iter().any(|b| {
-        run = if b.is_ascii_digit() { run + 1 } else { 0 };
-        run >= SLOW_PATH_DIGITS
+    // Digits counted across what a number is made of, so `12345.678...`
+    // counts its fraction too.
+    let mut digits = 0;
+    let long = raw.iter().any(|&b| {
+        digits = match b {
+            b'0'..=b'9' => digits + 1,
+            b'.' | b'e' | b'E' | b'+' | b'-' => digits,
+            _ => 0,
+        };
+        digits >= SLOW_PATH_DIGITS
     });
     if !long {
         return None;
@@ -320,6 +326,8 @@ mod tests {
             (br#"{"s":"1234567890123456789%","t":1}"#, None),
             (br#"{"s":"\"1234567890123456789%"}"#, None),
             (br#"{"a":1%}"#, None),
+            (br#"{"a":72036.54771844203685)4}"#, Some(25)),
+            (br#"{"":[-18446744007379.5161610.1]}"#, Some(28)),
         ] {
             assert_eq!(first_bad_long_number(body), bad, "{}", body.escape_ascii());
         }

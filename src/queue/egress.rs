@@ -164,7 +164,8 @@ impl ureq::Resolver for GuardedResolver {
 }
 
 /// The TLS configuration of https deliveries: the certificates of `ca`
-/// (a PEM file) when given, else the system's roots.
+/// (a PEM file) when given, else the system's roots (Mozilla's, built in,
+/// on a host that has none).
 pub fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
@@ -187,14 +188,17 @@ pub fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String
             }
         }
         None => {
-            let native = rustls_native_certs::load_native_certs()
-                .map_err(|e| format!("cannot read the system's CA certificates: {e}"))?;
-            let (added, _ignored) = roots.add_parsable_certificates(native);
+            let added = match rustls_native_certs::load_native_certs() {
+                Ok(native) => roots.add_parsable_certificates(native).0,
+                Err(_) => 0,
+            };
             if added == 0 {
-                return Err(
-                    "the system has no CA certificates (install ca-certificates, or set --webhook-ca)"
-                        .into(),
+                // A host without a CA bundle (no ca-certificates) still
+                // verifies https receivers: against Mozilla's roots, built in.
+                eprintln!(
+                    "percore: the system has no CA certificates; https webhooks are verified against Mozilla's roots (webpki-roots), or set --webhook-ca"
                 );
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
             }
         }
     }

@@ -21,7 +21,7 @@ pub enum JobError {
     QueueFull { queue: String, capacity: usize },
     #[error("jobs are off: start the server with --data-dir DIR to keep a durable job log, or --queue nats://HOST:PORT")]
     JobsDisabled,
-    #[error("the job log cannot be written, so no job can be accepted; see the server's log")]
+    #[error("the job log cannot be written now (disk full or failing), so no job was accepted; retry later")]
     JobLogUnavailable,
 }
 

@@ -11,6 +11,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::durable::Appender;
 use serde_json::Value;
 
 /// One change to a job, as written to the log.
@@ -61,11 +63,10 @@ pub enum Record {
 
 /// The open log file.
 pub struct JobLog {
-    file: File,
+    /// The file, and the bytes known to be on disk (a failed commit is cut back to there).
+    file: Appender,
     path: PathBuf,
     pending: Vec<u8>,
-    /// Bytes known to be on disk: a failed commit is cut back to here.
-    durable_len: u64,
 }
 
 impl JobLog {
@@ -94,10 +95,9 @@ impl JobLog {
         }
         Ok((
             Self {
-                file,
+                file: Appender::new(file, good as u64),
                 path,
                 pending: Vec::with_capacity(64 * 1024),
-                durable_len: good as u64,
             },
             records,
         ))
@@ -123,11 +123,11 @@ impl JobLog {
 
     /// Bytes of the log on disk.
     pub fn len(&self) -> u64 {
-        self.durable_len
+        self.file.durable_len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.durable_len == 0
+        self.file.durable_len() == 0
     }
 
     /// Replaces the whole log with `records` (compaction): written to a
@@ -147,11 +147,11 @@ impl JobLog {
         file.sync_all()?;
         std::fs::rename(&temporary, &self.path)?;
         File::open(&dir)?.sync_all()?;
-        self.file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .open(&self.path)?;
-        self.durable_len = bytes.len() as u64;
+        self.file = Appender::new(file, bytes.len() as u64);
         Ok(())
     }
 
@@ -161,7 +161,7 @@ impl JobLog {
     /// to its last durable length, so a later commit never lands after a
     /// torn record (which replay would stop at, losing what follows).
     pub fn commit(&mut self) -> io::Result<()> {
-        crate::durable::append_synced(&mut self.file, &mut self.pending, &mut self.durable_len)
+        self.file.append_synced(&mut self.pending)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -73,8 +74,12 @@ pub(super) struct Manager {
     running: HashMap<u64, u64>,
     next_id: u64,
     rng: u64,
-    /// The log failed a commit: accept nothing more.
+    /// The log failed a commit: submissions and redrives are refused (503)
+    /// and no attempt starts, until a commit succeeds again.
     broken: bool,
+    /// The state in memory may hold changes the log lost: rebuild it from
+    /// the log before taking writes again.
+    needs_rebuild: bool,
     replies: Vec<Completion>,
     changed: Vec<u64>,
 }
@@ -110,6 +115,7 @@ impl Manager {
             next_id: 1,
             rng: now_ms() | 1,
             broken: false,
+            needs_rebuild: false,
             replies: Vec::new(),
             changed: Vec::new(),
         }
@@ -251,23 +257,12 @@ impl Manager {
             }
             self.expire_lost_attempts();
             self.trim_finished();
-            if let Err(error) = self.log.commit() {
-                // Nothing staged is durable, so nothing staged is acknowledged;
-                // and a log that failed once is not trusted with more.
-                eprintln!(
-                    "percore: cannot write the job log {}: {error}; no more jobs are accepted until restart",
-                    self.log.path().display()
-                );
-                self.broken = true;
-                for reply in &mut self.replies {
-                    if matches!(
-                        reply.answer,
-                        Answer::Accepted { .. } | Answer::Redriven { .. }
-                    ) {
-                        reply.answer = Answer::Rejected(JobError::JobLogUnavailable);
-                    }
-                }
+            let probe = self.broken && !self.log.has_staged();
+            if probe {
+                // A record that changes nothing, to learn whether the disk takes writes again.
+                self.log.stage(&Record::NextId { id: self.next_id });
             }
+            self.commit_or_degrade(probe);
             if !self.broken {
                 self.compact_if_due();
             }
@@ -278,13 +273,99 @@ impl Manager {
                     mailbox.deliver(completion);
                 }
             }
-            // Only now, after the commit: a job runs only once its acceptance is durable.
-            self.dispatch();
+            // Only now, after the commit: a job runs only once its acceptance
+            // is durable; and none starts while its start cannot be recorded.
+            if !self.broken {
+                self.dispatch();
+            }
             self.publish();
             if self.queues.stop.load(Relaxed) {
                 return;
             }
         }
+    }
+
+    /// Commits what the turn staged. On failure (disk full, an I/O error)
+    /// nothing staged is durable, so nothing staged is acknowledged; the
+    /// state in memory is rebuilt from the log, which holds exactly what
+    /// was acknowledged; and the manager refuses work until a commit
+    /// succeeds again: then it takes jobs again, with no restart.
+    fn commit_or_degrade(&mut self, probe: bool) {
+        match self.log.commit() {
+            Ok(()) => {
+                if self.needs_rebuild {
+                    // The probe went through, but the state could not be rebuilt yet.
+                    self.rebuild_from_log();
+                }
+                if self.broken && !self.needs_rebuild {
+                    self.broken = false;
+                    self.queues.metrics.log_failing.store(false, Relaxed);
+                    eprintln!(
+                        "percore: the job log {} takes writes again; jobs are accepted",
+                        self.log.path().display()
+                    );
+                }
+            }
+            Err(error) => {
+                self.queues.metrics.log_failures.fetch_add(1, Relaxed);
+                if !self.broken {
+                    eprintln!(
+                        "percore: cannot write the job log {}: {error}; submissions get 503 until it can be written again",
+                        self.log.path().display()
+                    );
+                }
+                self.broken = true;
+                self.queues.metrics.log_failing.store(true, Relaxed);
+                for reply in &mut self.replies {
+                    if matches!(
+                        reply.answer,
+                        Answer::Accepted { .. } | Answer::Redriven { .. }
+                    ) {
+                        reply.answer = Answer::Rejected(JobError::JobLogUnavailable);
+                    }
+                }
+                // A probe changed nothing in memory; anything else did.
+                if probe && !self.needs_rebuild {
+                    return;
+                }
+                self.needs_rebuild = true;
+                self.rebuild_from_log();
+            }
+        }
+    }
+
+    /// Replaces the state in memory with what the log holds, as at start-up.
+    /// Attempts running now are presumed lost and run again later (their
+    /// late answers are ignored): delivery stays at least once.
+    fn rebuild_from_log(&mut self) {
+        let dir = self
+            .log
+            .path()
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        let (log, records) = match JobLog::open(&dir) {
+            Ok(opened) => opened,
+            Err(error) => {
+                eprintln!(
+                    "percore: cannot read the job log {} back: {error}; trying again",
+                    self.log.path().display()
+                );
+                return;
+            }
+        };
+        let mut fresh = Manager::new(
+            Arc::clone(&self.queues),
+            log,
+            self.mailboxes.clone(),
+            self.work_tx.clone(),
+        );
+        fresh.rng = self.rng;
+        fresh.broken = self.broken;
+        fresh.compacted_len = self.compacted_len;
+        fresh.replies = std::mem::take(&mut self.replies);
+        fresh.replay(records);
+        *self = fresh;
     }
 
     fn handle(&mut self, msg: Msg) {

@@ -18,7 +18,7 @@ impl Queues {
         } else {
             now_ms.saturating_sub(oldest_ms) as f64 / 1000.0
         };
-        let rows: [(&str, &str, &str, String); 6] = [
+        let rows: [(&str, &str, &str, String); 8] = [
             (
                 "percore_jobs_waiting",
                 "gauge",
@@ -54,6 +54,18 @@ impl Queues {
                 "counter",
                 "Jobs moved to the dead letters since start.",
                 m.dead.load(Relaxed).to_string(),
+            ),
+            (
+                "percore_jobs_log_write_failures_total",
+                "counter",
+                "Commits of the job log that failed (disk full, I/O errors); their jobs were refused.",
+                m.log_failures.load(Relaxed).to_string(),
+            ),
+            (
+                "percore_jobs_log_writable",
+                "gauge",
+                "1 while the job log takes writes; 0 while submissions get 503.",
+                u8::from(!m.log_failing.load(Relaxed)).to_string(),
             ),
         ];
         for (name, kind, help, value) in rows {

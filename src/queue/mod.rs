@@ -7,6 +7,14 @@
 //! io core that submitted a job to answer `202`, so an accepted job survives
 //! `kill -9`. Workers are plain threads (pinned with `--worker-cpus`) that
 //! take jobs from a bounded channel, so a slow job never touches an io core.
+//!
+//! A commit of the job log that fails (disk full, an I/O error) answers its
+//! submissions and redrives 503 `job_log_unavailable` with `Retry-After`;
+//! the log is cut back to its last durable record, the manager rebuilds its
+//! state from the log (exactly what was acknowledged; attempts running then
+//! are presumed lost and run again), starts no attempt, and probes with a
+//! record that changes nothing on every turn (at most 200 ms apart) until a
+//! commit succeeds: then it takes jobs again, with no restart.
 
 pub mod egress;
 mod error;
@@ -227,6 +235,10 @@ pub struct QueueMetrics {
     pub dead: AtomicU64,
     /// Created time (Unix ms) of the oldest waiting job; 0 when none.
     pub oldest_waiting_ms: AtomicU64,
+    /// Commits of the job log that failed (disk full, I/O errors).
+    pub log_failures: AtomicU64,
+    /// The job log cannot be written now: submissions get 503.
+    pub log_failing: std::sync::atomic::AtomicBool,
 }
 
 /// The handle io cores and handlers use: submit, and read job status.

@@ -75,4 +75,9 @@ pub trait Engine: Send {
     ) -> Result<(), StoreError>;
     /// The highest version ever committed (0 for a new shard).
     fn last_version(&self) -> Result<u64, StoreError>;
+    /// Opens the shard's storage again after a failed commit, as a restart
+    /// would (redb refuses every operation after an I/O error until then).
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

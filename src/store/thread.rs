@@ -8,6 +8,18 @@
 //! crash. The engines take the writes without syncing; every second (or
 //! 32 MiB of log) a checkpoint starts a new log and makes the shards durable
 //! one per batch, after which the old log is deleted.
+//!
+//! Faults of the disk: a batch the log cannot take is refused (503,
+//! `StoreError::Unavailable`) and the log is cut back, so the next batch
+//! may succeed; the first failure and the recovery are logged, each once.
+//! A shard whose engine refuses writes the log holds, or fails its
+//! checkpoint, *owes* them: it answers 503 and no log is removed until its
+//! engine is reopened and every logged write for it replayed
+//! (`Worker::settle_owed`, after each batch and every idle second). That is
+//! safe because a log goes only once every shard it touched made its writes
+//! durable. Where it is not enough: an engine file that cannot be opened
+//! keeps the shard at 503 (reads too) until it can; a corrupt one needs an
+//! operator.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -179,6 +191,8 @@ pub struct StoreCounters {
     pub committed_writes: AtomicU64,
     pub commit_micros: AtomicU64,
     pub failed_commits: AtomicU64,
+    /// Engine commits refused after the log had the writes; the shard owed them until reopened.
+    pub engine_failures: AtomicU64,
     /// Checkpoints: durable engine commits of the shards, after which the log starts over.
     pub checkpoints: AtomicU64,
     pub reads: AtomicU64,
@@ -231,7 +245,8 @@ pub fn start(
                 unsynced: HashSet::new(),
                 retiring: None,
                 last_checkpoint: Instant::now(),
-                broken: None,
+                owed: HashSet::new(),
+                refused_batches: 0,
                 owner,
                 counters,
             };
@@ -252,10 +267,14 @@ struct Worker {
     /// make durable before that log may go.
     retiring: Option<(Wal, Vec<u32>)>,
     last_checkpoint: Instant,
-    /// Set when an engine refused writes the log already holds: the
-    /// engines no longer match the log, so nothing more is served until a
-    /// restart replays the log.
-    broken: Option<String>,
+    /// Shards whose engine refused writes the log already holds: such a
+    /// shard answers 503 (its engine is behind the log) and no log is
+    /// retired, until its storage is reopened and the logs replayed into
+    /// it ([`Self::settle_owed`]), as a restart would do.
+    owed: HashSet<u32>,
+    /// Batches refused since the write-ahead log last took one: the first
+    /// failure is logged, and so is the recovery, not every batch between.
+    refused_batches: u64,
     owner: Outlet<StoreReply>,
     counters: Arc<StoreCounters>,
 }
@@ -281,6 +300,7 @@ impl Worker {
                 Ok(first) => first,
                 Err(RecvTimeoutError::Timeout) => {
                     // Idle: no batch waits, so finish a checkpoint at once.
+                    self.settle_owed();
                     self.checkpoint_all();
                     continue;
                 }
@@ -302,9 +322,12 @@ impl Worker {
                     // A scan reads the engine: commit what is pending first.
                     self.commit(&mut pending, &mut outcomes);
                 }
-                let outcome = match &self.broken {
-                    Some(why) => StoreOutcome::Failed(StoreError::Engine(why.clone())),
-                    None => self.apply(shard, request.op, pending.entry(shard).or_default()),
+                let outcome = if self.owed.contains(&shard) {
+                    StoreOutcome::Failed(StoreError::Unavailable(format!(
+                        "shard {shard} is recovering from a storage error; retry"
+                    )))
+                } else {
+                    self.apply(shard, request.op, pending.entry(shard).or_default())
                 };
                 let index = outcomes.len();
                 outcomes.push((request.ticket, outcome));
@@ -318,6 +341,7 @@ impl Worker {
                 let _ = self.owner.post(StoreReply { ticket, outcome });
             }
             self.owner.wake();
+            self.settle_owed();
             if self.retiring.is_none()
                 && (self.wal.len() > CHECKPOINT_ABOVE
                     || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
@@ -359,44 +383,54 @@ impl Worker {
         }
         let started = Instant::now();
         if let Err(error) = self.wal.commit() {
-            let error = StoreError::Engine(format!(
-                "the write-ahead log {} cannot be written: {error}",
+            // Nothing of the batch is durable, so nothing of it is
+            // acknowledged, and the log was cut back to its last durable
+            // record (or will be, before its next append): the next batch
+            // may succeed as soon as the disk takes it. Reads go on.
+            let error = StoreError::Unavailable(format!(
+                "the write-ahead log {} cannot be written ({error}); the write was not made, retry",
                 self.wal.path().display()
             ));
-            eprintln!(
-                "percore: io core {}: {error}; the batch's writes were refused",
-                self.core
-            );
+            if self.refused_batches == 0 {
+                eprintln!(
+                    "percore: io core {}: {error}; writes get 503 until the log takes them again",
+                    self.core
+                );
+            }
+            self.refused_batches += 1;
             add(&self.counters.failed_commits, 1);
-            // A log that failed once is not trusted with more: if it could
-            // not be cut back, a torn record would hide every later batch.
-            self.broken = Some(format!(
-                "{error}; no more writes are accepted until percore restarts"
-            ));
             for (_, _, dependents) in &written {
                 fail(outcomes, dependents, &error);
             }
             return;
         }
+        if self.refused_batches > 0 {
+            eprintln!(
+                "percore: io core {}: the write-ahead log {} takes writes again ({} batches were refused)",
+                self.core,
+                self.wal.path().display(),
+                self.refused_batches
+            );
+            self.refused_batches = 0;
+        }
         let mut writes = 0;
         for (shard, changes, _) in &written {
+            let shard = *shard;
             writes += changes.len() as u64;
-            let open = self.shards.get_mut(shard).expect("checked above");
-            match open.engine.commit(changes, open.last_version, false) {
-                Ok(()) => {
-                    self.unsynced.insert(*shard);
-                }
-                Err(error) => {
-                    // The writes are durable in the log and will be in the
-                    // shard after a restart, so their answers stand; but the
-                    // engine no longer matches the log, so nothing more is served.
-                    let why = format!(
-                        "shard {shard} refused writes its write-ahead log holds ({error}); restart percore to replay the log"
-                    );
-                    eprintln!("percore: io core {}: {why}", self.core);
-                    self.broken = Some(why);
-                }
+            let open = self.shards.get_mut(&shard).expect("checked above");
+            if let Err(error) = open.engine.commit(changes, open.last_version, false) {
+                // The writes are durable in the log, so their answers
+                // stand; the engine owes them until it takes them again.
+                eprintln!(
+                    "percore: io core {}: shard {shard} refused writes its write-ahead log holds ({error}); \
+                     the shard answers 503 until its storage is reopened and takes them",
+                    self.core
+                );
+                add(&self.counters.engine_failures, 1);
+                self.owed.insert(shard);
+                continue;
             }
+            self.unsynced.insert(shard);
         }
         let c = &self.counters;
         add(&c.commits, 1);
@@ -404,11 +438,57 @@ impl Worker {
         add(&c.commit_micros, started.elapsed().as_micros() as u64);
     }
 
+    /// Reopens the storage of every shard that owes writes and replays
+    /// into it every write of the logs for it, in order. Reopening loses
+    /// what the engine took since its last durable commit (a checkpoint),
+    /// and the logs hold exactly that and more: writes the engine already
+    /// has are written again, to the same values.
+    fn settle_owed(&mut self) {
+        if self.owed.is_empty() {
+            return;
+        }
+        let records = match super::wal::read_all(&self.wal_dir) {
+            Ok(records) => records,
+            Err(error) => {
+                eprintln!(
+                    "percore: io core {}: cannot read the write-ahead logs back: {error}; trying again",
+                    self.core
+                );
+                return;
+            }
+        };
+        let owing: Vec<u32> = self.owed.iter().copied().collect();
+        for shard in owing {
+            let Some(open) = self.shards.get_mut(&shard) else {
+                continue;
+            };
+            let changes: Vec<Change> = records
+                .iter()
+                .filter(|r| r.shard == shard)
+                .map(|r| (r.key.clone(), r.value.clone()))
+                .collect();
+            let settled = open
+                .engine
+                .reopen()
+                .and_then(|()| open.engine.commit(&changes, open.last_version, false));
+            if settled.is_ok() {
+                eprintln!(
+                    "percore: io core {}: shard {shard} reopened and took its {} logged writes; it serves again",
+                    self.core,
+                    changes.len()
+                );
+                self.owed.remove(&shard);
+                self.unsynced.insert(shard);
+            }
+        }
+    }
+
     /// Starts a checkpoint: new writes go to a new log; the shards written
     /// so far are made durable one by one ([`Self::checkpoint_step`]).
     fn start_checkpoint(&mut self) {
         self.last_checkpoint = Instant::now();
-        if self.unsynced.is_empty() || self.broken.is_some() {
+        // A shard that owes writes has them in the log alone: keep every log.
+        if self.unsynced.is_empty() || !self.owed.is_empty() {
             return;
         }
         let next = match Wal::create(&self.wal_dir, self.core, self.generation + 1) {
@@ -433,16 +513,29 @@ impl Worker {
             return;
         };
         if let Some(shard) = shards.pop() {
+            if self.owed.contains(&shard) {
+                // Its engine lacks writes only the old log holds (and may
+                // be a closed stand-in): making it "durable" now and
+                // removing the log would lose them. Wait for the reopen.
+                shards.push(shard);
+                return;
+            }
             let Some(open) = self.shards.get_mut(&shard) else {
                 return;
             };
             if let Err(error) = open.engine.commit(&[], open.last_version, true) {
-                // The old log still holds every write: keep it, and try again later.
+                // The old log still holds every write: keep it, and try
+                // again later. An engine may refuse everything after a
+                // failed commit (redb does, until reopened): the shard owes
+                // its logged writes until its storage is reopened.
                 eprintln!(
-                    "percore: io core {}: checkpoint of shard {shard} failed: {error}",
+                    "percore: io core {}: checkpoint of shard {shard} failed: {error}; \
+                     the shard answers 503 until its storage is reopened and takes its logged writes",
                     self.core
                 );
+                add(&self.counters.engine_failures, 1);
                 shards.push(shard);
+                self.owed.insert(shard);
                 return;
             }
             if !shards.is_empty() {
@@ -467,7 +560,7 @@ impl Worker {
             if self.retiring.is_none() {
                 self.start_checkpoint();
             }
-            while self.retiring.is_some() && self.broken.is_none() {
+            while self.retiring.is_some() {
                 let before = self.retiring.as_ref().map_or(0, |(_, s)| s.len());
                 self.checkpoint_step();
                 let after = self.retiring.as_ref().map_or(0, |(_, s)| s.len());
@@ -607,5 +700,297 @@ impl Worker {
                 StoreOutcome::Deleted
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    /// An in-memory engine that refuses commits, and stays refusing until
+    /// reopened, while `failing` is set: redb's behaviour after an I/O error.
+    struct Flaky {
+        docs: Arc<Mutex<BTreeMap<Vec<u8>, Stored>>>,
+        /// What the last durable commit left: all a reopen finds.
+        durable: Arc<Mutex<BTreeMap<Vec<u8>, Stored>>>,
+        failing: Arc<AtomicBool>,
+        poisoned: bool,
+        /// A reopen failed: the engine takes commits into nothing, the
+        /// worst a failed reopen can leave (the store thread must never
+        /// checkpoint such a shard and drop the log that holds its writes).
+        closed: bool,
+        reopens: Arc<AtomicU64>,
+    }
+
+    impl Engine for Flaky {
+        fn get(&self, key: &[u8]) -> Result<Option<Stored>, StoreError> {
+            if self.closed {
+                return Ok(None);
+            }
+            if self.poisoned {
+                return Err(StoreError::Engine("previous I/O error".into()));
+            }
+            Ok(self.docs.lock().unwrap().get(key).cloned())
+        }
+        fn scan(
+            &self,
+            _: &[u8],
+            _: &[u8],
+            _: usize,
+            _: usize,
+        ) -> Result<Vec<(Vec<u8>, Stored)>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn commit(&mut self, changes: &[Change], _: u64, durable: bool) -> Result<(), StoreError> {
+            if self.closed {
+                return Ok(());
+            }
+            if self.poisoned || self.failing.load(Relaxed) {
+                self.poisoned = true;
+                return Err(StoreError::Engine("disk I/O error".into()));
+            }
+            let mut docs = self.docs.lock().unwrap();
+            for (key, value) in changes {
+                match value {
+                    Some(stored) => docs.insert(key.clone(), stored.clone()),
+                    None => docs.remove(key),
+                };
+            }
+            if durable {
+                *self.durable.lock().unwrap() = docs.clone();
+            }
+            Ok(())
+        }
+        fn last_version(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn reopen(&mut self) -> Result<(), StoreError> {
+            self.reopens.fetch_add(1, Relaxed);
+            if self.failing.load(Relaxed) {
+                self.poisoned = false;
+                self.closed = true;
+                return Err(StoreError::Engine("still failing".into()));
+            }
+            self.closed = false;
+            self.poisoned = false;
+            *self.docs.lock().unwrap() = self.durable.lock().unwrap().clone();
+            Ok(())
+        }
+    }
+
+    /// A store thread over one [`Flaky`] shard, in a directory of its own.
+    struct Rig {
+        store: Sender<StoreRequest>,
+        inbox: crossbeam_channel::Receiver<StoreReply>,
+        ticket: u64,
+        dir: PathBuf,
+        docs: Arc<Mutex<BTreeMap<Vec<u8>, Stored>>>,
+        durable: Arc<Mutex<BTreeMap<Vec<u8>, Stored>>>,
+        failing: Arc<AtomicBool>,
+        reopens: Arc<AtomicU64>,
+        counters: Arc<StoreCounters>,
+    }
+
+    impl Rig {
+        fn start(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("percore-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let docs = Arc::new(Mutex::new(BTreeMap::new()));
+            let durable = Arc::new(Mutex::new(BTreeMap::new()));
+            let failing = Arc::new(AtomicBool::new(false));
+            let reopens = Arc::new(AtomicU64::new(0));
+            let engine = Flaky {
+                docs: Arc::clone(&docs),
+                durable: Arc::clone(&durable),
+                failing: Arc::clone(&failing),
+                poisoned: false,
+                closed: false,
+                reopens: Arc::clone(&reopens),
+            };
+            let (mailbox, inbox) = crate::net::Mailbox::<StoreReply>::detached().unwrap();
+            let counters = Arc::new(StoreCounters::default());
+            let store = start(
+                0,
+                vec![OpenShard {
+                    shard: 0,
+                    engine: Box::new(engine),
+                    last_version: 0,
+                }],
+                dir.clone(),
+                mailbox.outlet(|reply| reply),
+                Arc::clone(&counters),
+            )
+            .unwrap();
+            Self {
+                store,
+                inbox,
+                ticket: 0,
+                dir,
+                docs,
+                durable,
+                failing,
+                reopens,
+                counters,
+            }
+        }
+
+        fn ask(&mut self, op: StoreOp) -> StoreOutcome {
+            self.ticket += 1;
+            self.store
+                .send(StoreRequest {
+                    ticket: self.ticket,
+                    shard: 0,
+                    op,
+                })
+                .unwrap();
+            let reply = self
+                .inbox
+                .recv_timeout(Duration::from_secs(10))
+                .expect("an answer");
+            assert_eq!(reply.ticket, self.ticket);
+            reply.outcome
+        }
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn put(key: &str, body: &str) -> StoreOp {
+        StoreOp::Put {
+            key: key.as_bytes().to_vec(),
+            doc: Bytes::from(body.to_owned()),
+            cond: Precondition::default(),
+        }
+    }
+
+    #[test]
+    fn a_shard_whose_engine_fails_owes_its_writes_and_recovers_without_a_restart() {
+        let mut rig = Rig::start("owed");
+        let (docs, failing, reopens, counters) = (
+            Arc::clone(&rig.docs),
+            Arc::clone(&rig.failing),
+            Arc::clone(&rig.reopens),
+            Arc::clone(&rig.counters),
+        );
+        let mut ask = |op: StoreOp| rig.ask(op);
+        assert!(matches!(
+            ask(put("a", "{\"v\":1}")),
+            StoreOutcome::Written { .. }
+        ));
+        failing.store(true, Relaxed);
+        // The log has it, so the write stands; the engine owes it.
+        assert!(matches!(
+            ask(put("b", "{\"v\":2}")),
+            StoreOutcome::Written { .. }
+        ));
+        assert_eq!(counters.engine_failures.load(Relaxed), 1);
+        // Until the engine takes it, the shard answers 503 for everything.
+        let read = ask(StoreOp::Read { key: b"a".to_vec() });
+        assert!(
+            matches!(read, StoreOutcome::Failed(StoreError::Unavailable(_))),
+            "{read:?}"
+        );
+        let refused = ask(put("c", "{\"v\":3}"));
+        assert!(
+            matches!(refused, StoreOutcome::Failed(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert!(reopens.load(Relaxed) > 0, "recovery was tried");
+        // No log may be retired while the engine owes writes only the log holds.
+        assert_eq!(counters.checkpoints.load(Relaxed), 0);
+        failing.store(false, Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            match ask(StoreOp::Read { key: b"b".to_vec() }) {
+                StoreOutcome::Found(found) => break found,
+                StoreOutcome::Failed(StoreError::Unavailable(_)) => {
+                    assert!(Instant::now() < deadline, "the shard never recovered");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            found.unwrap().doc.as_ref(),
+            b"{\"v\":2}",
+            "the owed write reached the engine"
+        );
+        // What the engine took without a durable commit before it failed
+        // was lost by the reopen, and came back from the log.
+        match ask(StoreOp::Read { key: b"a".to_vec() }) {
+            StoreOutcome::Found(Some(a)) => assert_eq!(a.doc.as_ref(), b"{\"v\":1}"),
+            other => panic!("a was lost: {other:?}"),
+        }
+        assert!(docs.lock().unwrap().contains_key(b"b".as_slice()));
+        assert!(matches!(
+            ask(put("c", "{\"v\":3}")),
+            StoreOutcome::Written { .. }
+        ));
+    }
+
+    #[test]
+    fn a_failed_checkpoint_reopens_the_shard_and_keeps_its_logged_writes() {
+        let mut rig = Rig::start("checkpoint");
+        assert!(matches!(
+            rig.ask(put("a", "{\"v\":1}")),
+            StoreOutcome::Written { .. }
+        ));
+        rig.failing.store(true, Relaxed);
+        // Idle, the store checkpoints within a second: the durable commit fails.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rig.counters.engine_failures.load(Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "no checkpoint was tried");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rig.counters.checkpoints.load(Relaxed), 0);
+        // The engine refuses everything now (redb does after an I/O error):
+        // the shard answers 503 rather than an engine error.
+        let read = rig.ask(StoreOp::Read { key: b"a".to_vec() });
+        assert!(
+            matches!(read, StoreOutcome::Failed(StoreError::Unavailable(_))),
+            "{read:?}"
+        );
+        // Reopens fail while the disk does, each followed by an idle turn's
+        // checkpoint: none may drop the log that alone holds the write.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rig.reopens.load(Relaxed) < 3 {
+            assert!(Instant::now() < deadline, "no reopen was tried");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rig.counters.checkpoints.load(Relaxed), 0);
+        rig.failing.store(false, Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let found = loop {
+            match rig.ask(StoreOp::Read { key: b"a".to_vec() }) {
+                StoreOutcome::Found(found) => break found,
+                StoreOutcome::Failed(StoreError::Unavailable(_)) => {
+                    assert!(Instant::now() < deadline, "the shard never recovered");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        // The reopen lost what the engine had not made durable; the log gave it back.
+        assert_eq!(found.unwrap().doc.as_ref(), b"{\"v\":1}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rig.counters.checkpoints.load(Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the checkpoint never completed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            rig.durable
+                .lock()
+                .unwrap()
+                .get(b"a".as_slice())
+                .map(|s| s.doc.clone()),
+            Some(Bytes::from_static(b"{\"v\":1}")),
+            "the checkpoint made the write durable in the engine"
+        );
     }
 }

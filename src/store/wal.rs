@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::engine::Stored;
+use crate::durable::Appender;
 
 /// One write as logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,11 +37,10 @@ pub struct WalRecord {
 
 /// One store thread's open log.
 pub struct Wal {
-    file: File,
+    /// The file, and the bytes known to be on disk (a failed commit is cut back to there).
+    file: Appender,
     path: PathBuf,
     pending: Vec<u8>,
-    /// Bytes known to be on disk; a failed commit is cut back to here.
-    durable_len: u64,
 }
 
 impl Wal {
@@ -61,10 +61,9 @@ impl Wal {
         file.sync_all()?;
         File::open(dir)?.sync_all()?;
         Ok(Self {
-            file,
+            file: Appender::new(file, 0),
             path,
             pending: Vec::with_capacity(64 * 1024),
-            durable_len: 0,
         })
     }
 
@@ -97,7 +96,7 @@ impl Wal {
     /// failure the file is cut back to its durable length, so no later
     /// record lands after a torn one.
     pub fn commit(&mut self) -> io::Result<()> {
-        crate::durable::append_synced(&mut self.file, &mut self.pending, &mut self.durable_len)
+        self.file.append_synced(&mut self.pending)
     }
 
     /// Deletes the log once every write in it is durable in its shard.
@@ -109,11 +108,11 @@ impl Wal {
 
     /// Bytes of the log on disk.
     pub fn len(&self) -> u64 {
-        self.durable_len
+        self.file.durable_len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.durable_len == 0
+        self.file.durable_len() == 0
     }
 
     pub fn path(&self) -> &Path {
