@@ -142,6 +142,16 @@
 //! `--cache-stale-bound`, that it saw every earlier commit
 //! ([`store::pg::shard::PgShards::fresh`]).
 //!
+//! # Several nodes
+//! Nodes that share PostgreSQL shards and a JetStream stream can each serve
+//! every key; a balancer in front (`deploy/`: HAProxy, nginx) hashes the
+//! document path so each node's caches hold the keys it is sent, and checks
+//! `/readyz`. A node drains in two phases (`--drain-delay`: readiness
+//! fails first, listeners close later) and restarts without refusing a
+//! connection by handing its listeners to its successor
+//! ([`runtime::handover`]). `tests/multinode.rs` runs HAProxy and three
+//! nodes as hosts in network namespaces.
+//!
 //! # Limits that matter at start-up
 //! io_uring must be allowed (`kernel.io_uring_disabled=0`, no seccomp filter
 //! blocking it). Without `CAP_IPC_LOCK` the kernel charges each core's rings

@@ -409,3 +409,80 @@ fn a_successor_with_fewer_cores_loses_no_queued_connection() {
     );
     drop(next);
 }
+
+/// Per-core values of one counter in a /metrics text.
+fn per_core(text: &str, name: &str) -> Vec<(usize, u64)> {
+    let prefix = format!("{name}{{core=\"");
+    text.lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (core, value) = rest.split_once("\"} ")?;
+            Some((core.parse().ok()?, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The successor replaces the group's steering program with its own: with
+/// its cores on the CPUs in the other order, a connection still lands on
+/// the io core of the CPU that took its SYN (with the predecessor's program
+/// left in place, every one would land on the other CPU's core).
+#[test]
+fn the_successor_steers_the_inherited_group_by_its_own_cpus() {
+    let cpus = percore::runtime::cpu::allowed_cpus();
+    if cpus.len() < 2 {
+        return netns::skip_or_fail(
+            "the hand-over steering test",
+            "it needs two CPUs and this process may use one",
+        );
+    }
+    let (a, b) = (cpus[0].to_string(), cpus[1].to_string());
+    let path = SocketPath::new("handover-steer");
+    let start = |order: String| {
+        Server::start_with(
+            percore(),
+            &[
+                "--handover",
+                path.arg(),
+                "--cores",
+                "2",
+                "--cpus",
+                &order,
+                "--steer",
+                "on",
+            ],
+        )
+    };
+    let first = start(format!("{a},{b}"));
+    let next = start(format!("{b},{a}"));
+    let (status, output) = first.wait(Duration::from_secs(90));
+    assert_eq!(status.code(), Some(0), "{output}");
+    for (cpu, core) in [(cpus[1], 0), (cpus[0], 1)] {
+        let text = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    percore::runtime::cpu::pin_current_thread(cpu).unwrap();
+                    for _ in 0..16 {
+                        let mut conn = next.connect();
+                        conn.send(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+                        assert_eq!(conn.response().status, 200);
+                    }
+                    next.get("/metrics").text()
+                })
+                .join()
+                .unwrap()
+        });
+        let off: u64 = per_core(&text, "percore_accepted_off_cpu_total")
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(
+            off, 0,
+            "connections from CPU {cpu} landed off their CPU: {text}"
+        );
+        let accepted = per_core(&text, "percore_connections_accepted_total");
+        assert!(
+            accepted.iter().any(|&(c, n)| c == core && n >= 16),
+            "core {core} (on CPU {cpu}) did not take the connections from CPU {cpu}: {accepted:?}"
+        );
+    }
+}

@@ -267,3 +267,24 @@ fn authentication_and_secrets_from_files() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn drain_delay_and_handover() {
+    let config = resolve(&[]).unwrap();
+    assert_eq!(
+        (config.drain_delay, config.handover),
+        (Duration::ZERO, None)
+    );
+    let config = resolve(&["--drain-delay", "5s", "--handover", "/run/p.sock"]).unwrap();
+    assert_eq!(config.drain_delay, Duration::from_secs(5));
+    assert_eq!(config.handover, Some(PathBuf::from("/run/p.sock")));
+    assert!(error(&["--drain-delay", "2h"]).contains("`drain_delay`"));
+    assert!(error(&["--drain-delay", "soon"]).contains("`drain_delay`"));
+    let long = format!("/{}", "x".repeat(120));
+    assert!(error(&["--handover", &long]).contains("`handover`"));
+    let refused = error(&["--handover", "/run/p.sock", "--data-dir", "/tmp/d"]);
+    assert!(
+        refused.contains("`handover`") && refused.contains("/tmp/d"),
+        "{refused}"
+    );
+}

@@ -385,8 +385,11 @@ impl Waiting {
         );
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
-            // At most one poll interval, unless a successor is mid-exchange.
-            let _ = thread.join();
+            // At most one poll interval; a successor mid-exchange may take
+            // minutes to answer, and this node's drain does not wait for it.
+            if !self.shared.given.load(Ordering::Relaxed) {
+                let _ = thread.join();
+            }
         }
         if !self.shared.given.load(Ordering::Relaxed) {
             let _ = std::fs::remove_file(&self.path);

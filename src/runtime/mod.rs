@@ -3,7 +3,8 @@
 //! Each io core is a thread pinned to one CPU that owns an io_uring, a
 //! listener and every connection that listener accepts (see `net`), and
 //! the service it drives, built on that thread. The main thread only
-//! binds, starts cores, waits for a signal and joins them. Nothing here
+//! binds (or adopts a predecessor's listeners, [`handover`]), starts
+//! cores, waits for a signal and joins them. Nothing here
 //! knows what the cores serve: [`launch`] takes one service builder per core.
 
 pub mod cpu;
