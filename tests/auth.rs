@@ -727,6 +727,7 @@ fn operator_calls_live_on_the_admin_listener_alone() {
     // The public port no longer exposes them, and the admin port serves nothing else.
     assert_eq!(server.get("/metrics").status, 404);
     assert_eq!(server.get("/v1/dead").status, 404);
+    assert_eq!(server.call("POST", "/admin/drain", None).status, 404);
     let hidden = server.call("POST", "/v1/jobs/12345/redrive", None);
     assert_eq!(hidden.status, 404);
     assert!(hidden.text().contains("no route"), "{}", hidden.text());

@@ -316,3 +316,29 @@ fn no_locked_memory_at_all_is_one_line_naming_the_limit_and_the_fix() {
     assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn an_admin_call_drains_like_sigterm_and_only_once() {
+    let server = Server::start(&["--drain-delay", "2s", "--shutdown-grace", "5s"]);
+    let asked = server.call("POST", "/admin/drain", None);
+    assert_eq!(asked.status, 202, "{}", asked.text());
+    assert_eq!(asked.text(), r#"{"status":"draining"}"#);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.get("/readyz").status != 503 {
+        assert!(Instant::now() < deadline, "/readyz never turned 503");
+        std::thread::yield_now();
+    }
+    // Asked again during the delay: still one drain, not a stop at once.
+    assert_eq!(server.call("POST", "/admin/drain", None).status, 202);
+    assert_eq!(
+        server.get("/json").status,
+        200,
+        "still serving in phase one"
+    );
+    let (status, output) = server.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(
+        output.contains("/readyz fails now") && !output.contains("second signal"),
+        "{output}"
+    );
+}

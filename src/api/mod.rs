@@ -38,6 +38,7 @@ pub fn health<S>(app: App<S>) -> App<S> {
     app.get("/healthz", healthz::<S>)
         .get("/readyz", readyz::<S>)
         .operator("GET", "/metrics", metrics::<S>)
+        .operator("POST", "/admin/drain", drain::<S>)
         .get("/openapi.json", openapi::openapi::<S>)
 }
 
@@ -90,6 +91,22 @@ pub fn json<S>(_: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
 
 fn healthz<S>(_: &Request<'_>, _: &mut Ctx<S>, response: &mut Response<'_>) {
     response.send(200, "application/json", &[], br#"{"status":"ok"}"#);
+}
+
+/// `POST /admin/drain`: what SIGTERM does (`/readyz` fails, then the node
+/// drains after `--drain-delay`), for an operator who can reach the admin
+/// port but not the host. Asked twice, it drains once: a second SIGTERM
+/// would stop the node at once.
+fn drain<S>(_: &Request<'_>, _: &mut Ctx<S>, response: &mut Response<'_>) {
+    static ASKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !ASKED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        // SAFETY: kill(2) to this process with a valid signal touches no
+        // memory; the serving thread waits for SIGTERM (blocked elsewhere).
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGTERM);
+        }
+    }
+    response.send(202, "application/json", &[], br#"{"status":"draining"}"#);
 }
 
 fn readyz<S>(_: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {

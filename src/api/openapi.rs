@@ -361,6 +361,19 @@ pub fn builtin(method: &str, pattern: &str) -> Option<Operation> {
                 text("The metrics.", "text/plain; version=0.0.4; charset=utf-8"),
             )],
         },
+        ("POST", "/admin/drain") => Operation {
+            id: "drain",
+            tag: "health",
+            summary: "Drain this node",
+            description: "What SIGTERM does: `/readyz` fails at once, the node keeps \
+                          serving for `--drain-delay`, then stops accepting and finishes \
+                          in-flight work within the grace period. Asked twice, it drains \
+                          once. Served on `--admin-listen` alone when that is set.",
+            path: &[],
+            params: vec![],
+            body: None,
+            responses: vec![("202", ok_json("Draining.", "Readiness"))],
+        },
         ("GET", "/openapi.json") => Operation {
             id: "openapi",
             tag: "health",

@@ -80,6 +80,7 @@ pub fn default_rules() -> Vec<RuleSpec> {
         RuleSpec::new(Some("GET"), "/healthz", "public"),
         RuleSpec::new(Some("GET"), "/readyz", "public"),
         RuleSpec::new(None, "/metrics", "admin"),
+        RuleSpec::new(None, "/admin/*", "admin"),
         RuleSpec::new(None, "/v1/dead", "admin"),
         RuleSpec::new(Some("POST"), "/v1/jobs/*/redrive", "admin"),
         RuleSpec::new(Some("POST"), "/v1/jobs/email", "email"),

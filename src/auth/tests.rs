@@ -97,6 +97,7 @@ fn default_rules_open_reads_and_guard_writes_jobs_and_operators() {
     assert_eq!(auth.access("POST", "/v1/jobs/17/redrive"), scope("admin"));
     assert_eq!(auth.access("GET", "/v1/dead"), scope("admin"));
     assert_eq!(auth.access("GET", "/metrics"), scope("admin"));
+    assert_eq!(auth.access("POST", "/admin/drain"), scope("admin"));
     // Percent-encoding does not slip past a rule.
     assert_eq!(auth.access("GET", "/%6detrics"), scope("admin"));
 }
