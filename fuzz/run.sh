@@ -52,7 +52,14 @@ for target in "${targets[@]}"; do
   crashes=$(ls "artifacts/$target" | grep -c -E '^(crash|leak|timeout|oom)-' || true)
   if [ "$status" -ne 0 ]; then
     grep -E "panicked|ERROR|SUMMARY|assert|left|right" "$log" | head -20
-    failed+=("$target")
+    if $ci && ! ls "artifacts/$target" | grep -q -E '^(crash|leak|oom)-'; then
+      # Only a timeout: on a shared VM a stall of the whole machine makes one
+      # (seen here: 13-20 s on inputs that replay in 5 ms). Reported, with the
+      # input kept under fuzz/artifacts/ to replay, but not a CI failure.
+      echo "   a timeout only (replay it: $bin/$target artifacts/$target/timeout-*)"
+    else
+      failed+=("$target")
+    fi
   fi
   if ! $ci; then
     mkdir "$work/merged"
