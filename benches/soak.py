@@ -30,7 +30,9 @@ sent (it fell behind, or the window closed on them: counted apart), p99 of
 each class, RSS and descriptors. At the
 end it waits (up to 120 s) for the job queue to drain and checks that jobs
 accepted (202s counted by the load generator) = jobs finished (succeeded +
-dead in /metrics) and that the receiver saw each of them (at least once).
+dead in /metrics), give or take submissions whose answer the client gave
+up on (a timeout: the server may have accepted them), and that the
+receiver saw each finished job (at least once).
 Exit status 1 if any error was counted or the jobs do not add up.
 
 Rates per class are flags (--read-rate ...); the defaults total 6,100
@@ -273,7 +275,15 @@ def main():
             print(f"total: {s['requests']} requests, {s['errors']} errors; RSS "
                   f"{s['rss_kib_first_last'][0] / 1024:.1f} -> {s['rss_kib_first_last'][1] / 1024:.1f} MiB, "
                   f"fds {s['fds_first_last'][0]} -> {s['fds_first_last'][1]}")
-            failed |= j["accepted"] != j["finished"] or j["delivered"] != j["accepted"]
+            # A submission the client gave up on (a timeout) may or may not
+            # have been accepted: finished lies between the 202s seen and
+            # those plus the job timeouts, and every finished job was delivered.
+            timed_out = sum(m["classes"]["job"]["errors"] for m in result["minutes"])
+            j["timed_out"] = timed_out
+            print(f"jobs whose answer the client gave up on: {timed_out}; "
+                  f"accepted by the server all the same: {j['finished'] - j['accepted']}")
+            failed |= not (j["accepted"] <= j["finished"] <= j["accepted"] + timed_out)
+            failed |= j["delivered"] != j["finished"]
         finally:
             cmp.stop(server)
             stderr.close()
