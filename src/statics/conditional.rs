@@ -22,10 +22,20 @@ pub fn parse_http_date(value: &[u8]) -> Option<u64> {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
-    let day: i64 = day.parse().ok()?;
-    let year: i64 = year.parse().ok()?;
-    let mut hms = time.split(':').map(|p| p.parse::<i64>().ok());
+    // Digits only: `parse` would take a sign, and `08:-0053130008448402162:6`
+    // overflowed the arithmetic below (found by fuzzing, statics_headers).
+    let number = |text: &str, len: usize| {
+        (text.len() == len && text.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| text.parse::<i64>().ok())
+            .flatten()
+    };
+    let day = number(day, 2)?;
+    let year = number(year, 4)?;
+    let mut hms = time.split(':').map(|p| number(p, 2));
     let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if hms.next().is_some() {
+        return None;
+    }
     if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 || year < 1970 {
         return None;
     }
@@ -215,6 +225,17 @@ mod tests {
         assert_eq!(parse_http_date(b"Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
         assert_eq!(parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), None);
         assert_eq!(parse_http_date(b"garbage"), None);
+        // Signs, long fields and extra fields are not a date (a sign once
+        // overflowed the arithmetic; found by fuzzing).
+        for bad in [
+            &b"Sun, 07 Nov 1994 08:-0053130008448402162:6 GMT"[..],
+            b"Sun, 06 Nov 1994 +8:49:37 GMT",
+            b"Sun, +6 Nov 1994 08:49:37 GMT",
+            b"Sun, 06 Nov 1994 08:49:37:01 GMT",
+            b"Sun, 06 Nov 1994 008:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{}", bad.escape_ascii());
+        }
         let now = 1_795_000_000;
         assert_eq!(
             parse_http_date(&crate::http::date::render_imf_fixdate(now)),
