@@ -387,16 +387,19 @@ impl Worker {
             // acknowledged, and the log was cut back to its last durable
             // record (or will be, before its next append): the next batch
             // may succeed as soon as the disk takes it. Reads go on.
-            let error = StoreError::Unavailable(format!(
-                "the write-ahead log {} cannot be written ({error}); the write was not made, retry",
-                self.wal.path().display()
+            // The client is told what happened, not where the server keeps its files.
+            let refused = StoreError::Unavailable(format!(
+                "the write-ahead log cannot be written ({}); the write was not made, retry",
+                error.kind()
             ));
             if self.refused_batches == 0 {
                 eprintln!(
-                    "percore: io core {}: {error}; writes get 503 until the log takes them again",
-                    self.core
+                    "percore: io core {}: the write-ahead log {} cannot be written: {error}; writes get 503 until the log takes them again",
+                    self.core,
+                    self.wal.path().display()
                 );
             }
+            let error = refused;
             self.refused_batches += 1;
             add(&self.counters.failed_commits, 1);
             for (_, _, dependents) in &written {
