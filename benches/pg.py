@@ -94,6 +94,19 @@ def pin_postgres(cpus):
         subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], capture_output=True)
 
 
+def postgres_segments():
+    """TCP segments PostgreSQL's connections on port 5432 have received (all of them, and
+    those carrying data): how many writes the server's queries arrive in."""
+    out = subprocess.run(["ss", "-tin", "state", "established", "( sport = :5432 )"],
+                         capture_output=True, text=True).stdout
+    total = {}
+    for token in out.split():
+        key, _, value = token.partition(":")
+        if key in ("segs_in", "data_segs_in") and value.isdigit():
+            total[key] = total.get(key, 0) + int(value)
+    return total
+
+
 def postgres_ticks():
     total = 0
     for pid in postgres_pids():
@@ -151,16 +164,30 @@ def run_one(args, target, test, rnd):
             return run
         subprocess.run(wrk_argv(args, port, test, 2, latency=False), capture_output=True)
         stat0, server0, pg0 = cmp.stat_cpu_lines(), cmp.proc_cpu_ticks(proc.pid), postgres_ticks()
-        done = subprocess.run(wrk_argv(args, port, test, args.duration), capture_output=True,
-                              text=True)
+        segments0 = postgres_segments()
+        wrk = subprocess.Popen(wrk_argv(args, port, test, args.duration), stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+        # Sampled while wrk's connections are open (they close with it), so
+        # only the server's connections to PostgreSQL are still there.
+        time.sleep(args.duration - 0.5)
+        segments1 = postgres_segments()
+        out = wrk.stdout.read()
+        _, _, wrk_usage = os.wait4(wrk.pid, 0)
         stat1, server1, pg1 = cmp.stat_cpu_lines(), cmp.proc_cpu_ticks(proc.pid), postgres_ticks()
-        parsed = cmp.parse_wrk(done.stdout)
+        parsed = cmp.parse_wrk(out)
         run.update(parsed)
         tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
         requests = parsed["total_requests"] or 0
         if requests:
             run["server_cpu_us_per_req"] = (server1 - server0) * tick_us / requests
             run["pg_cpu_us_per_req"] = (pg1 - pg0) * tick_us / requests
+            # wrk shares PostgreSQL's CPU: what it costs there is beside PostgreSQL's figure.
+            run["client_cpu_us_per_req"] = (wrk_usage.ru_utime + wrk_usage.ru_stime) * 1e6 / requests
+            rate = requests / args.duration
+            span = args.duration - 0.5
+            for key in ("segs_in", "data_segs_in"):
+                if key in segments1:
+                    run[f"pg_{key}_per_req"] = (segments1[key] - segments0.get(key, 0)) / (rate * span)
         run["steal_pct"] = cmp.steal_pct(stat0, stat1, "cpu")
         errors = sum(parsed["socket_errors"].values()) + parsed["non_2xx_3xx"]
         if errors:
@@ -170,12 +197,27 @@ def run_one(args, target, test, rnd):
     return run
 
 
+def round_ratios(runs, test, peer, key, invert=False):
+    """percore ÷ peer of `key` within each round (the runs nearest in time), as "lo–hi"."""
+    ratios = []
+    for rnd in sorted({r["round"] for r in runs}):
+        pair = {r["target"]: r.get(key) for r in runs if r["round"] == rnd and r["test"] == test
+                and "error" not in r and "flagged" not in r}
+        if pair.get("percore") and pair.get(peer):
+            ratio = pair["percore"] / pair[peer]
+            ratios.append(1 / ratio if invert else ratio)
+    if not ratios:
+        return "—"
+    return f"{min(ratios):.2f}–{max(ratios):.2f}"
+
+
 def summarize(runs, tests, targets):
     lines = []
     for test in tests:
         lines.append(f"\n### {test} ({TESTS[test][0] if not TESTS[test][1] else TESTS[test][1]})\n")
-        lines.append("| target | req/s | p99 | server CPU µs/req | PostgreSQL CPU µs/req | steal % |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
+        lines.append("| target | req/s | p99 | server CPU µs/req | PostgreSQL CPU µs/req "
+                     "| wrk CPU µs/req | segments into PostgreSQL /req | steal % |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         medians = {}
         for target in targets:
             good = [r for r in runs if r["target"] == target and r["test"] == test
@@ -185,23 +227,29 @@ def summarize(runs, tests, targets):
                        if r["target"] == target and r["test"] == test]
                 lines.append(f"| {target} | — | — | — | — | — | {bad[:1]}")
                 continue
-            m = {k: statistics.median(r[k] for r in good)
+            m = {k: statistics.median(r.get(k) or 0 for r in good)
                  for k in ("requests_per_s", "p99_us", "server_cpu_us_per_req", "pg_cpu_us_per_req",
-                           "steal_pct")}
+                           "client_cpu_us_per_req", "pg_segs_in_per_req", "steal_pct")}
             medians[target] = m
             lines.append(f"| {target} | {m['requests_per_s']:,.0f} | {m['p99_us'] / 1e3:.2f} ms | "
-                         f"{m['server_cpu_us_per_req']:.1f} | {m['pg_cpu_us_per_req']:.1f} | "
+                         f"{m['server_cpu_us_per_req']:.1f} | {m['pg_cpu_us_per_req']:.2f} | "
+                         f"{m['client_cpu_us_per_req']:.2f} | {m['pg_segs_in_per_req']:.2f} | "
                          f"{m['steal_pct']:.1f} |")
         if "percore" in medians:
             p = medians["percore"]
             for peer, m in medians.items():
                 if peer == "percore":
                     continue
+                server_rounds = round_ratios(runs, test, peer, "server_cpu_us_per_req", invert=True)
+                pg_rounds = round_ratios(runs, test, peer, "pg_cpu_us_per_req")
+                client_rounds = round_ratios(runs, test, peer, "client_cpu_us_per_req")
                 lines.append(f"\npercore ÷ {peer}: requests per server-CPU-second "
-                             f"{m['server_cpu_us_per_req'] / p['server_cpu_us_per_req']:.2f}×, "
+                             f"{m['server_cpu_us_per_req'] / p['server_cpu_us_per_req']:.2f}× "
+                             f"(rounds {server_rounds}), "
                              f"requests/s {p['requests_per_s'] / m['requests_per_s']:.2f}×, "
                              f"PostgreSQL CPU per request {p['pg_cpu_us_per_req'] / m['pg_cpu_us_per_req']:.2f}× "
-                             f"(below 1 is less)")
+                             f"(rounds {pg_rounds}; below 1 is less), "
+                             f"wrk CPU per request on the same CPU {client_rounds}")
     return "\n".join(lines)
 
 

@@ -65,6 +65,60 @@ const FORGET_EVERY: Duration = Duration::from_secs(10);
 const PATCH_ATTEMPTS: u32 = 8;
 /// Most bytes one send carries; the rest follows in the next.
 const MAX_SEND: usize = 1 << 20;
+/// Sends whose queries are not all answered yet, at most: the batch
+/// PostgreSQL is working through and the one queued behind it. What comes
+/// meanwhile waits in `pending` and goes in the next send, so PostgreSQL
+/// never idles for want of a query while each send carries more of them
+/// (measured on `/db`: 0.39 segments into PostgreSQL per query instead of
+/// 0.81, and 8 % less server CPU per request; PostgreSQL's CPU level).
+const SENDS_UNANSWERED: usize = 2;
+
+/// Which sends on one connection still wait for answers, and so whether
+/// the next may go ([`SENDS_UNANSWERED`]).
+#[derive(Debug, Default)]
+struct SendGate {
+    /// Queries queued and queries answered (ReadyForQuery), counted from
+    /// the connection's start.
+    queued: u64,
+    answered: u64,
+    /// For each send not yet answered in full, the count `queued` had
+    /// when it went: it is answered when `answered` reaches that.
+    unanswered: VecDeque<u64>,
+    /// The last send carried only part of the pending bytes.
+    split: bool,
+}
+
+impl SendGate {
+    fn queued(&mut self) {
+        self.queued += 1;
+    }
+
+    fn answered(&mut self) {
+        self.answered += 1;
+        while self
+            .unanswered
+            .front()
+            .is_some_and(|&end| end <= self.answered)
+        {
+            self.unanswered.pop_front();
+        }
+    }
+
+    /// Whether a send may go now, and if so notes it; `whole` says whether
+    /// it carries every pending byte. The rest of a split send goes at once
+    /// whatever the count: its last query cannot be answered before all of
+    /// it is sent.
+    fn send(&mut self, whole: bool) -> bool {
+        if whole && !self.split && self.unanswered.len() >= SENDS_UNANSWERED {
+            return false;
+        }
+        if whole {
+            self.unanswered.push_back(self.queued);
+        }
+        self.split = !whole;
+        true
+    }
+}
 
 enum Link {
     /// No connection: operations fail at once. Reconnect at `retry_at`.
@@ -191,6 +245,7 @@ struct ShardConn {
     forgot_at: Instant,
     /// A spare send buffer.
     spare: Vec<u8>,
+    gate: SendGate,
 }
 
 /// Counters for `/metrics`, by shard.
@@ -271,6 +326,7 @@ impl PgShards {
                 polling: false,
                 forgot_at: now,
                 spare: Vec::new(),
+                gate: SendGate::default(),
             };
             match ready {
                 Ok(ready) => conn.adopt(ready, now, &this.counters),
@@ -656,6 +712,7 @@ impl ShardConn {
                 self.polling = false;
                 self.pending.clear();
                 self.received.clear();
+                self.gate = SendGate::default();
                 counters
                     .up
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -690,6 +747,7 @@ impl ShardConn {
     }
 
     fn push(&mut self, ticket: Option<u64>, query: Query, now: Instant) {
+        self.gate.queued();
         self.queue.push_back(InFlight {
             ticket,
             query,
@@ -994,12 +1052,17 @@ impl ShardConn {
         }
     }
 
-    /// Sends the pending bytes if no send is in flight.
+    /// Sends the pending bytes if no send is in flight and fewer than
+    /// [`SENDS_UNANSWERED`] sends wait for answers; the answers that open
+    /// the way come in a loop turn, whose end ([`PgShards::drive`]) flushes.
     fn flush(&mut self, io: &mut OutboundIo<'_>, counters: &PgCounters) {
         if self.pending.is_empty() || self.io.send_in_flight() || self.io.state() != State::Open {
             return;
         }
         let take = self.pending.len().min(MAX_SEND);
+        if !self.gate.send(take == self.pending.len()) {
+            return;
+        }
         let mut buffer = std::mem::take(&mut self.spare);
         buffer.extend_from_slice(&self.pending[..take]);
         let _ = self.pending.split_to(take);
@@ -1094,6 +1157,7 @@ impl ShardConn {
                     let Some(query) = self.queue.pop_front() else {
                         return Err("ReadyForQuery for no query".into());
                     };
+                    self.gate.answered();
                     if matches!(query.query, Query::Poll) {
                         self.polling = false;
                     }
@@ -1347,6 +1411,58 @@ fn stored(row: &DataRowBody) -> Result<Stored, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Queues `n` queries and tries to send them all at once.
+    fn queue_and_send(gate: &mut SendGate, n: usize) -> bool {
+        for _ in 0..n {
+            gate.queued();
+        }
+        gate.send(true)
+    }
+
+    #[test]
+    fn two_sends_wait_for_answers_and_a_third_waits_for_the_first() {
+        let mut gate = SendGate::default();
+        assert!(queue_and_send(&mut gate, 3));
+        assert!(queue_and_send(&mut gate, 2));
+        // Both sends are unanswered: what comes now waits in pending.
+        assert!(!queue_and_send(&mut gate, 4));
+        gate.answered();
+        gate.answered();
+        assert!(
+            !gate.send(true),
+            "the first send is not answered in full yet"
+        );
+        gate.answered();
+        assert!(gate.send(true), "the first send is answered: the next goes");
+        // The second and third sends wait now.
+        assert!(!gate.send(true));
+        for _ in 0..6 {
+            gate.answered();
+        }
+        assert!(gate.unanswered.is_empty());
+        assert!(queue_and_send(&mut gate, 1));
+    }
+
+    #[test]
+    fn the_rest_of_a_split_send_goes_whatever_the_count() {
+        let mut gate = SendGate::default();
+        assert!(queue_and_send(&mut gate, 1));
+        assert!(queue_and_send(&mut gate, 1));
+        gate.answered();
+        for _ in 0..100 {
+            gate.queued();
+        }
+        assert!(gate.send(false), "the first part of a large batch");
+        // Two sends are counted unanswered (the split part is not), yet the
+        // rest must follow: its last query is answered only once all of it is sent.
+        assert!(gate.send(true));
+        assert!(!queue_and_send(&mut gate, 1), "now the count holds again");
+        for _ in 0..101 {
+            gate.answered();
+        }
+        assert!(gate.send(true));
+    }
 
     #[test]
     fn storage_keys_split_at_the_first_nul() {
