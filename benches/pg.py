@@ -94,6 +94,20 @@ def pin_postgres(cpus):
         subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], capture_output=True)
 
 
+def sleeps(pid):
+    """Voluntary context switches of every thread of `pid`: how often the server slept."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 def postgres_segments():
     """TCP segments PostgreSQL's connections on port 5432 have received (all of them, and
     those carrying data): how many writes the server's queries arrive in."""
@@ -164,7 +178,7 @@ def run_one(args, target, test, rnd):
             return run
         subprocess.run(wrk_argv(args, port, test, 2, latency=False), capture_output=True)
         stat0, server0, pg0 = cmp.stat_cpu_lines(), cmp.proc_cpu_ticks(proc.pid), postgres_ticks()
-        segments0 = postgres_segments()
+        segments0, slept0 = postgres_segments(), sleeps(proc.pid)
         wrk = subprocess.Popen(wrk_argv(args, port, test, args.duration), stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
         # Sampled while wrk's connections are open (they close with it), so
@@ -174,6 +188,7 @@ def run_one(args, target, test, rnd):
         out = wrk.stdout.read()
         _, _, wrk_usage = os.wait4(wrk.pid, 0)
         stat1, server1, pg1 = cmp.stat_cpu_lines(), cmp.proc_cpu_ticks(proc.pid), postgres_ticks()
+        slept1 = sleeps(proc.pid)
         parsed = cmp.parse_wrk(out)
         run.update(parsed)
         tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
@@ -182,6 +197,9 @@ def run_one(args, target, test, rnd):
             run["server_cpu_us_per_req"] = (server1 - server0) * tick_us / requests
             run["pg_cpu_us_per_req"] = (pg1 - pg0) * tick_us / requests
             # wrk shares PostgreSQL's CPU: what it costs there is beside PostgreSQL's figure.
+            # Each sleep is a wake-up that whoever sends to the server next pays
+            # for in its own send (on loopback): wrk, or PostgreSQL.
+            run["server_sleeps_per_req"] = (slept1 - slept0) / requests
             run["client_cpu_us_per_req"] = (wrk_usage.ru_utime + wrk_usage.ru_stime) * 1e6 / requests
             rate = requests / args.duration
             span = args.duration - 0.5
@@ -216,8 +234,9 @@ def summarize(runs, tests, targets):
     for test in tests:
         lines.append(f"\n### {test} ({TESTS[test][0] if not TESTS[test][1] else TESTS[test][1]})\n")
         lines.append("| target | req/s | p99 | server CPU µs/req | PostgreSQL CPU µs/req "
-                     "| wrk CPU µs/req | segments into PostgreSQL /req | steal % |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+                     "| wrk CPU µs/req | segments into PostgreSQL /req | server sleeps /req "
+                     "| steal % |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         medians = {}
         for target in targets:
             good = [r for r in runs if r["target"] == target and r["test"] == test
@@ -229,11 +248,13 @@ def summarize(runs, tests, targets):
                 continue
             m = {k: statistics.median(r.get(k) or 0 for r in good)
                  for k in ("requests_per_s", "p99_us", "server_cpu_us_per_req", "pg_cpu_us_per_req",
-                           "client_cpu_us_per_req", "pg_segs_in_per_req", "steal_pct")}
+                           "client_cpu_us_per_req", "pg_segs_in_per_req", "server_sleeps_per_req",
+                           "steal_pct")}
             medians[target] = m
             lines.append(f"| {target} | {m['requests_per_s']:,.0f} | {m['p99_us'] / 1e3:.2f} ms | "
                          f"{m['server_cpu_us_per_req']:.1f} | {m['pg_cpu_us_per_req']:.2f} | "
                          f"{m['client_cpu_us_per_req']:.2f} | {m['pg_segs_in_per_req']:.2f} | "
+                         f"{m['server_sleeps_per_req']:.3f} | "
                          f"{m['steal_pct']:.1f} |")
         if "percore" in medians:
             p = medians["percore"]
