@@ -21,8 +21,11 @@ What it does:
     utime+stime (its process tree), every postgres process's utime+stime, and
     /proc/stat's steal; then stop it;
   * prints, per test, medians over the rounds: requests/s, p99, the server's CPU µs
-    per request, PostgreSQL's CPU µs per request, and percore's ratio of requests per
-    server-CPU-second against each peer (with PostgreSQL's CPU per request beside);
+    per request, PostgreSQL's CPU µs per request, wrk's (it shares PostgreSQL's CPU),
+    the writes (data segments) into PostgreSQL per request, the server's sleeps per
+    request (on loopback, whoever sends to it next pays for its wake-up), and
+    percore's ratio of requests per server-CPU-second against each peer with
+    PostgreSQL's and wrk's CPU per request beside, each with its per-round range;
     writes every run to --out.
 
 Targets:
@@ -109,8 +112,9 @@ def sleeps(pid):
 
 
 def postgres_segments():
-    """TCP segments PostgreSQL's connections on port 5432 have received (all of them, and
-    those carrying data): how many writes the server's queries arrive in."""
+    """TCP segments PostgreSQL's connections on port 5432 have received: all of them
+    (acknowledgements too), and those carrying data, which is how many writes the
+    server's queries arrive in (on loopback a write of up to 64 KiB is one segment)."""
     out = subprocess.run(["ss", "-tin", "state", "established", "( sport = :5432 )"],
                          capture_output=True, text=True).stdout
     total = {}
@@ -234,7 +238,7 @@ def summarize(runs, tests, targets):
     for test in tests:
         lines.append(f"\n### {test} ({TESTS[test][0] if not TESTS[test][1] else TESTS[test][1]})\n")
         lines.append("| target | req/s | p99 | server CPU µs/req | PostgreSQL CPU µs/req "
-                     "| wrk CPU µs/req | segments into PostgreSQL /req | server sleeps /req "
+                     "| wrk CPU µs/req | writes into PostgreSQL /req | server sleeps /req "
                      "| steal % |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         medians = {}
@@ -248,12 +252,12 @@ def summarize(runs, tests, targets):
                 continue
             m = {k: statistics.median(r.get(k) or 0 for r in good)
                  for k in ("requests_per_s", "p99_us", "server_cpu_us_per_req", "pg_cpu_us_per_req",
-                           "client_cpu_us_per_req", "pg_segs_in_per_req", "server_sleeps_per_req",
+                           "client_cpu_us_per_req", "pg_data_segs_in_per_req", "server_sleeps_per_req",
                            "steal_pct")}
             medians[target] = m
             lines.append(f"| {target} | {m['requests_per_s']:,.0f} | {m['p99_us'] / 1e3:.2f} ms | "
                          f"{m['server_cpu_us_per_req']:.1f} | {m['pg_cpu_us_per_req']:.2f} | "
-                         f"{m['client_cpu_us_per_req']:.2f} | {m['pg_segs_in_per_req']:.2f} | "
+                         f"{m['client_cpu_us_per_req']:.2f} | {m['pg_data_segs_in_per_req']:.2f} | "
                          f"{m['server_sleeps_per_req']:.3f} | "
                          f"{m['steal_pct']:.1f} |")
         if "percore" in medians:

@@ -8,7 +8,8 @@
 //! ([`shard`]): every query the core has for the shard in one loop turn goes
 //! out in one write, each with its own `Sync` (so an error fails only its
 //! own request), with prepared statements and binary results, and replies
-//! are matched in order. A write is answered only after PostgreSQL
+//! are matched in order. At most two writes wait for answers at once; what
+//! comes meanwhile goes in the next. A write is answered only after PostgreSQL
 //! committed it.
 //!
 //! Several nodes may point at the same shards. Each write records its key
