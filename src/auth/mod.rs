@@ -15,6 +15,9 @@
 //! ([`Auth::start_watcher`]); a file that no longer parses is reported
 //! and the keys already loaded stay in force. A credential is never
 //! logged.
+//!
+//! `/openapi.json` tells clients what these rules ask of each operation
+//! ([`crate::api::openapi::security`]), from [`Auth::access`] itself.
 
 pub mod cache;
 pub mod jwt;
