@@ -1,19 +1,56 @@
-//! `GET /openapi.json` against a real `percore serve`: every route, nothing else, every error status, valid OpenAPI 3.1.
+//! `GET /openapi.json` against a real `percore serve`: every route, nothing else, every error status, what authentication asks of each operation (and, without it, nothing), valid OpenAPI 3.1.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use common::Server;
-use serde_json::Value;
+use common::{DataDir, Response, Server};
+use serde_json::{json, Value};
 
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
+/// The API key of the secured deployment's one key holder, who has `write`.
+const WRITER_KEY: &str = "key-openapi-writer-8d2c";
+
 fn fetch() -> Value {
-    let server = Server::start(&["--cores", "1"]);
+    fetch_from(&Server::start(&["--cores", "1"]))
+}
+
+/// A deployment with an API keys file (one key, scope `write`) and a rule
+/// of its own: reading `/v1/reports/...` needs the scope `reports`.
+fn start_secured(dir: &DataDir) -> Server {
+    use sha2::{Digest, Sha256};
+    std::fs::create_dir_all(&dir.0).expect("create the test directory");
+    let digest: String = Sha256::digest(WRITER_KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let keys = dir.0.join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!("[[keys]]\nname = \"writer\"\nsha256 = \"{digest}\"\nscopes = [\"write\"]\n"),
+    )
+    .expect("write the keys file");
+    let config = dir.0.join("percore.toml");
+    std::fs::write(
+        &config,
+        "[[auth.rules]]\nmethod = \"GET\"\npath = \"/v1/reports/*\"\nrequire = \"reports\"\n",
+    )
+    .expect("write the config file");
+    Server::start(&[
+        "--cores",
+        "1",
+        "--auth-keys",
+        keys.to_str().expect("a UTF-8 path"),
+        "--config",
+        config.to_str().expect("a UTF-8 path"),
+    ])
+}
+
+fn fetch_from(server: &Server) -> Value {
     let response = server.get("/openapi.json");
     assert_eq!(response.status, 200, "{}", response.text());
     assert!(
@@ -316,6 +353,224 @@ fn lists_every_error_status_and_every_ref_resolves() {
     assert!(refs > 100, "only {refs} $refs");
 }
 
+/// `METHOD path` with no body, and `header` (a whole header line) if given.
+fn send(server: &Server, method: &str, path: &str, header: &str) -> Response {
+    let mut conn = server.connect();
+    conn.send(
+        format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{header}Content-Length: 0\r\n\r\n")
+            .as_bytes(),
+    );
+    conn.response()
+}
+
+/// The path of an OpenAPI template with every parameter `x`.
+fn sample(path: &str) -> String {
+    path.split('/')
+        .map(|s| if s.starts_with('{') { "x" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[test]
+fn with_auth_each_operation_says_what_it_needs() {
+    let dir = DataDir::new("openapi-auth");
+    let server = start_secured(&dir);
+    let doc = fetch_from(&server);
+
+    // The schemes the node accepts: API keys only, by either header.
+    let schemes = doc["components"]["securitySchemes"]
+        .as_object()
+        .expect("components.securitySchemes");
+    assert_eq!(schemes.len(), 2, "{schemes:?}");
+    assert_eq!(schemes["bearer"]["type"], "http");
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    let bearer = schemes["bearer"]["description"].as_str().unwrap_or("");
+    assert!(bearer.contains("API key"), "{bearer}");
+    // No JWT option is set: the document must not offer tokens.
+    assert!(!bearer.contains("JWT"), "{bearer}");
+    assert!(schemes["bearer"].get("bearerFormat").is_none());
+    assert_eq!(
+        schemes["apiKey"],
+        json!({
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": schemes["apiKey"]["description"],
+        })
+    );
+    assert!(resolve(&doc, "#/components/headers/WWW-Authenticate").is_object());
+    let both = |scopes: &[&str]| json!([{ "bearer": scopes }, { "apiKey": scopes }]);
+
+    // Public routes need nothing, and cannot answer 403.
+    for (method, pattern) in [
+        ("GET", "/healthz"),
+        ("GET", "/v1/:collection"),
+        ("GET", "/json"),
+    ] {
+        let op = operation(&doc, method, pattern);
+        assert_eq!(op["security"], json!([]), "{method} {pattern}");
+        assert!(!statuses(&doc, op).contains("403"), "{method} {pattern}");
+        // A refused credential is verified even here.
+        assert!(statuses(&doc, op).contains("401"), "{method} {pattern}");
+    }
+
+    // A write needs a credential by either scheme, and may answer 401 and
+    // 403 with the error body and challenge. The scope is `write`, but
+    // `jobs` under `/v1/jobs/` (the jobs rule comes first), so no one scope
+    // is required of every path and the requirement names none; the
+    // description says which is which.
+    let put = operation(&doc, "PUT", "/v1/:collection/:key");
+    assert_eq!(put["security"], both(&[]));
+    for status in ["401", "403"] {
+        let response = deref(&doc, &put["responses"][status]);
+        assert_eq!(
+            response["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Error",
+            "{status}"
+        );
+        assert!(
+            response["headers"].get("WWW-Authenticate").is_some(),
+            "{status}"
+        );
+    }
+    let text = put["description"].as_str().unwrap_or("");
+    assert!(text.contains("the scope `write`"), "{text}");
+    assert!(
+        text.contains("`PUT /v1/jobs/{key}`: a credential holding the scope `jobs`"),
+        "{text}"
+    );
+
+    // Routes of one scope name it (an OpenAPI 3.1 role name).
+    assert_eq!(
+        operation(&doc, "POST", "/echo")["security"],
+        both(&["write"])
+    );
+    let dead = operation(&doc, "GET", "/v1/dead");
+    assert_eq!(dead["security"], both(&["admin"]));
+    assert!(dead["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("the scope `admin`")));
+    // Jobs need `jobs`, except e-mail, which needs `email`: no one scope
+    // is required of every path, so the requirement names none.
+    let submit = operation(&doc, "POST", "/v1/jobs/:queue");
+    assert_eq!(submit["security"], both(&[]));
+    let text = submit["description"].as_str().unwrap_or("");
+    assert!(text.contains("the scope `jobs`"), "{text}");
+    assert!(
+        text.contains("`POST /v1/jobs/email`: a credential holding the scope `email`"),
+        "{text}"
+    );
+
+    // The deployment's own rule: documents are public to read, except
+    // under `reports`, so a credential is one alternative and none another.
+    let read = operation(&doc, "GET", "/v1/:collection/:key");
+    let mut alternatives = both(&[]);
+    alternatives.as_array_mut().expect("array").push(json!({}));
+    assert_eq!(read["security"], alternatives);
+    assert!(statuses(&doc, read).contains("403"));
+    let text = read["description"].as_str().unwrap_or("");
+    assert!(
+        text.contains("`GET /v1/reports/{key}`: a credential holding the scope `reports`"),
+        "{text}"
+    );
+
+    // The running node answers as the document says.
+    let anonymous = send(&server, "PUT", "/v1/notes/1", "");
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    assert_eq!(anonymous.error_code(), "credential_missing");
+    assert!(anonymous.header("www-authenticate").is_some());
+    let report = send(
+        &server,
+        "GET",
+        "/v1/reports/q1",
+        &format!("X-API-Key: {WRITER_KEY}\r\n"),
+    );
+    assert_eq!(report.status, 403, "{}", report.text());
+    assert_eq!(report.error_code(), "scope_missing");
+    let bad = send(
+        &server,
+        "GET",
+        "/healthz",
+        "Authorization: Bearer not-a-key\r\n",
+    );
+    assert_eq!(bad.status, 401, "{}", bad.text());
+    assert_eq!(bad.error_code(), "credential_invalid");
+
+    // And so does every operation whose requirement holds for all its
+    // paths: anonymous requests are refused exactly where a credential is
+    // required, and the writer's key exactly where another scope is.
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let security = op["security"]
+                .as_array()
+                .expect("every operation has security");
+            if security.iter().any(|s| s == &json!({})) {
+                continue;
+            }
+            let method = method.to_ascii_uppercase();
+            let target = sample(path);
+            let anonymous = send(&server, &method, &target, "");
+            if security.is_empty() {
+                assert_ne!(
+                    anonymous.status,
+                    401,
+                    "{method} {target}: {}",
+                    anonymous.text()
+                );
+                continue;
+            }
+            assert_eq!(
+                anonymous.status,
+                401,
+                "{method} {target}: {}",
+                anonymous.text()
+            );
+            assert_eq!(anonymous.error_code(), "credential_missing");
+            let named = &security[0]["bearer"];
+            let writer = send(
+                &server,
+                &method,
+                &target,
+                &format!("Authorization: Bearer {WRITER_KEY}\r\n"),
+            );
+            if named == &json!(["write"]) {
+                assert!(
+                    writer.status != 401 && writer.status != 403,
+                    "{method} {target}: {} {}",
+                    writer.status,
+                    writer.text()
+                );
+            } else if named.as_array().is_some_and(|n| !n.is_empty()) {
+                assert_eq!(writer.status, 403, "{method} {target}: {}", writer.text());
+                assert_eq!(writer.error_code(), "scope_missing");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} protected operations checked");
+}
+
+#[test]
+fn without_auth_claims_none() {
+    let doc = fetch();
+    assert!(doc["components"].get("securitySchemes").is_none());
+    assert!(doc.get("security").is_none());
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            assert!(op.get("security").is_none(), "{method} {path}");
+            let codes = statuses(&doc, op);
+            assert!(
+                !codes.contains("401") && !codes.contains("403"),
+                "{method} {path}: {codes:?}"
+            );
+        }
+    }
+    // And the node indeed asks nothing: a write goes through.
+    let server = Server::start(&["--cores", "1"]);
+    let put = server.call("PUT", "/v1/notes/1", Some("{}"));
+    assert_eq!(put.status, 201, "{}", put.text());
+}
+
 #[test]
 fn is_valid_openapi_3_1() {
     let available = Command::new("python3")
@@ -331,9 +586,21 @@ fn is_valid_openapi_3_1() {
         println!("skipped: validating /openapi.json as OpenAPI 3.1, because {why}");
         return;
     }
-    let doc = fetch();
-    let file = std::env::temp_dir().join(format!("percore-openapi-{}.json", std::process::id()));
-    std::fs::write(&file, serde_json::to_vec_pretty(&doc).expect("serialize")).expect("write");
+    validate(&fetch(), "plain");
+    let dir = DataDir::new("openapi-valid-auth");
+    let secured = fetch_from(&start_secured(&dir));
+    assert!(secured["components"].get("securitySchemes").is_some());
+    validate(&secured, "auth");
+}
+
+/// Runs openapi-spec-validator on `doc`; `name` keeps the files of
+/// concurrent calls apart.
+fn validate(doc: &Value, name: &str) {
+    let file = std::env::temp_dir().join(format!(
+        "percore-openapi-{name}-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(&file, serde_json::to_vec_pretty(doc).expect("serialize")).expect("write");
     // The CLI (`python -m openapi_spec_validator`) of 0.6 and later; older
     // releases lack `--schema`, so fall back to the `validate` function.
     let cli = Command::new("python3")

@@ -6,18 +6,27 @@
 //! in [`builtin`] (parameters, bodies, every status the handler or the
 //! layers below it can answer), and an application's own routes a minimal
 //! one that claims nothing the framework cannot guarantee.
+//!
+//! With authentication configured, the document says what a client must
+//! send ([`security`]): the schemes the node accepts, and on each operation
+//! the `security` and 401/403 responses that the node's own rules give its
+//! paths. Without it, the document claims no authentication at all.
+
+pub mod security;
 
 use serde_json::{json, Map, Value};
 
-use crate::app::{Ctx, Request};
+use crate::app::{Ctx, Request, Router};
+use crate::auth::Auth;
 use crate::http::Response;
+use security::Requirement;
 
 /// The reference every error body's schema uses: `{"error": code, "message": text}`.
 pub const ERROR_SCHEMA: &str = "#/components/schemas/Error";
 
 /// `GET /openapi.json`: the document for this node's routes, as JSON.
 pub fn openapi<S>(_: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>) {
-    let mut doc = document(ctx.node.name, &ctx.node.routes);
+    let mut doc = document(ctx.node.name, &ctx.node.routes, ctx.node.auth.as_deref());
     if let Some(statics) = &ctx.node.statics {
         note_static_files(&mut doc, &statics.options().prefix);
     }
@@ -55,7 +64,21 @@ pub fn note_static_files(doc: &mut Value, prefix: &str) {
 /// segments). Built-in routes are described from [`builtin`]; any other
 /// route gets [`minimal`] (its path parameters, the statuses the framework
 /// itself may answer, and a `default` response with no schema claim).
-pub fn document(name: &str, routes: &[(&str, &str)]) -> Value {
+///
+/// With `auth`, every operation also gets what [`Auth::access`] asks of its
+/// paths ([`Requirement`]) and the document its security schemes; without,
+/// nothing is said of authentication. With `auth`, panics on a pattern the
+/// router refuses (as [`Router::add`] does): `routes` are a router's own.
+pub fn document(name: &str, routes: &[(&'static str, &'static str)], auth: Option<&Auth>) -> Value {
+    // The same table as the node's, to tell which route a sample path
+    // reaches (a path another route serves is described under that one).
+    let router = auth.map(|_| {
+        let mut router = Router::default();
+        for &(method, pattern) in routes {
+            router.add(method, pattern, ());
+        }
+        router
+    });
     let mut paths = Map::new();
     // Patterns that differ only in their parameters' names are one OpenAPI
     // path (the spec forbids both): the first route's names win.
@@ -63,7 +86,7 @@ pub fn document(name: &str, routes: &[(&str, &str)]) -> Value {
     let mut ids: Vec<String> = Vec::new();
     let mut unrepresentable: Vec<String> = Vec::new();
     let mut shadowed: Vec<String> = Vec::new();
-    for &(method, pattern) in routes {
+    for (index, &(method, pattern)) in routes.iter().enumerate() {
         let method_key = method.to_ascii_lowercase();
         if !OPERATION_METHODS.contains(&method_key.as_str()) {
             unrepresentable.push(format!("`{method} {pattern}`"));
@@ -94,6 +117,10 @@ pub fn document(name: &str, routes: &[(&str, &str)]) -> Value {
             Some(op) => op.into_operation(pattern, &path),
             None => minimal(method, pattern, &path),
         };
+        if let (Some(auth), Some(router)) = (auth, &router) {
+            Requirement::of(auth, router, index, method, pattern, &path)
+                .apply(auth, &mut operation);
+        }
         let id = unique_id(&operation, method, &path, &ids);
         operation["operationId"] = Value::String(id.clone());
         ids.push(id);
@@ -114,6 +141,16 @@ pub fn document(name: &str, routes: &[(&str, &str)]) -> Value {
             shadowed.join(", ")
         ));
     }
+    let mut components = json!({
+        "schemas": schemas(),
+        "responses": generic_components(),
+        "headers": headers(),
+    });
+    if let Some(auth) = auth {
+        description.push_str(AUTH_DESCRIPTION);
+        components["securitySchemes"] = security::schemes(auth);
+        components["headers"]["WWW-Authenticate"] = security::www_authenticate();
+    }
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -122,13 +159,22 @@ pub fn document(name: &str, routes: &[(&str, &str)]) -> Value {
             "description": description,
         },
         "paths": paths,
-        "components": {
-            "schemas": schemas(),
-            "responses": generic_components(),
-            "headers": headers(),
-        },
+        "components": components,
     })
 }
+
+/// What `info.description` says when authentication is configured.
+const AUTH_DESCRIPTION: &str = "\n\nAuthentication: each operation's `security` is what \
+this node's authorization rules ask of its paths (the first rule matching a request's method \
+and path applies; an operation some of whose paths a rule singles out lists them in its \
+description). `security: []` means no credential is needed. Otherwise a credential is sent \
+by one of the schemes of `components.securitySchemes`, and an empty requirement `{}` among the \
+alternatives means some of its paths need none. A name in a requirement's array is a scope \
+the credential must hold (an OpenAPI 3.1 role name; percore's scopes are not OAuth2 \
+scopes), and the operation's description names it too. A credential that is sent is \
+verified on every route, public ones included, so any operation may answer 401 \
+`credential_invalid`; 403 `scope_missing` is listed where a scope is needed. The same \
+rules apply on `--admin-listen`.";
 
 /// What a route not in [`builtin`] gets: its path parameters, the statuses
 /// the framework may answer for any route, and a `default` response that
@@ -1322,7 +1368,11 @@ mod tests {
 
     #[test]
     fn a_users_route_gets_a_minimal_operation() {
-        let doc = document("shop", &[("GET", "/products/:id"), ("GET", "/healthz")]);
+        let doc = document(
+            "shop",
+            &[("GET", "/products/:id"), ("GET", "/healthz")],
+            None,
+        );
         assert_eq!(doc["openapi"], "3.1.0");
         assert_eq!(doc["info"]["title"], "shop");
         let op = &doc["paths"]["/products/{id}"]["get"];
@@ -1349,6 +1399,7 @@ mod tests {
         let doc = document(
             "percore",
             &[("POST", "/v1/jobs/:queue"), ("GET", "/v1/jobs/:id")],
+            None,
         );
         let paths = doc["paths"].as_object().expect("paths");
         assert_eq!(paths.len(), 1);
@@ -1362,6 +1413,7 @@ mod tests {
         let doc = document(
             "app",
             &[("GET", "/a/:x"), ("GET", "/a/:y"), ("PURGE", "/cache")],
+            None,
         );
         assert_eq!(doc["paths"].as_object().map(Map::len), Some(1));
         let description = doc["info"]["description"].as_str().unwrap_or("");
@@ -1371,7 +1423,7 @@ mod tests {
 
     #[test]
     fn static_files_are_a_note() {
-        let mut doc = document("percore", &[("GET", "/json")]);
+        let mut doc = document("percore", &[("GET", "/json")], None);
         note_static_files(&mut doc, "/assets/");
         let description = doc["info"]["description"].as_str().unwrap_or("");
         assert!(description.contains("starting with `/assets/`"));

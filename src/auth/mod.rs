@@ -15,6 +15,9 @@
 //! ([`Auth::start_watcher`]); a file that no longer parses is reported
 //! and the keys already loaded stay in force. A credential is never
 //! logged.
+//!
+//! `/openapi.json` tells clients what these rules ask of each operation
+//! ([`crate::api::openapi::security`]), from [`Auth::access`] itself.
 
 pub mod cache;
 pub mod jwt;
@@ -254,6 +257,25 @@ impl Auth {
             .iter()
             .position(|s| s == scope)
             .map(|bit| bit as u32)
+    }
+
+    /// The name of the scope with this bit (as [`Access::Scope`] holds it).
+    pub fn scope_name(&self, bit: u32) -> Option<&str> {
+        self.scopes.get(bit as usize).map(String::as_str)
+    }
+
+    /// What authentication was configured with: which credentials are
+    /// accepted (for describing them, e.g. in `/openapi.json`).
+    pub fn options(&self) -> &AuthOptions {
+        &self.options
+    }
+
+    /// The path patterns of the rules, in the order they are tried (the
+    /// deployment's, then [`default_rules`]). `/openapi.json` takes the
+    /// path segments they name to choose the sample paths it asks
+    /// [`Self::access`] about; what applies is always [`Self::access`]'s answer.
+    pub fn rule_paths(&self) -> impl Iterator<Item = &PathPattern> {
+        self.rules.iter().map(|rule| &rule.path)
     }
 
     fn scope_mask<'s>(&self, scopes: impl IntoIterator<Item = &'s String>) -> u64 {
