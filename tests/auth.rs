@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{DataDir, Response, Server};
+use common::{write_keys, DataDir, Response, Server};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
 
@@ -25,28 +25,6 @@ const KEYS: &[(&str, &str, &[&str])] = &[
 ];
 
 const EMAIL: &str = r#"{"to": "a@example.com", "subject": "s", "text": "t"}"#;
-
-fn sha256_hex(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn write_keys(path: &Path, keys: &[(&str, &str, &[&str])]) {
-    let mut text = String::new();
-    for (name, secret, scopes) in keys {
-        text.push_str(&format!(
-            "[[keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = {scopes:?}\n\n",
-            sha256_hex(secret)
-        ));
-    }
-    // Written beside and renamed, as an operator's tooling would: never half a file.
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, text).unwrap();
-    std::fs::rename(&partial, path).unwrap();
-}
 
 fn unix_now() -> u64 {
     SystemTime::now()

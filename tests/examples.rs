@@ -227,22 +227,11 @@ fn an_applications_own_options_come_from_flags_environment_and_help() {
 
 #[test]
 fn an_applications_own_routes_take_the_same_authorization_rules() {
-    use sha2::{Digest, Sha256};
     let dir = DataDir::new("examples-auth");
     std::fs::create_dir_all(&dir.0).unwrap();
     let key = "catalogue-editor-key-7e21";
-    let digest: String = Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let keys = dir.0.join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!(
-            "[[keys]]\nname = \"editor\"\nsha256 = \"{digest}\"\nscopes = [\"write\", \"stats\"]\n"
-        ),
-    )
-    .unwrap();
+    common::write_keys(&keys, &[("editor", key, &["write", "stats"])]);
     let config = dir.0.join("percore.toml");
     std::fs::write(
         &config,

@@ -22,18 +22,9 @@ fn fetch() -> Value {
 /// A deployment with an API keys file (one key, scope `write`) and a rule
 /// of its own: reading `/v1/reports/...` needs the scope `reports`.
 fn start_secured(dir: &DataDir) -> Server {
-    use sha2::{Digest, Sha256};
     std::fs::create_dir_all(&dir.0).expect("create the test directory");
-    let digest: String = Sha256::digest(WRITER_KEY.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let keys = dir.0.join("keys.toml");
-    std::fs::write(
-        &keys,
-        format!("[[keys]]\nname = \"writer\"\nsha256 = \"{digest}\"\nscopes = [\"write\"]\n"),
-    )
-    .expect("write the keys file");
+    common::write_keys(&keys, &[("writer", WRITER_KEY, &["write"])]);
     let config = dir.0.join("percore.toml");
     std::fs::write(
         &config,

@@ -363,3 +363,23 @@ impl Drop for DataDir {
 
 /// The TechEmpower `/fortunes` page for the benchmark's twelve fortunes plus the one added at request time.
 pub const FORTUNES_HTML: &str = "<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr><tr><td>11</td><td>&lt;script&gt;alert(&quot;This should not be displayed in a browser alert box.&quot;);&lt;/script&gt;</td></tr><tr><td>4</td><td>A bad random number generator: 1, 1, 1, 1, 1, 4.33e+67, 1, 1, 1</td></tr><tr><td>5</td><td>A computer program does what you tell it to do, not what you want it to do.</td></tr><tr><td>2</td><td>A computer scientist is someone who fixes things that aren&#39;t broken.</td></tr><tr><td>8</td><td>A list is only as strong as its weakest link. \u{2014} Donald Knuth</td></tr><tr><td>0</td><td>Additional fortune added at request time.</td></tr><tr><td>3</td><td>After enough decimal places, nobody gives a damn.</td></tr><tr><td>7</td><td>Any program that runs right is obsolete.</td></tr><tr><td>10</td><td>Computers make very fast, very accurate mistakes.</td></tr><tr><td>6</td><td>Emacs is a nice operating system, but I prefer UNIX. \u{2014} Tom Christaensen</td></tr><tr><td>9</td><td>Feature: A bug with seniority.</td></tr><tr><td>1</td><td>fortune: No such file or directory</td></tr><tr><td>12</td><td>\u{30d5}\u{30ec}\u{30fc}\u{30e0}\u{30ef}\u{30fc}\u{30af}\u{306e}\u{30d9}\u{30f3}\u{30c1}\u{30de}\u{30fc}\u{30af}</td></tr></table></body></html>";
+
+/// Writes an API keys file (`--auth-keys`) holding `(name, key, scopes)`
+/// entries, each key stored as its SHA-256. Written beside and renamed, as
+/// an operator's tooling would: a watcher never sees half a file.
+pub fn write_keys(path: &std::path::Path, keys: &[(&str, &str, &[&str])]) {
+    use sha2::{Digest, Sha256};
+    let mut text = String::new();
+    for (name, secret, scopes) in keys {
+        let digest: String = Sha256::digest(secret.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        text.push_str(&format!(
+            "[[keys]]\nname = \"{name}\"\nsha256 = \"{digest}\"\nscopes = {scopes:?}\n\n"
+        ));
+    }
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text).expect("write the keys file");
+    std::fs::rename(&partial, path).expect("rename the keys file into place");
+}
