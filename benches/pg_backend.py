@@ -44,14 +44,6 @@ def backend_pids():
     return [int(p) for p in out.split()]
 
 
-def switches(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches"):
-                return int(line.split()[1])
-    return 0
-
-
 def ticks(pid):
     fields = cmp._stat_fields(pid)
     return int(fields[11]) + int(fields[12])
@@ -68,7 +60,7 @@ def one(args, target, test):
         subprocess.run(pg.wrk_argv(args, port, test, 2, latency=False), capture_output=True)
         pids = backend_pids()
         cpu0 = sum(ticks(p) for p in pids)
-        slept0 = sum(switches(p) for p in pids)
+        slept0 = sum(pg.sleeps(p) for p in pids)
         perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", ",".join(EVENTS), "-p",
                                  ",".join(map(str, pids)), "--", "sleep", str(args.duration)],
                                 stderr=subprocess.PIPE, text=True)
@@ -76,7 +68,7 @@ def one(args, target, test):
                              text=True)
         counted = perf.communicate()[1]
         cpu1 = sum(ticks(p) for p in pids)
-        slept1 = sum(switches(p) for p in pids)
+        slept1 = sum(pg.sleeps(p) for p in pids)
         requests = cmp.parse_wrk(wrk.stdout)["total_requests"]
         if not requests:
             return f"{target}: wrk served nothing: {wrk.stderr.strip()}"
