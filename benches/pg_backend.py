@@ -9,11 +9,14 @@ binaries built as for it; run it alone on the machine; needs `perf`):
 
 For each round, test and target (order alternating): start the server pinned to CPU 0 as
 benches/pg.py does (PostgreSQL and wrk on CPU 1), warm up, find the backend serving it,
-and over one wrk run count, per request, in that backend: its CPU (utime+stime), voluntary
-context switches, and with `perf stat` tracepoints its system calls (sends, receives,
-epoll waits), the packets it transmits and receives through the kernel, the socket buffers
-it frees and the pages it allocates. Differences in these between two clients that send
-the same queries are kernel work done in PostgreSQL's process on their behalf.
+and over one wrk run count, per request, in that backend: its CPU (utime+stime, and the
+scheduler's own clock beside it), voluntary context switches, and with `perf stat`
+tracepoints its system calls (sends, receives, epoll waits), the packets it transmits and
+receives through the kernel, the socket buffers it frees, the pages it allocates, the
+wake-ups it makes, the interrupts it sends to another CPU and the softirqs it runs.
+Differences in these between two clients that send the same queries are kernel work done
+in PostgreSQL's process on their behalf: on loopback a send delivers into the client's
+socket in the sender's process, and wakes the client there if it sleeps.
 """
 
 import argparse
@@ -33,6 +36,9 @@ EVENTS = {
     "net:netif_receive_skb": "packets in",
     "skb:consume_skb": "socket buffers freed",
     "kmem:mm_page_alloc": "pages allocated",
+    "sched:sched_waking": "wake-ups it makes",
+    "ipi:ipi_send_cpu": "interrupts it sends to another CPU",
+    "irq:softirq_entry": "softirqs it runs",
 }
 
 
@@ -49,6 +55,13 @@ def ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+def runtime_ns(pid):
+    """Time on CPU from the scheduler's clock, in ns: exact, where utime+stime are
+    sampled at each tick (250 Hz here)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
 def one(args, target, test):
     port = cmp.free_port()
     proc = subprocess.Popen(pg.server_argv(target, port, args.server_cpu, test),
@@ -60,6 +73,7 @@ def one(args, target, test):
         subprocess.run(pg.wrk_argv(args, port, test, 2, latency=False), capture_output=True)
         pids = backend_pids()
         cpu0 = sum(ticks(p) for p in pids)
+        ran0 = sum(runtime_ns(p) for p in pids)
         slept0 = sum(pg.sleeps(p) for p in pids)
         perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", ",".join(EVENTS), "-p",
                                  ",".join(map(str, pids)), "--", "sleep", str(args.duration)],
@@ -68,6 +82,7 @@ def one(args, target, test):
                              text=True)
         counted = perf.communicate()[1]
         cpu1 = sum(ticks(p) for p in pids)
+        ran1 = sum(runtime_ns(p) for p in pids)
         slept1 = sum(pg.sleeps(p) for p in pids)
         requests = cmp.parse_wrk(wrk.stdout)["total_requests"]
         if not requests:
@@ -79,7 +94,8 @@ def one(args, target, test):
                 counts[EVENTS[parts[2]]] = float(parts[0]) / requests
         tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
         line = (f"{test:9} {target:9} {requests / args.duration:>9,.0f} req/s  backends {len(pids)}  "
-                f"CPU {(cpu1 - cpu0) * tick_us / requests:5.2f} µs  "
+                f"CPU {(cpu1 - cpu0) * tick_us / requests:5.2f} µs (scheduler's clock "
+                f"{(ran1 - ran0) / 1e3 / requests:5.2f})  "
                 f"sleeps {(slept1 - slept0) / requests:.3f}")
         return line + "\n    " + "  ".join(f"{k} {v:.3f}" for k, v in counts.items())
     finally:
