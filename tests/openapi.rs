@@ -175,6 +175,50 @@ fn lists_every_route_and_nothing_else() {
     assert_eq!(listed, expected);
 }
 
+/// Every `(method, path shape)` the document lists.
+fn listed(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut listed = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            listed.insert((method.clone(), shape_of_path(path)));
+        }
+    }
+    listed
+}
+
+#[test]
+fn with_an_admin_listener_lists_what_the_public_listener_serves() {
+    let server = Server::start(&["--cores", "1", "--admin-listen", "127.0.0.1:0"]);
+    let doc = fetch_from(&server);
+    let app = percore::api::percore();
+    let public: BTreeSet<(String, String)> = app
+        .public_routes()
+        .iter()
+        .map(|(m, p)| (m.to_ascii_lowercase(), shape_of_pattern(p)))
+        .collect();
+    assert!(public.len() < app.routes().len(), "percore has operator calls");
+    assert_eq!(listed(&doc), public);
+    for (method, path) in [("get", "/metrics"), ("post", "/admin/drain"), ("get", "/v1/dead")] {
+        assert!(
+            !listed(&doc).contains(&(method.to_owned(), path.to_owned())),
+            "{method} {path} is an operator call, served on the admin listener alone"
+        );
+        // ... and the public listener indeed does not serve it.
+        let response = server.call(&method.to_ascii_uppercase(), path, None);
+        assert_eq!(response.status, 404, "{method} {path}: {}", response.text());
+    }
+    assert!(doc["info"]["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("admin listener")));
+    validate(&doc, "with an admin listener");
+    // Without one, the operator calls are listed, and nothing says otherwise.
+    let plain = fetch();
+    assert!(listed(&plain).contains(&("get".to_owned(), "/metrics".to_owned())));
+    assert!(!plain["info"]["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("admin listener")));
+}
+
 #[test]
 fn lists_every_error_status_and_every_ref_resolves() {
     let doc = fetch();

@@ -30,6 +30,9 @@ pub fn openapi<S>(_: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>
     if let Some(statics) = &ctx.node.statics {
         note_static_files(&mut doc, &statics.options().prefix);
     }
+    if ctx.node.admin_listener {
+        note_admin_listener(&mut doc);
+    }
     match serde_json::to_vec(&doc) {
         Ok(body) => response.send(200, "application/json", &[], &body),
         Err(_) => response.send(
@@ -38,6 +41,19 @@ pub fn openapi<S>(_: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>
             &[],
             br#"{"error":"internal","message":"the OpenAPI document could not be serialized"}"#,
         ),
+    }
+}
+
+/// Adds to `info.description` that the operator calls are served on the
+/// admin listener, which is why the document (served on the public one)
+/// leaves them out.
+pub fn note_admin_listener(doc: &mut Value) {
+    let note = "\n\nOperator calls (`/metrics`, `/admin/drain`, dead letters, redrive, and any \
+                the application marks as such) are served on this node's admin listener \
+                alone (`--admin-listen`): they answer 404 on this listener and are not \
+                described here.";
+    if let Some(Value::String(description)) = doc.pointer_mut("/info/description") {
+        description.push_str(note);
     }
 }
 

@@ -191,6 +191,12 @@ impl<S: 'static> App<S> {
         self.router.routes().collect()
     }
 
+    /// The routes the public listener serves when an admin listener takes
+    /// the operator calls ([`Self::operator`]), as `(method, pattern)`.
+    pub fn public_routes(&self) -> Vec<(&'static str, &'static str)> {
+        self.router.public_routes().collect()
+    }
+
     /// Parses the command line as `percore serve` does (flags, `PERCORE_*`
     /// variables, `--config FILE`), then serves until SIGTERM or SIGINT.
     /// Exits 64 on a bad option, 1 if the server cannot start.

@@ -17,7 +17,9 @@ pub struct Node {
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: Arc<Registry>,
     pub io_cores: usize,
-    /// The application's name and routes as `(method, pattern)`, in match order (for `/openapi.json`).
+    /// The application's name and the routes its public listener serves, as
+    /// `(method, pattern)` in match order (for `/openapi.json`): with an
+    /// admin listener, the operator calls are not among them.
     pub name: &'static str,
     pub routes: Vec<(&'static str, &'static str)>,
     /// Every option's resolved value, percore's and the application's.

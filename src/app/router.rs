@@ -132,6 +132,15 @@ impl<H> Router<H> {
             .map(|(r, p)| (r.method, *p))
     }
 
+    /// The routes that are not operator calls, as [`Self::routes`] lists them.
+    pub fn public_routes(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.routes
+            .iter()
+            .zip(&self.patterns)
+            .filter(|(r, _)| !r.operator)
+            .map(|(r, p)| (r.method, *p))
+    }
+
     /// The pattern of route `index`, e.g. `/v1/:collection/:key`.
     pub fn pattern(&self, index: usize) -> &'static str {
         self.patterns[index]

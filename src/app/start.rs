@@ -220,7 +220,12 @@ impl<S: 'static> App<S> {
             metrics: Registry::new(cores, &route_names),
             io_cores: cores,
             name: self.name,
-            routes: self.routes(),
+            // The document served on the public listener lists what it serves.
+            routes: if admin_addr.is_some() {
+                self.public_routes()
+            } else {
+                self.routes()
+            },
             values,
             limiter,
             admin_listener: admin_addr.is_some(),
