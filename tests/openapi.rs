@@ -196,9 +196,16 @@ fn with_an_admin_listener_lists_what_the_public_listener_serves() {
         .iter()
         .map(|(m, p)| (m.to_ascii_lowercase(), shape_of_pattern(p)))
         .collect();
-    assert!(public.len() < app.routes().len(), "percore has operator calls");
+    assert!(
+        public.len() < app.routes().len(),
+        "percore has operator calls"
+    );
     assert_eq!(listed(&doc), public);
-    for (method, path) in [("get", "/metrics"), ("post", "/admin/drain"), ("get", "/v1/dead")] {
+    for (method, path) in [
+        ("get", "/metrics"),
+        ("post", "/admin/drain"),
+        ("get", "/v1/dead"),
+    ] {
         assert!(
             !listed(&doc).contains(&(method.to_owned(), path.to_owned())),
             "{method} {path} is an operator call, served on the admin listener alone"
