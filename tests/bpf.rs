@@ -5,9 +5,14 @@
 //! CI=true. Elsewhere it says why it was skipped, including when the kernel
 //! refuses the program.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+use common::netns::{self, ip, run, Netns};
+
+const TEST: &str = "the XDP blocklist test";
 const BLOCKLIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf/blocklist");
 const SERVER: &str = "10.99.0.1";
 const ALLOWED: &str = "10.99.0.2";
@@ -15,32 +20,12 @@ const BLOCKED: &str = "10.99.0.66";
 const BLOCKED_NET: &str = "10.99.0.64/26";
 const PORT: &str = "18080";
 
-fn skip_or_fail(why: &str) {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true requires the XDP test, but {why}"
-    );
-    eprintln!("skipped: the XDP blocklist test, because {why}");
-}
-
-fn run(command: &mut Command) -> Result<String, String> {
-    let out = command.output().map_err(|e| format!("{command:?}: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
-}
-
-/// Two namespaces joined by a veth, deleted when dropped, with the server process inside.
+/// Two namespaces joined by a veth (`vs` in the server's, `vc` in the
+/// client's), with the server process inside; all removed when dropped.
 struct Pair {
-    server_ns: String,
-    client_ns: String,
+    // Deleted when the pair is dropped, after its `Drop` has stopped the server.
+    server_ns: Netns,
+    client_ns: Netns,
     server: Option<Child>,
     /// Kept open: percore prints more after its first line.
     server_out: Option<BufReader<std::process::ChildStdout>>,
@@ -49,47 +34,39 @@ struct Pair {
 
 impl Pair {
     fn new() -> Result<Self, String> {
-        let id = std::process::id();
         let pair = Self {
-            server_ns: format!("percore-xdp-s-{id}"),
-            client_ns: format!("percore-xdp-c-{id}"),
+            server_ns: Netns::new("xdp-s")?,
+            client_ns: Netns::new("xdp-c")?,
             server: None,
             server_out: None,
-            dir: std::env::temp_dir().join(format!("percore-xdp-{id}")),
+            dir: std::env::temp_dir().join(format!("percore-xdp-{}", std::process::id())),
         };
-        for ns in [&pair.server_ns, &pair.client_ns] {
-            run(Command::new("ip").args(["netns", "add", ns]))?;
-        }
-        let s = &pair.server_ns;
-        let c = &pair.client_ns;
+        let s = pair.server_ns.name.as_str();
+        let c = pair.client_ns.name.as_str();
+        ip(&[
+            "link", "add", "vs", "netns", s, "type", "veth", "peer", "name", "vc", "netns", c,
+        ])?;
         for argv in [
-            vec![
-                "ip", "link", "add", "vs", "netns", s, "type", "veth", "peer", "name", "vc",
-                "netns", c,
-            ],
-            vec!["ip", "-n", s, "addr", "add", "10.99.0.1/24", "dev", "vs"],
-            vec!["ip", "-n", c, "addr", "add", "10.99.0.2/24", "dev", "vc"],
-            vec!["ip", "-n", c, "addr", "add", "10.99.0.66/24", "dev", "vc"],
-            vec!["ip", "-n", s, "link", "set", "vs", "up"],
-            vec!["ip", "-n", c, "link", "set", "vc", "up"],
-            vec!["ip", "-n", s, "link", "set", "lo", "up"],
+            ["-n", s, "addr", "add", "10.99.0.1/24", "dev", "vs"],
+            ["-n", c, "addr", "add", "10.99.0.2/24", "dev", "vc"],
+            ["-n", c, "addr", "add", "10.99.0.66/24", "dev", "vc"],
         ] {
-            run(Command::new(argv[0]).args(&argv[1..]))?;
+            ip(&argv)?;
         }
+        ip(&["-n", s, "link", "set", "vs", "up"])?;
+        ip(&["-n", c, "link", "set", "vc", "up"])?;
         Ok(pair)
     }
 
     fn in_server(&self, argv: &[&str]) -> Result<String, String> {
-        run(Command::new("ip")
-            .args(["netns", "exec", &self.server_ns])
-            .args(argv))
+        run(self.server_ns.command(argv[0]).args(&argv[1..]))
     }
 
     /// percore in the server namespace, on 10.99.0.1.
     fn serve(&mut self) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.server_ns])
-            .arg(env!("CARGO_BIN_EXE_percore"))
+        let mut child = self
+            .server_ns
+            .command(env!("CARGO_BIN_EXE_percore"))
             .args([
                 "serve",
                 "--listen",
@@ -114,8 +91,9 @@ impl Pair {
         let script = format!(
             "import socket\ns = socket.socket()\ns.settimeout(2)\ns.bind(('{source}', 0))\ns.connect(('{SERVER}', {PORT}))\ns.sendall(b'GET /healthz HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n')\nassert s.recv(64).startswith(b'HTTP/1.1 200')\n"
         );
-        Command::new("ip")
-            .args(["netns", "exec", &self.client_ns, "python3", "-c", &script])
+        self.client_ns
+            .command("python3")
+            .args(["-c", &script])
             .stderr(Stdio::null())
             .status()
             .map(|s| s.success())
@@ -128,9 +106,6 @@ impl Drop for Pair {
         if let Some(mut child) = self.server.take() {
             let _ = child.kill();
             let _ = child.wait();
-        }
-        for ns in [&self.server_ns, &self.client_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -162,11 +137,13 @@ fn missing_tool() -> Option<String> {
 #[test]
 fn a_blocked_network_cannot_connect_and_another_can() {
     if let Some(why) = missing_tool() {
-        return skip_or_fail(&why);
+        return netns::skip_or_fail(TEST, &why);
     }
     let mut pair = match Pair::new() {
         Ok(pair) => pair,
-        Err(why) => return skip_or_fail(&format!("the namespaces could not be made: {why}")),
+        Err(why) => {
+            return netns::skip_or_fail(TEST, &format!("the namespaces could not be made: {why}"))
+        }
     };
     let obj = pair.dir.join("xdp_blocklist.o");
     let obj = obj.to_str().unwrap();
@@ -176,7 +153,10 @@ fn a_blocked_network_cannot_connect_and_another_can() {
     assert!(pair.connects_from(BLOCKED), "no connection before XDP");
 
     if let Err(refusal) = pair.in_server(&[BLOCKLIST, "load", "vs", "--obj", obj]) {
-        return skip_or_fail(&format!("the kernel refused the XDP program: {refusal}"));
+        return netns::skip_or_fail(
+            TEST,
+            &format!("the kernel refused the XDP program: {refusal}"),
+        );
     }
     let blocked = pair
         .in_server(&[BLOCKLIST, "block", "vs", BLOCKED_NET])
