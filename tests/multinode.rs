@@ -1,18 +1,19 @@
-//! Several hosts on one machine: a balancer (Debian's HAProxy with deploy/haproxy.cfg), three percore nodes over shared PostgreSQL shards and a client, each in a network namespace of its own on one bridge.
+//! Several hosts on one machine: a balancer (Debian's HAProxy with deploy/haproxy.cfg, or nginx with deploy/nginx.conf), three percore nodes over shared PostgreSQL shards and a client, each in a network namespace of its own on one bridge.
 //!
-//! Under steady load from the client host it checks that a key keeps
+//! Behind each balancer, under steady load from the client host, it checks that a key keeps
 //! reaching the same node whatever its sub-path or query; that a node whose
 //! `/readyz` turns 503 (SIGTERM with `--drain-delay`) leaves the rotation
 //! with no client error, and its keys come back to it when it returns;
 //! that a node restarted by socket hand-over (`--handover`) costs no client
 //! a request; that a node cut off (its link down) is routed around and its keys come
 //! back when it returns; and that a write through one node is read through
-//! another. Needs root, `ip netns`, haproxy and PostgreSQL's server
-//! binaries; required when CI=true (`.ci/run` installs HAProxy), skipped
+//! another. Needs root, `ip netns`, haproxy, nginx and PostgreSQL's server
+//! binaries; required when CI=true (`.ci/run` installs both balancers), skipped
 //! elsewhere saying why. It never needs `tc netem` (absent from this
 //! kernel): a node is cut off by taking its link down. Everything it made
 //! (processes, namespaces, the database cluster's directory) goes when it
-//! ends, even when a check fails.
+//! ends, even when a check fails. The two balancers' tests run one at a
+//! time (they would share two CPUs).
 
 mod common;
 
@@ -36,14 +37,20 @@ const NODES: [&str; 3] = ["10.77.0.11", "10.77.0.12", "10.77.0.13"];
 const NODE_PORT: u16 = 8080;
 const SHARDS: [&str; 2] = ["shard0", "shard1"];
 const HAPROXY_CFG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg");
+const NGINX_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf");
 
-/// Why this machine cannot run the harness, if it cannot.
-fn unavailable() -> Option<String> {
+/// One balancer's test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Why this machine cannot run the harness with `balancer`, if it cannot.
+fn unavailable(balancer: &str) -> Option<String> {
     if let Some(why) = netns::unavailable() {
         return Some(why);
     }
-    if Command::new("haproxy").arg("-v").output().is_err() {
-        return Some("haproxy is not installed (apt-get install haproxy)".into());
+    if Command::new(balancer).arg("-v").output().is_err() {
+        return Some(format!(
+            "{balancer} is not installed (apt-get install haproxy nginx-light)"
+        ));
     }
     if pg_bin("initdb").is_none() || Command::new("psql").arg("--version").output().is_err() {
         return Some("PostgreSQL's server binaries and psql are not installed".into());
@@ -195,7 +202,7 @@ impl Drop for Database {
 /// The hosts: a switch namespace holding the bridge, and one namespace per host.
 /// Fields drop in order: processes, then the database, then the namespaces.
 struct Hosts {
-    haproxy: Option<Proc>,
+    balancer: Option<Proc>,
     nodes: Vec<Option<Proc>>,
     db: Option<Database>,
     dir: PathBuf,
@@ -207,15 +214,19 @@ struct Hosts {
 }
 
 impl Hosts {
-    fn build() -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("percore-multinode-{}", std::process::id()));
+    /// The hosts for a test of `balancer`, with a directory of their own.
+    fn build(balancer: &str) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "percore-multinode-{balancer}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let switch = Netns::new("sw")?;
         ip(&["-n", &switch.name, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &switch.name, "link", "set", "br0", "up"])?;
         let hosts = Self {
-            haproxy: None,
+            balancer: None,
             nodes: vec![None, None, None],
             db: None,
             dir,
@@ -339,7 +350,60 @@ impl Hosts {
             );
         }
         let log = self.dir.join("haproxy.log");
-        self.haproxy = Some(Proc::start("haproxy", command, &log));
+        self.balancer = Some(Proc::start("haproxy", command, &log));
+    }
+
+    /// nginx with deploy/nginx.conf as shipped but for the addresses: the
+    /// nodes' for the example ones, the balancer host's to listen on, and
+    /// this test's directory for nginx's own files.
+    fn start_nginx(&mut self) {
+        let shipped = std::fs::read_to_string(NGINX_CONF).unwrap();
+        let mut conf = format!(
+            "pid {dir}/nginx.pid;\nerror_log {dir}/nginx.log warn;\n",
+            dir = self.dir.display()
+        );
+        let mut body = shipped.replacen("listen 80 ", &format!("listen {LB}:80 "), 1);
+        for (n, node) in NODES.iter().enumerate() {
+            body = body.replace(
+                &format!("10.0.0.{}:8080", 11 + n),
+                &format!("{node}:{NODE_PORT}"),
+            );
+        }
+        for (n, node) in NODES.iter().enumerate() {
+            assert_eq!(
+                body.matches(&format!("{node}:{NODE_PORT}")).count(),
+                2,
+                "deploy/nginx.conf no longer names node {} as 10.0.0.{}:8080 in both upstreams",
+                n + 1,
+                11 + n
+            );
+        }
+        assert!(
+            body.contains(&format!("listen {LB}:80 ")),
+            "deploy/nginx.conf no longer listens on port 80"
+        );
+        conf.push_str(&body);
+        for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            conf = conf.replacen(
+                "http {\n",
+                &format!(
+                    "http {{\n    {temp}_temp_path {}/{temp};\n",
+                    self.dir.display()
+                ),
+                1,
+            );
+        }
+        let path = self.dir.join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut command = self.lb.command("nginx");
+        command
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", "daemon off;"]);
+        let log = self.dir.join("nginx.out");
+        self.balancer = Some(Proc::start("nginx", command, &log));
     }
 
     fn log(&self, name: &str) -> String {
@@ -349,7 +413,7 @@ impl Hosts {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
-        self.haproxy.take();
+        self.balancer.take();
         self.nodes.clear();
         self.db.take();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -425,12 +489,24 @@ fn exchange(stream: &mut TcpStream, request: &str) -> Result<Option<(Answer, boo
         return Ok(Some((
             Answer {
                 status,
-                node: header("x-percore-node:"),
+                node: header("x-percore-node:").map(|node| node_name(&node)),
                 body,
             },
             close,
         )));
     }
+}
+
+/// The node that answered, from the balancer's header: HAProxy names it
+/// (`node2`); nginx gives the addresses it tried (`10.77.0.13:8080,
+/// 10.77.0.12:8080`), of which the last answered.
+fn node_name(header: &str) -> String {
+    let last = header.rsplit(',').next().unwrap_or(header).trim();
+    NODES
+        .iter()
+        .position(|node| last == format!("{node}:{NODE_PORT}"))
+        .map(|n| format!("node{}", n + 1))
+        .unwrap_or_else(|| last.to_owned())
 }
 
 fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
@@ -554,7 +630,7 @@ fn start_load(
                             conn = Some(stream);
                         }
                     }
-                    // HAProxy closed an idle client connection: a client retries.
+                    // The balancer closed an idle client connection: a client retries.
                     Ok(None) if reused => {}
                     Ok(None) => load.fail(format!("{path}: closed before an answer")),
                     Err(e) => load.fail(format!("{path}: {e}")),
@@ -579,28 +655,28 @@ fn placement(client: &str, keys: &[String]) -> HashMap<String, String> {
     })
 }
 
-#[test]
-fn a_balancer_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
-    if let Some(why) = unavailable() {
-        return netns::skip_or_fail("the multi-node test", &why);
-    }
-    let mut hosts = Hosts::build().unwrap();
+/// The hosts with PostgreSQL, three nodes and `balancer` (`haproxy` or `nginx`) running.
+fn bring_up(balancer: &str) -> Hosts {
+    let mut hosts = Hosts::build(balancer).unwrap();
     let db_dir = hosts.dir.join("pg");
     hosts.db = Some(Database::start(&hosts.db_ns, db_dir).unwrap());
     for n in 0..3 {
         hosts.start_node(n);
     }
-    hosts.start_haproxy();
-    let client = hosts.client.name.clone();
+    match balancer {
+        "haproxy" => hosts.start_haproxy(),
+        _ => hosts.start_nginx(),
+    }
+    hosts
+}
 
-    // Keys written through the balancer; all three nodes in rotation.
-    let keys: Vec<String> = (0..48).map(|i| format!("/v1/items/k{i}")).collect();
-    let written = keys.clone();
+/// Writes `keys` through the balancer until all three nodes answer some of them.
+fn write_through_balancer(hosts: &Hosts, keys: &[String], log: &str) {
+    let client = hosts.client.name.clone();
     let last = Arc::new(Mutex::new(String::new()));
-    let seen = Arc::clone(&last);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (keys, seen) = (written.clone(), Arc::clone(&seen));
+        let (keys, seen) = (keys.to_vec(), Arc::clone(&last));
         let all = in_netns(&client, move || {
             let mut nodes = HashSet::new();
             for key in &keys {
@@ -622,22 +698,25 @@ fn a_balancer_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
             nodes.len() == 3
         });
         if all {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "the balancer never had three nodes; last: {}; haproxy: {}",
+            "the balancer never had three nodes; last: {}; {log}: {}",
             last.lock().unwrap(),
-            hosts.log("haproxy.log")
+            hosts.log(log)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
 
-    // A key keeps reaching the same node whatever its sub-path or query.
-    let homes = placement(&client, &keys);
+/// Where the balancer sends each of `keys`, checked to be the same whatever
+/// the sub-path or query after the document's path.
+fn homes_whatever_the_sub_path(client: &str, keys: &[String]) -> HashMap<String, String> {
+    let homes = placement(client, keys);
     assert_eq!(homes.len(), keys.len(), "{homes:?}");
-    let paths = keys.clone();
-    let mismatches = in_netns(&client, move || {
+    let paths = keys.to_vec();
+    let mismatches = in_netns(client, move || {
         let mut mismatches = Vec::new();
         for key in &paths {
             for variant in [
@@ -654,6 +733,35 @@ fn a_balancer_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
     for (key, variant, node) in &mismatches {
         assert_eq!(&homes[key], node, "{variant} went elsewhere than {key}");
     }
+    homes
+}
+
+/// The keys `homes` places on `node`; there are some.
+fn keys_of(homes: &HashMap<String, String>, node: &str) -> Vec<String> {
+    let keys: Vec<String> = homes
+        .iter()
+        .filter(|(_, home)| *home == node)
+        .map(|(key, _)| key.clone())
+        .collect();
+    assert!(!keys.is_empty(), "no key lives on {node}: {homes:?}");
+    keys
+}
+
+#[test]
+fn a_balancer_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(why) = unavailable("haproxy") {
+        return netns::skip_or_fail("the multi-node test", &why);
+    }
+    let mut hosts = bring_up("haproxy");
+    let client = hosts.client.name.clone();
+
+    // Keys written through the balancer; all three nodes in rotation.
+    let keys: Vec<String> = (0..48).map(|i| format!("/v1/items/k{i}")).collect();
+    write_through_balancer(&hosts, &keys, "haproxy.log");
+
+    // A key keeps reaching the same node whatever its sub-path or query.
+    let homes = homes_whatever_the_sub_path(&client, &keys);
 
     // A write through one node is read through another (shared shards).
     let (first, second): (SocketAddr, SocketAddr) = (
@@ -681,12 +789,7 @@ fn a_balancer_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
     // Node 2 drains: /readyz turns 503 while it still serves, the balancer
     // takes it out, then its listeners close. No client sees an error.
     let node2 = "node2".to_owned();
-    let its_keys: Vec<String> = homes
-        .iter()
-        .filter(|(_, node)| **node == node2)
-        .map(|(key, _)| key.clone())
-        .collect();
-    assert!(!its_keys.is_empty(), "no key lives on node2: {homes:?}");
+    let its_keys = keys_of(&homes, &node2);
     hosts.nodes[1].as_ref().unwrap().signal("TERM");
     poll(Duration::from_secs(30), "node2's keys to move", || {
         placement(&client, &its_keys)
@@ -728,12 +831,7 @@ fn a_balancer_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
 
     // Node 3 cut off: routed around; its keys move and come back.
     let node3 = "node3".to_owned();
-    let cut_keys: Vec<String> = homes
-        .iter()
-        .filter(|(_, node)| **node == node3)
-        .map(|(key, _)| key.clone())
-        .collect();
-    assert!(!cut_keys.is_empty(), "no key lives on node3: {homes:?}");
+    let cut_keys = keys_of(&homes, &node3);
     let before_cut = load.failed();
     ip(&["-n", &hosts.switch.name, "link", "set", "pn3", "down"]).unwrap();
     poll(Duration::from_secs(30), "node3's keys to move", || {
@@ -761,6 +859,96 @@ fn a_balancer_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
     );
     // A hard cut can cost the requests already sent to the node (they time
     // out; HAProxy retries a GET only when nothing was sent); nothing else may fail.
+    assert!(
+        load.failed() == during_cut,
+        "{:?}",
+        load.errors.lock().unwrap()
+    );
+    assert!(load.ok.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn nginx_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(why) = unavailable("nginx") {
+        return netns::skip_or_fail("the multi-node test behind nginx", &why);
+    }
+    let mut hosts = bring_up("nginx");
+    let client = hosts.client.name.clone();
+    let keys: Vec<String> = (0..48).map(|i| format!("/v1/items/k{i}")).collect();
+    write_through_balancer(&hosts, &keys, "nginx.log");
+    let homes = homes_whatever_the_sub_path(&client, &keys);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Load::default());
+    let threads = start_load(&client, &keys, &stop, &load);
+    poll(Duration::from_secs(30), "the load to run", || {
+        load.ok.load(Ordering::Relaxed) > 200
+    });
+
+    // Node 2 drains. nginx never reads /readyz, so its keys stay on it
+    // until its listener closes; then a refused connection, or a kept-alive
+    // one the node closes as nginx sends on it, sends a GET to the next
+    // node. No client sees an error.
+    let node2 = "node2".to_owned();
+    let its_keys = keys_of(&homes, &node2);
+    hosts.nodes[1].as_ref().unwrap().signal("TERM");
+    let code = hosts.nodes[1]
+        .as_mut()
+        .unwrap()
+        .wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{}", hosts.log("node2.log"));
+    poll(Duration::from_secs(30), "node2's keys to move", || {
+        placement(&client, &its_keys)
+            .values()
+            .all(|node| *node != node2)
+    });
+    assert_eq!(
+        load.failed(),
+        0,
+        "a drain behind nginx cost clients: {:?}; nginx: {}",
+        load.errors.lock().unwrap(),
+        hosts.log("nginx.log")
+    );
+    // Back: after fail_timeout nginx tries the node again, and its keys return.
+    hosts.start_node(1);
+    poll(Duration::from_secs(60), "node2's keys to come back", || {
+        placement(&client, &its_keys)
+            .values()
+            .all(|node| *node == node2)
+    });
+    assert_eq!(load.failed(), 0, "{:?}", load.errors.lock().unwrap());
+
+    // Node 3 cut off: a GET that cannot reach it goes to the next node
+    // (connect timeout 1 s; one sent on a connection kept alive to it waits
+    // out proxy_read_timeout first), and its keys come back with its link.
+    let node3 = "node3".to_owned();
+    let cut_keys = keys_of(&homes, &node3);
+    let before_cut = load.failed();
+    ip(&["-n", &hosts.switch.name, "link", "set", "pn3", "down"]).unwrap();
+    poll(Duration::from_secs(120), "node3's keys to move", || {
+        placement(&client, &cut_keys)
+            .values()
+            .all(|node| *node != node3)
+    });
+    ip(&["-n", &hosts.switch.name, "link", "set", "pn3", "up"]).unwrap();
+    poll(Duration::from_secs(60), "node3's keys to come back", || {
+        placement(&client, &cut_keys)
+            .values()
+            .all(|node| *node == node3)
+    });
+    let during_cut = load.failed() - before_cut;
+
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    println!(
+        "multi-node: {} answers through nginx, {} failed while node3 was cut off ({:?})",
+        load.ok.load(Ordering::Relaxed),
+        during_cut,
+        load.errors.lock().unwrap()
+    );
     assert!(
         load.failed() == during_cut,
         "{:?}",
