@@ -47,7 +47,7 @@ pub fn openapi<S>(_: &Request<'_>, ctx: &mut Ctx<S>, response: &mut Response<'_>
 /// Adds to `info.description` that the operator calls are served on the
 /// admin listener, which is why the document (served on the public one)
 /// leaves them out.
-pub fn note_admin_listener(doc: &mut Value) {
+fn note_admin_listener(doc: &mut Value) {
     let note = "\n\nOperator calls (`/metrics`, `/admin/drain`, dead letters, redrive, and any \
                 the application marks as such) are served on this node's admin listener \
                 alone (`--admin-listen`): they answer 404 on this listener and are not \
