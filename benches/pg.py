@@ -6,6 +6,7 @@ Usage (from the repository root; run it alone on the machine):
     flock /tmp/percore-bench.lock python3 benches/pg.py [--rounds 3] [--duration 10]
         [--targets percore,axum-pg,xitca-pg] [--tests db,queries,fortunes,updates,doc-get,doc-put]
         [--connections 64] [--server-cpu 0] [--client-cpu 1] [--out benches/results/pg.json]
+        [--rate R]
 
 What it does:
   * (re)creates the database `percore_bench` on 127.0.0.1:5432 (user postgres, trust),
@@ -27,6 +28,13 @@ What it does:
     percore's ratio of requests per server-CPU-second against each peer with
     PostgreSQL's and wrk's CPU per request beside, each with its per-round range;
     writes every run to --out.
+
+With --rate R, every target gets the same load instead of all it can take: `percore
+bench` (target/release/percore) in open loop at R requests/s, pinned where wrk would be,
+for the tests without a script (the document tests sit out); --out defaults to
+benches/results/pg-rate-R.json. At saturation a server that needs less CPU per request
+sleeps more, and on loopback whoever sends to it pays for each wake-up (PostgreSQL for
+its answers); at one rate every target serves the same requests.
 
 Targets:
   percore    target/release/percore serve --cores 1 --store postgres, one shard
@@ -170,30 +178,51 @@ def wrk_argv(args, port, test, duration, latency=True):
     return argv
 
 
+def open_loop_argv(args, port, test, duration, json_path=None):
+    """`percore bench` at --rate, one client core where wrk would run."""
+    argv = ["taskset", "-c", str(args.client_cpu), binary("percore"), "bench",
+            f"http://127.0.0.1:{port}{TESTS[test][0]}", "--cores", "1", "--cpus",
+            str(args.client_cpu), "--connections", str(args.connections), "--duration",
+            f"{duration}s", "--rate", str(args.rate)]
+    if json_path:
+        argv += ["--json", json_path]
+    return argv
+
+
 def run_one(args, target, test, rnd):
     port = cmp.free_port()
     argv = server_argv(target, port, args.server_cpu, test)
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = {"target": target, "test": test, "round": rnd}
+    report = os.path.join("/tmp", f"percore-pg-bench-{os.getpid()}.json")
     try:
         error = cmp.wait_ready(proc, port, "/db" if target != "xitca-pg" else "/db")
         if error:
             run["error"] = error
             return run
-        subprocess.run(wrk_argv(args, port, test, 2, latency=False), capture_output=True)
+        if args.rate:
+            subprocess.run(open_loop_argv(args, port, test, 2), capture_output=True)
+            load = open_loop_argv(args, port, test, args.duration, report)
+        else:
+            subprocess.run(wrk_argv(args, port, test, 2, latency=False), capture_output=True)
+            load = wrk_argv(args, port, test, args.duration)
         stat0, server0, pg0 = cmp.stat_cpu_lines(), cmp.proc_cpu_ticks(proc.pid), postgres_ticks()
         segments0, slept0 = postgres_segments(), sleeps(proc.pid)
-        wrk = subprocess.Popen(wrk_argv(args, port, test, args.duration), stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
-        # Sampled while wrk's connections are open (they close with it), so
-        # only the server's connections to PostgreSQL are still there.
+        client = subprocess.Popen(load, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  text=True)
+        # Sampled while the load's connections are open (they close with it),
+        # so only the server's connections to PostgreSQL are still there.
         time.sleep(args.duration - 0.5)
         segments1 = postgres_segments()
-        out = wrk.stdout.read()
-        _, _, wrk_usage = os.wait4(wrk.pid, 0)
+        out = client.stdout.read()
+        _, _, wrk_usage = os.wait4(client.pid, 0)
         stat1, server1, pg1 = cmp.stat_cpu_lines(), cmp.proc_cpu_ticks(proc.pid), postgres_ticks()
         slept1 = sleeps(proc.pid)
-        parsed = cmp.parse_wrk(out)
+        if args.rate:
+            with open(report) as f:
+                parsed = cmp.parse_bench(json.load(f))
+        else:
+            parsed = cmp.parse_wrk(out)
         run.update(parsed)
         tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
         requests = parsed["total_requests"] or 0
@@ -204,7 +233,9 @@ def run_one(args, target, test, rnd):
             # Each sleep is a wake-up that whoever sends to the server next pays
             # for in its own send (on loopback): wrk, or PostgreSQL.
             run["server_sleeps_per_req"] = (slept1 - slept0) / requests
-            run["client_cpu_us_per_req"] = (wrk_usage.ru_utime + wrk_usage.ru_stime) * 1e6 / requests
+            if not args.rate:
+                run["client_cpu_us_per_req"] = ((wrk_usage.ru_utime + wrk_usage.ru_stime) * 1e6
+                                                / requests)
             rate = requests / args.duration
             span = args.duration - 0.5
             for key in ("segs_in", "data_segs_in"):
@@ -216,6 +247,8 @@ def run_one(args, target, test, rnd):
             run["flagged"] = f"{errors} errors or non-2xx answers"
     finally:
         cmp.stop(proc)
+        if os.path.exists(report):
+            os.remove(report)
     return run
 
 
@@ -233,12 +266,12 @@ def round_ratios(runs, test, peer, key, invert=False):
     return f"{min(ratios):.2f}–{max(ratios):.2f}"
 
 
-def summarize(runs, tests, targets):
+def summarize(runs, tests, targets, client="wrk"):
     lines = []
     for test in tests:
         lines.append(f"\n### {test} ({TESTS[test][0] if not TESTS[test][1] else TESTS[test][1]})\n")
         lines.append("| target | req/s | p99 | server CPU µs/req | PostgreSQL CPU µs/req "
-                     "| wrk CPU µs/req | writes into PostgreSQL /req | server sleeps /req "
+                     f"| {client} CPU µs/req | writes into PostgreSQL /req | server sleeps /req "
                      "| steal % |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         medians = {}
@@ -274,7 +307,7 @@ def summarize(runs, tests, targets):
                              f"requests/s {p['requests_per_s'] / m['requests_per_s']:.2f}×, "
                              f"PostgreSQL CPU per request {p['pg_cpu_us_per_req'] / m['pg_cpu_us_per_req']:.2f}× "
                              f"(rounds {pg_rounds}; below 1 is less), "
-                             f"wrk CPU per request on the same CPU {client_rounds}")
+                             f"{client} CPU per request on the same CPU {client_rounds}")
     return "\n".join(lines)
 
 
@@ -287,10 +320,22 @@ def main():
     ap.add_argument("--tests", default=",".join(TESTS))
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
-    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results", "pg.json"))
+    ap.add_argument("--out", default=None,
+                    help="default benches/results/pg.json (pg-rate-R.json with --rate)")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="open loop at this many requests/s with `percore bench` (not wrk)")
     args = ap.parse_args()
+    if args.out is None:
+        name = f"pg-rate-{args.rate}.json" if args.rate else "pg.json"
+        args.out = os.path.join(ROOT, "benches", "results", name)
     targets = [t for t in args.targets.split(",") if t]
     tests = [t for t in args.tests.split(",") if t]
+    if args.rate:
+        for test in [t for t in tests if TESTS[t][1]]:
+            print(f"skipping {test} with --rate: it needs wrk's script")
+            tests.remove(test)
+        if not os.path.exists(binary("percore")):
+            sys.exit(f"--rate needs {binary('percore')} (cargo build --release)")
     for target in list(targets):
         if not os.path.exists(binary(target)):
             print(f"skipping {target}: {binary(target)} is missing (build it first)")
@@ -314,7 +359,9 @@ def main():
                           f"{run.get('error') or run.get('flagged') or ''}", flush=True)
     finally:
         pin_postgres(f"0-{os.cpu_count() - 1}")
-    summary = summarize(runs, tests, targets)
+    summary = summarize(runs, tests, targets, "percore bench" if args.rate else "wrk")
+    if args.rate:
+        summary = f"open loop, {args.rate:,} requests/s for every target\n" + summary
     print(summary)
     with open(args.out, "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(args), "runs": runs,

@@ -106,7 +106,13 @@ pub fn enter(name: &str) -> Result<(), String> {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Processes still inside keep it alive until they exit; the name goes now.
+        // Whatever still runs inside goes with it: a process a test killed
+        // may have left children (nginx's workers outlive a killed master).
+        if let Ok(pids) = ip(&["netns", "pids", &self.name]) {
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
         let _ = ip(&["netns", "del", &self.name]);
     }
 }
