@@ -728,14 +728,21 @@ impl ShardConn {
     }
 
     fn bind(&mut self, statement: &Statement, params: &[Param<'_>]) -> Result<(), StoreOutcome> {
-        let formats = [1i16];
+        // Binary everywhere; no parameter format at all for a statement
+        // without parameters, which PostgreSQL would read and allocate for.
+        let binary = [1i16];
+        let param_formats = if params.is_empty() {
+            &[][..]
+        } else {
+            &binary[..]
+        };
         frontend::bind(
             "",
             statement.name,
-            formats.iter().copied(),
+            param_formats.iter().copied(),
             params.iter(),
             |param, buf| serialize(param, buf),
-            formats.iter().copied(),
+            binary.iter().copied(),
             &mut self.pending,
         )
         .map_err(|_| StoreOutcome::Failed(StoreError::Engine("cannot encode a query".into())))?;
