@@ -747,21 +747,122 @@ fn keys_of(homes: &HashMap<String, String>, node: &str) -> Vec<String> {
     keys
 }
 
+/// Waits, at most `within`, until every one of `keys` is answered by `node`
+/// (`home`) or by another node (not `home`).
+fn wait_for_keys(client: &str, keys: &[String], node: &str, home: bool, within: Duration) {
+    let what = if home {
+        format!("{node}'s keys to come back")
+    } else {
+        format!("{node}'s keys to move")
+    };
+    poll(within, &what, || {
+        placement(client, keys)
+            .values()
+            .all(|answered| (answered == node) == home)
+    });
+}
+
+/// Takes node 3's link down until its keys have moved, then up until they
+/// are back; the requests that failed meanwhile.
+fn cut_node3_off(
+    hosts: &Hosts,
+    client: &str,
+    homes: &HashMap<String, String>,
+    load: &Load,
+    within: Duration,
+) -> u64 {
+    let cut_keys = keys_of(homes, "node3");
+    let before = load.failed();
+    ip(&["-n", &hosts.switch.name, "link", "set", "pn3", "down"]).unwrap();
+    wait_for_keys(client, &cut_keys, "node3", false, within);
+    ip(&["-n", &hosts.switch.name, "link", "set", "pn3", "up"]).unwrap();
+    wait_for_keys(client, &cut_keys, "node3", true, within);
+    load.failed() - before
+}
+
+/// Stops the load; checks that nothing failed but while node 3 was cut off
+/// (a hard cut can cost the requests already sent to it: they time out).
+fn stop_load(
+    stop: &AtomicBool,
+    threads: Vec<JoinHandle<()>>,
+    load: &Load,
+    during_cut: u64,
+    balancer: &str,
+) {
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    println!(
+        "multi-node: {} answers through {balancer}, {} failed while node3 was cut off ({:?})",
+        load.ok.load(Ordering::Relaxed),
+        during_cut,
+        load.errors.lock().unwrap()
+    );
+    assert!(
+        load.failed() == during_cut,
+        "{:?}",
+        load.errors.lock().unwrap()
+    );
+    assert!(load.ok.load(Ordering::Relaxed) > 0);
+}
+
+/// Steady load from the client host, running once it has had 200 answers.
+fn steady_load(client: &str, keys: &[String]) -> (Arc<AtomicBool>, Arc<Load>, Vec<JoinHandle<()>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Load::default());
+    let threads = start_load(client, keys, &stop, &load);
+    poll(Duration::from_secs(30), "the load to run", || {
+        load.ok.load(Ordering::Relaxed) > 200
+    });
+    (stop, load, threads)
+}
+
+/// A balancer's test up to its checks under load: the hosts up, keys
+/// written through the balancer until all three nodes hold some, and where
+/// each key lives (the same whatever its sub-path or query). `None` when
+/// this machine cannot run it (a failure instead when CI=true).
+struct Setup {
+    hosts: Hosts,
+    client: String,
+    keys: Vec<String>,
+    homes: HashMap<String, String>,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+fn set_up(balancer: &str, test: &str) -> Option<Setup> {
+    let one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(why) = unavailable(balancer) {
+        netns::skip_or_fail(test, &why);
+        return None;
+    }
+    let hosts = bring_up(balancer);
+    let client = hosts.client.name.clone();
+    let keys: Vec<String> = (0..48).map(|i| format!("/v1/items/k{i}")).collect();
+    write_through_balancer(&hosts, &keys, &format!("{balancer}.log"));
+    let homes = homes_whatever_the_sub_path(&client, &keys);
+    Some(Setup {
+        hosts,
+        client,
+        keys,
+        homes,
+        _one_at_a_time: one_at_a_time,
+    })
+}
+
 #[test]
 fn a_balancer_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(why) = unavailable("haproxy") {
-        return netns::skip_or_fail("the multi-node test", &why);
-    }
-    let mut hosts = bring_up("haproxy");
-    let client = hosts.client.name.clone();
-
-    // Keys written through the balancer; all three nodes in rotation.
-    let keys: Vec<String> = (0..48).map(|i| format!("/v1/items/k{i}")).collect();
-    write_through_balancer(&hosts, &keys, "haproxy.log");
-
-    // A key keeps reaching the same node whatever its sub-path or query.
-    let homes = homes_whatever_the_sub_path(&client, &keys);
+    let Some(Setup {
+        mut hosts,
+        client,
+        keys,
+        homes,
+        // Bound, so the lock is held to the end of the test.
+        _one_at_a_time: _serial,
+    }) = set_up("haproxy", "the multi-node test")
+    else {
+        return;
+    };
 
     // A write through one node is read through another (shared shards).
     let (first, second): (SocketAddr, SocketAddr) = (
@@ -779,23 +880,14 @@ fn a_balancer_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
     );
 
     // Steady load from here on.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = Arc::new(Load::default());
-    let threads = start_load(&client, &keys, &stop, &load);
-    poll(Duration::from_secs(30), "the load to run", || {
-        load.ok.load(Ordering::Relaxed) > 200
-    });
+    let (stop, load, threads) = steady_load(&client, &keys);
 
     // Node 2 drains: /readyz turns 503 while it still serves, the balancer
     // takes it out, then its listeners close. No client sees an error.
     let node2 = "node2".to_owned();
     let its_keys = keys_of(&homes, &node2);
     hosts.nodes[1].as_ref().unwrap().signal("TERM");
-    poll(Duration::from_secs(30), "node2's keys to move", || {
-        placement(&client, &its_keys)
-            .values()
-            .all(|node| *node != node2)
-    });
+    wait_for_keys(&client, &its_keys, &node2, false, Duration::from_secs(30));
     let code = hosts.nodes[1]
         .as_mut()
         .unwrap()
@@ -809,11 +901,7 @@ fn a_balancer_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
     );
     // Back, and its keys with it.
     hosts.start_node(1);
-    poll(Duration::from_secs(30), "node2's keys to come back", || {
-        placement(&client, &its_keys)
-            .values()
-            .all(|node| *node == node2)
-    });
+    wait_for_keys(&client, &its_keys, &node2, true, Duration::from_secs(30));
     assert_eq!(load.failed(), 0, "{:?}", load.errors.lock().unwrap());
 
     // Node 1 restarts by socket hand-over under the load: nothing fails.
@@ -829,62 +917,27 @@ fn a_balancer_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
         load.errors.lock().unwrap()
     );
 
-    // Node 3 cut off: routed around; its keys move and come back.
-    let node3 = "node3".to_owned();
-    let cut_keys = keys_of(&homes, &node3);
-    let before_cut = load.failed();
-    ip(&["-n", &hosts.switch.name, "link", "set", "pn3", "down"]).unwrap();
-    poll(Duration::from_secs(30), "node3's keys to move", || {
-        placement(&client, &cut_keys)
-            .values()
-            .all(|node| *node != node3)
-    });
-    ip(&["-n", &hosts.switch.name, "link", "set", "pn3", "up"]).unwrap();
-    poll(Duration::from_secs(30), "node3's keys to come back", || {
-        placement(&client, &cut_keys)
-            .values()
-            .all(|node| *node == node3)
-    });
-    let during_cut = load.failed() - before_cut;
-
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        thread.join().unwrap();
-    }
-    println!(
-        "multi-node: {} answers through HAProxy, {} failed while node3 was cut off ({:?})",
-        load.ok.load(Ordering::Relaxed),
-        during_cut,
-        load.errors.lock().unwrap()
-    );
-    // A hard cut can cost the requests already sent to the node (they time
-    // out; HAProxy retries a GET only when nothing was sent); nothing else may fail.
-    assert!(
-        load.failed() == during_cut,
-        "{:?}",
-        load.errors.lock().unwrap()
-    );
-    assert!(load.ok.load(Ordering::Relaxed) > 0);
+    // Node 3 cut off: routed around; its keys move and come back. HAProxy
+    // retries a GET only when nothing was sent.
+    let during_cut = cut_node3_off(&hosts, &client, &homes, &load, Duration::from_secs(30));
+    stop_load(&stop, threads, &load, during_cut, "HAProxy");
 }
 
 #[test]
 fn nginx_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
-    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(why) = unavailable("nginx") {
-        return netns::skip_or_fail("the multi-node test behind nginx", &why);
-    }
-    let mut hosts = bring_up("nginx");
-    let client = hosts.client.name.clone();
-    let keys: Vec<String> = (0..48).map(|i| format!("/v1/items/k{i}")).collect();
-    write_through_balancer(&hosts, &keys, "nginx.log");
-    let homes = homes_whatever_the_sub_path(&client, &keys);
+    let Some(Setup {
+        mut hosts,
+        client,
+        keys,
+        homes,
+        // Bound, so the lock is held to the end of the test.
+        _one_at_a_time: _serial,
+    }) = set_up("nginx", "the multi-node test behind nginx")
+    else {
+        return;
+    };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = Arc::new(Load::default());
-    let threads = start_load(&client, &keys, &stop, &load);
-    poll(Duration::from_secs(30), "the load to run", || {
-        load.ok.load(Ordering::Relaxed) > 200
-    });
+    let (stop, load, threads) = steady_load(&client, &keys);
 
     // Node 2 drains. nginx never reads /readyz, so its keys stay on it
     // until its listener closes; then a refused connection, or a kept-alive
@@ -898,11 +951,7 @@ fn nginx_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
         .unwrap()
         .wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{}", hosts.log("node2.log"));
-    poll(Duration::from_secs(30), "node2's keys to move", || {
-        placement(&client, &its_keys)
-            .values()
-            .all(|node| *node != node2)
-    });
+    wait_for_keys(&client, &its_keys, &node2, false, Duration::from_secs(30));
     assert_eq!(
         load.failed(),
         0,
@@ -912,47 +961,12 @@ fn nginx_in_front_of_three_nodes_keeps_keys_drains_and_routes_around() {
     );
     // Back: after fail_timeout nginx tries the node again, and its keys return.
     hosts.start_node(1);
-    poll(Duration::from_secs(60), "node2's keys to come back", || {
-        placement(&client, &its_keys)
-            .values()
-            .all(|node| *node == node2)
-    });
+    wait_for_keys(&client, &its_keys, &node2, true, Duration::from_secs(60));
     assert_eq!(load.failed(), 0, "{:?}", load.errors.lock().unwrap());
 
     // Node 3 cut off: a GET that cannot reach it goes to the next node
     // (connect timeout 1 s; one sent on a connection kept alive to it waits
     // out proxy_read_timeout first), and its keys come back with its link.
-    let node3 = "node3".to_owned();
-    let cut_keys = keys_of(&homes, &node3);
-    let before_cut = load.failed();
-    ip(&["-n", &hosts.switch.name, "link", "set", "pn3", "down"]).unwrap();
-    poll(Duration::from_secs(120), "node3's keys to move", || {
-        placement(&client, &cut_keys)
-            .values()
-            .all(|node| *node != node3)
-    });
-    ip(&["-n", &hosts.switch.name, "link", "set", "pn3", "up"]).unwrap();
-    poll(Duration::from_secs(60), "node3's keys to come back", || {
-        placement(&client, &cut_keys)
-            .values()
-            .all(|node| *node == node3)
-    });
-    let during_cut = load.failed() - before_cut;
-
-    stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        thread.join().unwrap();
-    }
-    println!(
-        "multi-node: {} answers through nginx, {} failed while node3 was cut off ({:?})",
-        load.ok.load(Ordering::Relaxed),
-        during_cut,
-        load.errors.lock().unwrap()
-    );
-    assert!(
-        load.failed() == during_cut,
-        "{:?}",
-        load.errors.lock().unwrap()
-    );
-    assert!(load.ok.load(Ordering::Relaxed) > 0);
+    let during_cut = cut_node3_off(&hosts, &client, &homes, &load, Duration::from_secs(120));
+    stop_load(&stop, threads, &load, during_cut, "nginx");
 }
